@@ -1,0 +1,292 @@
+"""The base config: safe writes (invariant 3) and the base guard (invariant 1).
+
+Writes take ``config.json.lock`` (filelock) across read-modify-write and
+replace the file atomically. Each write also bumps a generation counter in a
+small journal beside the config (``config.json.authscope``) and records, per
+entry, the generation and a fingerprint of what authscope wrote. A scope notes
+the generation when it opens; when it closes, an entry that differs from the
+snapshot is legitimate only if the journal shows another authscope wrote
+exactly the current value after the scope opened. Anything else was done by a
+tool outside its scope and is restored.
+
+Ordering that makes lock-free reads safe: writers replace the config first
+and the journal second, both under the lock; a scope reads the journal first
+and the config second. So every write the snapshot's generation covers is in
+the snapshot's config. At close, any suspected damage is re-checked under
+the lock before anything is restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Collection, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from . import dockerconfig as dc
+from .errors import BaseWriteError, ConfigError, LockTimeout
+
+JOURNAL_SUFFIX = ".authscope"
+LOCK_SUFFIX = ".lock"
+LOCK_TIMEOUT = 60.0
+
+# (section, key): section is "auths" or "credHelpers" for one registry's
+# entry, "" for any other top-level key, compared whole.
+EntryPath = Tuple[str, str]
+
+
+class Snapshot(NamedTuple):
+    """What a scope saw of the base when it opened."""
+
+    generation: int
+    config: dc.Config
+    values: Dict[EntryPath, str]
+
+
+class Damage(NamedTuple):
+    """One base entry a tool outside its scope changed, removed or leaked into."""
+
+    path: EntryPath
+    what: str  # "removed", "changed", "leaked", "lost"
+    restore: Optional[str]  # canonical JSON to put back; None: remove the entry
+    restorable: bool
+
+    def describe(self) -> str:
+        section, key = self.path
+        name = f"{section} entry {key!r}" if section else f"top-level key {key!r}"
+        return {
+            "removed": f"{name} was removed by a tool outside its scope; restored",
+            "changed": f"{name} was changed by a tool outside its scope; restored",
+            "leaked": f"{name} was written with this scope's target credentials by a tool outside its scope; removed",
+            "lost": f"{name} was changed by another authscope and then damaged; "
+            f"it cannot be restored from here: run `authscope login` again",
+        }[self.what]
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def fingerprint(value: Optional[str]) -> Optional[str]:
+    return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def flatten(cfg: dc.Config) -> Dict[EntryPath, str]:
+    """Every guarded entry of a config, as canonical JSON."""
+    out: Dict[EntryPath, str] = {}
+    for key, value in cfg.items():
+        if key in ("auths", "credHelpers") and isinstance(value, dict):
+            for registry, entry in value.items():
+                out[(key, registry)] = canonical(entry)
+        else:
+            out[("", key)] = canonical(value)
+    return out
+
+
+def apply(cfg: dc.Config, path: EntryPath, value: Optional[str]) -> dc.Config:
+    """A copy of ``cfg`` with one entry set (``value`` canonical JSON) or removed."""
+    new = dict(cfg)
+    section, key = path
+    if not section:
+        if value is None:
+            new.pop(key, None)
+        else:
+            new[key] = json.loads(value)
+        return new
+    inner = dict(new.get(section) or {})
+    if value is None:
+        inner.pop(key, None)
+    else:
+        inner[key] = json.loads(value)
+    new[section] = inner
+    return new
+
+
+class Journal(NamedTuple):
+    generation: int
+    entries: Dict[EntryPath, Tuple[int, Optional[str]]]  # path -> (generation, fingerprint)
+
+
+def parse_journal(data: bytes) -> Journal:
+    try:
+        doc = json.loads(data)
+        entries = {
+            (e["section"], e["key"]): (int(e["generation"]), e["sha256"])
+            for e in doc["entries"]
+        }
+        return Journal(int(doc["generation"]), entries)
+    except (ValueError, KeyError, TypeError):
+        # A damaged journal only costs precision: every difference is then
+        # treated as damage, which errs on the side of keeping the base.
+        return Journal(0, {})
+
+
+def find_damage(
+    snap: Snapshot,
+    current: Dict[EntryPath, str],
+    journal: Journal,
+    leaks: Collection[str] = (),
+) -> List[Damage]:
+    """Pure: what differs from the snapshot that no authscope write explains.
+
+    ``leaks`` are ``auth`` strings only this scope's target holds; an auths
+    entry carrying one that the snapshot did not have and no authscope wrote
+    came from a tool that ignored DOCKER_CONFIG.
+    """
+    damage = []
+    for path, value in snap.values.items():
+        now = current.get(path)
+        if now == value:
+            continue
+        record = journal.entries.get(path)
+        if record is not None and record[0] > snap.generation:
+            if record[1] == fingerprint(now):
+                continue  # another authscope login/logout: not ours to undo
+            damage.append(Damage(path, "lost", None, False))
+        else:
+            damage.append(Damage(path, "removed" if now is None else "changed", value, True))
+    for path, now in current.items():
+        if path[0] != "auths" or snap.values.get(path) == now:
+            continue
+        record = journal.entries.get(path)
+        if record is not None and record[0] > snap.generation and record[1] == fingerprint(now):
+            continue
+        if any(leak in now for leak in leaks):
+            damage.append(Damage(path, "leaked", snap.values.get(path), True))
+    return damage
+
+
+class Base:
+    """The base Docker config directory of this job."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.path = dc.config_path(directory)
+        self.journal_path = self.path + JOURNAL_SUFFIX
+        self.lock_path = self.path + LOCK_SUFFIX
+
+    # -- reading (lock-free; see the module docstring for why that is safe) --
+
+    def read_journal(self) -> Journal:
+        try:
+            with open(self.journal_path, "rb") as f:
+                return parse_journal(f.read())
+        except FileNotFoundError:
+            return Journal(0, {})
+
+    def snapshot(self) -> Snapshot:
+        journal = self.read_journal()  # first: see the module docstring
+        _, cfg = dc.read_config(self.path)
+        return Snapshot(journal.generation, cfg, flatten(cfg))
+
+    # -- writing ---------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        from filelock import FileLock, Timeout  # only writers pay for the import
+
+        lock = FileLock(self.lock_path, timeout=LOCK_TIMEOUT, mode=0o600)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LockTimeout(self.lock_path, LOCK_TIMEOUT) from None
+        except OSError as exc:
+            raise BaseWriteError(self.lock_path, exc.strerror or str(exc)) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _ensure_directory(self) -> None:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, mode=0o700)
+            except OSError as exc:
+                raise BaseWriteError(directory, exc.strerror or str(exc)) from None
+
+    def _commit(self, old: dc.Config, new: dc.Config, journal: Journal) -> None:
+        """Write ``new`` and then the journal; the caller holds the lock."""
+        dc.write_atomic(self.path, dc.serialize(new), dc.file_mode(self.path))
+        before, after = flatten(old), flatten(new)
+        generation = journal.generation + 1
+        entries = dict(journal.entries)
+        for path in set(before) | set(after):
+            if before.get(path) != after.get(path):
+                entries[path] = (generation, fingerprint(after.get(path)))
+        doc = {
+            "version": 1,
+            "generation": generation,
+            "entries": [
+                {"section": s, "key": k, "generation": g, "sha256": h}
+                for (s, k), (g, h) in sorted(entries.items())
+            ],
+        }
+        dc.write_atomic(self.journal_path, json.dumps(doc, indent=1).encode() + b"\n", 0o600)
+
+    def update(self, change: Callable[[dc.Config], dc.Config]) -> bool:
+        """Read-modify-write under the lock; False when nothing changed.
+
+        A config that does not parse raises ConfigError before anything is
+        written, so the file stays byte-for-byte as it was.
+        """
+        self._ensure_directory()
+        with self._locked():
+            _, cfg = dc.read_config(self.path)
+            new = change(cfg)
+            if new == cfg:
+                return False
+            self._commit(cfg, new, self.read_journal())
+            return True
+
+    # -- the guard -------------------------------------------------------------
+
+    def _current(self) -> Tuple[Optional[bytes], dc.Config, bool]:
+        """(raw, config, parsed): a config a tool corrupted reads as empty."""
+        try:
+            raw, cfg = dc.read_config(self.path)
+            return raw, cfg, True
+        except ConfigError:
+            with open(self.path, "rb") as f:
+                return f.read(), {}, False
+
+    def check(self, snap: Snapshot, leaks: Collection[str] = ()) -> List[Damage]:
+        """Compare the base with ``snap``; restore what a stray tool broke.
+
+        Lock-free when nothing changed (the common case); otherwise the
+        decision is made again under the lock, with fresh reads, before any
+        write.
+        """
+        _, cfg, _ = self._current()
+        if not find_damage(snap, flatten(cfg), self.read_journal(), leaks):
+            return []
+        self._ensure_directory()
+        with self._locked():
+            raw, cfg, parsed = self._current()
+            journal = self.read_journal()
+            damage = find_damage(snap, flatten(cfg), journal, leaks)
+            fixes = [d for d in damage if d.restorable]
+            if fixes:
+                if not parsed and raw is not None:
+                    # Keep what the tool left, for forensics; nothing is lost.
+                    stamp = time.strftime("%Y%m%dT%H%M%S")
+                    dc.write_atomic(f"{self.path}.corrupt-{stamp}-{os.getpid()}", raw, 0o600)
+                new = cfg
+                for d in fixes:
+                    new = apply(new, d.path, d.restore)
+                self._commit(cfg, new, journal)
+            return damage
+
+
+def login(directory: str, registry: str, entry: Dict[str, Any]) -> bool:
+    """Store ``entry`` for ``registry`` in the base; True when the file changed."""
+    key = dc.registry_key(registry)
+    return Base(directory).update(lambda cfg: dc.with_login(cfg, key, entry))
+
+
+def logout(directory: str, registry: str) -> bool:
+    """Remove every spelling of ``registry`` from the base; True when one was there."""
+    dc.registry_key(registry)  # validate before taking the lock
+    return Base(directory).update(lambda cfg: dc.without_login(cfg, registry))

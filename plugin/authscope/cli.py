@@ -1,0 +1,313 @@
+"""Command line: parse, call one function per command, map errors to exit codes.
+
+This is the only module that prints errors and chooses exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Callable, List, Mapping, NoReturn, Optional, Sequence, TextIO
+
+from . import __version__
+from .errors import (
+    AuthscopeError,
+    BaseWriteError,
+    CommandNotFound,
+    ConfigError,
+    HelperError,
+    Interrupted,
+    LockTimeout,
+    RegistryError,
+    ScopeError,
+    SecretSourceError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from .base import Damage
+
+# Exit codes (DESIGN.md): 0 done, 1 failed, 2 usage/config error (nothing ran),
+# 3 base integrity restored, 128+N signal N (130 for SIGINT).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RESTORED = 3
+EXIT_INTERNAL = 70  # an unexpected error: a bug, reported with its traceback
+EXIT_CODES = (
+    (UsageError, EXIT_USAGE),
+    (SecretSourceError, EXIT_USAGE),
+    (ConfigError, EXIT_USAGE),
+    (ScopeError, EXIT_USAGE),
+    (HelperError, EXIT_USAGE),
+    (CommandNotFound, 127),
+    (RegistryError, EXIT_FAILED),
+    (BaseWriteError, EXIT_FAILED),
+    (LockTimeout, EXIT_FAILED),
+)
+
+EPILOG = """\
+exit codes:
+  0    done            1  failed (a target, a registry, a write)
+  2    usage or config error: nothing ran
+  3    the base had to be restored: a tool wrote outside its scope
+  130  interrupted (128 + signal number for other signals)
+
+Secrets are never taken on the command line: use --password-env VAR,
+--password-file PATH (a GitLab file variable) or --password-stdin.
+"""
+
+
+def say(message: str, stream: Optional[TextIO] = None) -> None:
+    print(f"authscope: {message}", file=stream or sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        say(f"error: {message} (see --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _no_password_flag(value: str) -> str:
+    raise argparse.ArgumentTypeError(
+        "passwords are never taken on the command line, where `ps` and CI logs show them: "
+        "use --password-env VAR, --password-file PATH or --password-stdin"
+    )
+
+
+def _add_base(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="the base Docker config directory (default: $DOCKER_CONFIG, else ~/.docker)",
+    )
+
+
+def _add_user(p: argparse.ArgumentParser) -> None:
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("-u", "--username", metavar="USER", help="username, taken literally (robot$x+y needs no escaping)")
+    who.add_argument("--username-env", metavar="VAR", help="read the username from environment variable VAR")
+
+
+def _add_password(p: argparse.ArgumentParser, stdin: bool) -> None:
+    pw = p.add_mutually_exclusive_group()
+    pw.add_argument("--password-env", metavar="VAR", help="read the password from environment variable VAR")
+    pw.add_argument("--password-file", metavar="PATH", help="read the password from a file (e.g. a GitLab file variable)")
+    if stdin:
+        pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("-p", "--password", type=_no_password_flag, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="authscope",
+        description=(
+            "Ephemeral registry auth scopes for CI fan-out releases: every target's "
+            "login, copy and logout run in a throw-away DOCKER_CONFIG layered over the "
+            "base, so nothing they do can lose the base's (local registry's) login."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"authscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "login",
+        help="store a registry login in the base config (locked, atomic)",
+        description=(
+            "Store credentials for REGISTRY in the base config.json without contacting the "
+            "registry (like `crane auth login`), unless --verify. The file is updated under "
+            "config.json.lock and replaced atomically; its other keys and mode are kept."
+        ),
+        epilog='example:\n  authscope login "$CI_REGISTRY" -u "$CI_REGISTRY_USER" --password-env CI_REGISTRY_PASSWORD',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("registry", metavar="REGISTRY", help="host[:port], or a URL; Docker Hub in any spelling")
+    _add_user(p)
+    _add_password(p, stdin=True)
+    p.add_argument("--verify", action="store_true", help="check the credentials against REGISTRY/v2/ before storing them")
+    p.add_argument("--ca-file", metavar="PATH", help="with --verify: trust this CA for the registry")
+    p.add_argument("--insecure", action="store_true", help="with --verify: allow plain HTTP and unverified TLS")
+    _add_base(p)
+    p.set_defaults(run=_cmd_login)
+
+    p = sub.add_parser(
+        "logout",
+        help="remove one registry's login from the base config",
+        description="Remove REGISTRY's entry (and its http:// / https:// spellings) from the base; nothing else.",
+        epilog='example:\n  authscope logout "$CI_REGISTRY"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("registry", metavar="REGISTRY")
+    _add_base(p)
+    p.set_defaults(run=_cmd_logout)
+
+    p = sub.add_parser(
+        "exec",
+        help="run a command in a fresh scope holding one extra login",
+        description=(
+            "Run CMD with DOCKER_CONFIG and REGISTRY_AUTH_FILE pointing at a fresh scope: "
+            "the base config plus a login for --registry, without credential helpers. "
+            "Whatever CMD does to that config (logout, wipe, delete) is thrown away with "
+            "the scope. When the scope closes, base entries a tool changed outside its "
+            "scope are restored and authscope exits 3. CMD's output is relayed with every "
+            "known secret replaced by [MASKED]. The exit code is CMD's."
+        ),
+        epilog=(
+            "example (one fan-out target):\n"
+            "  authscope exec --registry harbor.example.com -u 'robot$release+ci' \\\n"
+            "      --password-env HARBOR_PASSWORD -- \\\n"
+            "      sh -c 'crane copy \"$SRC\" harbor.example.com/release/app:1.0 && crane auth logout harbor.example.com'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--registry", required=True, metavar="HOST", help="the target registry to log in to inside the scope")
+    _add_user(p)
+    _add_password(p, stdin=False)
+    _add_base(p)
+    p.add_argument("--scope-dir", metavar="DIR", help="where to make the scope (default: $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm, $TMPDIR)")
+    p.add_argument(
+        "--source-registry",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="a base registry CMD reads from whose login lives in a credential helper: "
+        "read it once with the helper's `get` and write it into the scope (repeatable)",
+    )
+    p.add_argument(
+        "--isolate-home",
+        action="store_true",
+        help="also point HOME and XDG_CONFIG_HOME/XDG_RUNTIME_DIR into the scope, for tools that ignore DOCKER_CONFIG",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing of authscope's own unless something is wrong")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(run=_cmd_exec)
+
+    p = sub.add_parser(
+        "sweep",
+        help="remove scopes left by killed processes (for after_script)",
+        description=(
+            "Remove scope directories whose owning process is gone. Scopes of live "
+            "processes, other users' and anything not named like a scope are never touched, "
+            "so this is safe while other jobs on the runner are mid-flight."
+        ),
+        epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--scope-dir", metavar="DIR", action="append", help="look here (repeatable; default: every place scopes are made)")
+    p.set_defaults(run=_cmd_sweep)
+    return parser
+
+
+# -- commands: unpack argparse values into plain calls --------------------------
+
+
+def _base_dir(config_dir: Optional[str], environ: Mapping[str, str]) -> str:
+    from .dockerconfig import base_dir
+
+    return base_dir(config_dir, environ)
+
+
+def _cmd_login(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import base, credentials, dockerconfig
+
+    user = credentials.username(a.username, a.username_env, environ)
+    secret = credentials.password(a.password_env, a.password_file, a.password_stdin, environ)
+    key = dockerconfig.registry_key(a.registry)
+    if a.verify:
+        from .registry import verify
+
+        verify(key if key != dockerconfig.DOCKER_HUB_KEY else "registry-1.docker.io", user, secret, ca_file=a.ca_file, insecure=a.insecure)
+    directory = _base_dir(a.config_dir, environ)
+    changed = base.login(directory, key, dockerconfig.auth_entry(user, secret))
+    say(f"{'stored' if changed else 'already stored:'} login for {key} as {user} in {os.path.join(directory, 'config.json')}")
+    return EXIT_OK
+
+
+def _cmd_logout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import base
+
+    directory = _base_dir(a.config_dir, environ)
+    if base.logout(directory, a.registry):
+        say(f"removed the login for {a.registry} from {os.path.join(directory, 'config.json')}")
+    else:
+        say(f"no login for {a.registry} in {os.path.join(directory, 'config.json')}; nothing to do")
+    return EXIT_OK
+
+
+def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import credentials, dockerconfig, run, scope
+    from .base import Base
+
+    argv: List[str] = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
+    if not argv:
+        raise UsageError("exec needs a command after --, e.g. `authscope exec --registry HOST ... -- crane copy SRC DST`")
+    user = credentials.username(a.username, a.username_env, environ)
+    secret = credentials.password(a.password_env, a.password_file, False, environ)
+    key = dockerconfig.registry_key(a.registry)
+    base = Base(_base_dir(a.config_dir, environ))
+    with scope.open_scope(
+        base,
+        key,
+        dockerconfig.auth_entry(user, secret),
+        root=a.scope_dir,
+        sources=a.source_registry,
+        isolate_home=a.isolate_home,
+        environ=environ,
+    ) as (opened, secrets):
+        if not a.quiet:
+            say(f"scope for {key} at {opened.path} (base {base.path})")
+        status = run.run_relayed(argv, opened.env(environ), run.Masker(secrets))
+    if opened.damage:
+        return _report_damage(base.path, opened.damage)
+    if not a.quiet:
+        say(f"scope removed; base {base.path} intact; {argv[0]} exited {status}")
+    return status
+
+
+def _report_damage(path: str, damage: Sequence[Damage]) -> int:
+    say(f"BASE INTEGRITY: a command wrote {path} outside its scope:")
+    for d in damage:
+        say(f"  - {d.describe()}")
+    say("run such tools with --isolate-home, or report the tool: it ignores DOCKER_CONFIG")
+    return EXIT_RESTORED
+
+
+def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import scope
+
+    roots = a.scope_dir or ([environ["AUTHSCOPE_SCOPE_DIR"]] if environ.get("AUTHSCOPE_SCOPE_DIR") else scope.default_roots(environ))
+    removed = scope.sweep(roots)
+    for path in removed:
+        say(f"removed stale scope {path}")
+    say(f"sweep: {len(removed)} stale scope(s) removed from {', '.join(roots) or '(no scope directories)'}")
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
+    """Entry point: ``authscope COMMAND ...``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.run
+    from . import run
+
+    try:
+        with run.signals_handled():
+            return command(args, os.environ if environ is None else environ)
+    except Interrupted as exc:
+        say(f"interrupted by signal {exc.signum}; scopes removed")
+        return 128 + exc.signum
+    except AuthscopeError as exc:
+        say(f"error: {exc}")
+        for kind, code in EXIT_CODES:
+            if isinstance(exc, kind):
+                return code
+        return EXIT_FAILED
+    except Exception:
+        traceback.print_exc()
+        say("internal error: this is a bug in authscope; please report it with the traceback above")
+        return EXIT_INTERNAL

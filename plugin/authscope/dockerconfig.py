@@ -1,0 +1,289 @@
+"""Docker config files: locate, parse, layer, serialise, write atomically.
+
+Everything here but ``read_config`` and ``write_atomic`` is pure, so tests can
+call it with plain dicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from .errors import BaseWriteError, ConfigError, UsageError
+
+CONFIG_NAME = "config.json"
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+_HUB_HOSTS = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+
+Config = Dict[str, Any]
+
+
+# -- locating ---------------------------------------------------------------
+
+
+def base_dir(config_dir: Optional[str], environ: Mapping[str, str]) -> str:
+    """The base Docker config directory: --config-dir, $DOCKER_CONFIG, ~/.docker."""
+    if config_dir:
+        return os.path.abspath(config_dir)
+    if environ.get("DOCKER_CONFIG"):
+        return os.path.abspath(environ["DOCKER_CONFIG"])
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".docker")
+
+
+def config_path(directory: str) -> str:
+    """The config.json to read and write for ``directory``.
+
+    Symlink policy (documented in the README): a config.json that is a symlink
+    is followed, as the docker CLI does, so a dotfiles-managed or mounted
+    config keeps working; writes replace the link's final target atomically
+    next to it and the link stays a link. A dangling link is refused rather
+    than creating a file somewhere the user did not mean.
+    """
+    path = os.path.join(directory, CONFIG_NAME)
+    if os.path.islink(path):
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            raise ConfigError(path, f"is a symlink to {real}, which does not exist")
+        return real
+    return path
+
+
+# -- registry keys ------------------------------------------------------------
+
+
+def _strip_scheme(name: str) -> str:
+    for prefix in ("http://", "https://"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def hostname(name: str) -> str:
+    """host[:port] of a registry name or URL, like docker's ConvertToHostname."""
+    return _strip_scheme(name.strip()).split("/", 1)[0]
+
+
+def registry_key(name: str) -> str:
+    """The key a registry's credentials live under in ``auths``.
+
+    Docker Hub in any spelling is ``https://index.docker.io/v1/``; anything
+    else is host[:port], without scheme or path, as the docker CLI stores it.
+    """
+    host = hostname(name)
+    if not host or any(c.isspace() for c in host) or "@" in host:
+        raise UsageError(f"not a registry host: {name!r} (expected host[:port])")
+    if host.lower() in _HUB_HOSTS:
+        return DOCKER_HUB_KEY
+    return host
+
+
+def same_registry(key: str, registry: str) -> bool:
+    """True when the auths key ``key`` names the same registry as ``registry``.
+
+    Covers ``https://host``, ``http://host/v1/`` and the Docker Hub spellings,
+    so a logout removes every variant a tool may have written.
+    """
+    try:
+        return registry_key(key).lower() == registry_key(registry).lower()
+    except UsageError:
+        return False
+
+
+# -- parsing ------------------------------------------------------------------
+
+
+def parse_config(data: bytes, path: str) -> Config:
+    """Parse and shape-check a Docker config; raise ConfigError naming ``path``."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise ConfigError(path, "starts with a UTF-8 byte-order mark, which docker cannot read either")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"is not UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        return {}
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(path, f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ConfigError(path, "is not valid JSON: nested too deeply") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(path, f"must hold a JSON object, not {type(cfg).__name__}")
+    auths = cfg.get("auths", {})
+    if not isinstance(auths, dict):
+        raise ConfigError(path, '"auths" must be an object')
+    for key, entry in auths.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(path, f'"auths" entry {key!r} must be an object')
+    helpers = cfg.get("credHelpers", {})
+    if not isinstance(helpers, dict) or not all(isinstance(v, str) for v in helpers.values()):
+        raise ConfigError(path, '"credHelpers" must map registries to helper names')
+    if not isinstance(cfg.get("credsStore", ""), str):
+        raise ConfigError(path, '"credsStore" must be a string')
+    return cfg
+
+
+def read_config(path: str) -> Tuple[Optional[bytes], Config]:
+    """(raw bytes or None when missing, parsed config)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, {}
+    except IsADirectoryError:
+        raise ConfigError(path, "is a directory") from None
+    except PermissionError:
+        raise ConfigError(path, "cannot be read (permission denied)") from None
+    return data, parse_config(data, path)
+
+
+def serialize(cfg: Config) -> bytes:
+    """Bytes as the docker CLI writes them: tab-indented JSON and a newline."""
+    return (json.dumps(cfg, indent="\t") + "\n").encode("utf-8")
+
+
+# -- entries and layering -----------------------------------------------------
+
+
+def auth_entry(username: str, password: str) -> Dict[str, str]:
+    """The ``auths`` value docker, crane, skopeo and regctl all read."""
+    return {"auth": encode_auth(username, password)}
+
+
+def encode_auth(username: str, password: str) -> str:
+    return base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+
+
+def with_login(cfg: Config, key: str, entry: Mapping[str, Any]) -> Config:
+    """A copy of ``cfg`` whose only change is ``auths[key] = entry``.
+
+    Other spellings of the same registry are removed so tools don't pick a
+    stale one.
+    """
+    new = dict(cfg)
+    auths = {k: v for k, v in cfg.get("auths", {}).items() if not same_registry(k, key)}
+    auths[key] = dict(entry)
+    new["auths"] = auths
+    return new
+
+
+def without_login(cfg: Config, registry: str) -> Config:
+    """A copy of ``cfg`` without any ``auths`` entry for ``registry``."""
+    new = dict(cfg)
+    if "auths" in cfg:
+        new["auths"] = {k: v for k, v in cfg["auths"].items() if not same_registry(k, registry)}
+    return new
+
+
+def layer(base: Config, key: str, entry: Mapping[str, Any], inline: Mapping[str, Mapping[str, Any]] = {}) -> Config:  # noqa: B006 - read-only default
+    """The config of a scope: ``base`` plus the target's login, and no helpers.
+
+    ``credsStore`` and ``credHelpers`` are dropped entirely (invariant 2), so
+    nothing run in the scope can store into or erase from a shared helper.
+    ``inline`` holds base credentials read once from a helper because the run
+    needs them (the source registry); they are written in as plain entries.
+    """
+    cfg = {k: v for k, v in base.items() if k not in ("credsStore", "credHelpers")}
+    cfg = json.loads(json.dumps(cfg))  # deep copy: the scope must never alias the base
+    for registry, value in inline.items():
+        cfg = with_login(cfg, registry, value)
+    return with_login(cfg, key, entry)
+
+
+def helper_for(cfg: Config, key: str) -> Optional[str]:
+    """The credential helper the docker CLI would use for ``key``, if any."""
+    helpers = cfg.get("credHelpers", {})
+    for registry, helper in helpers.items():
+        if same_registry(registry, key):
+            return helper
+    return cfg.get("credsStore") or None
+
+
+def has_inline_auth(cfg: Config, key: str) -> bool:
+    for registry, entry in cfg.get("auths", {}).items():
+        if same_registry(registry, key) and (entry.get("auth") or entry.get("identitytoken") or entry.get("username")):
+            return True
+    return False
+
+
+def entry_from_helper(username: str, secret: str) -> Dict[str, str]:
+    """An ``auths`` entry from a helper's answer; ``<token>`` means an identity token."""
+    if username == "<token>":
+        return {"identitytoken": secret}
+    return auth_entry(username, secret)
+
+
+def secrets_of(entries: Iterable[Mapping[str, Any]]) -> Iterable[str]:
+    """Every secret string an entry carries, for masking."""
+    for entry in entries:
+        for field in ("auth", "password", "identitytoken", "registrytoken"):
+            value = entry.get(field)
+            if isinstance(value, str) and value:
+                yield value
+        auth = entry.get("auth")
+        if isinstance(auth, str):
+            try:
+                _, _, password = base64.b64decode(auth).decode("utf-8").partition(":")
+            except ValueError:
+                continue
+            if password:
+                yield password
+
+
+# -- writing ------------------------------------------------------------------
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``: temp file beside it, fsync, os.replace.
+
+    A reader sees the old file or the new one, never a mix; a crash at any
+    point leaves the old file (and at worst a stray temp file) behind.
+    """
+    directory = os.path.dirname(path) or "."
+    name = os.path.basename(path)
+    # O_EXCL|O_NOFOLLOW: never write through a link planted at the temp name.
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise BaseWriteError(path, exc.strerror or str(exc)) from None
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise BaseWriteError(path, exc.strerror or str(exc)) from None
+        raise
+    fsync_dir(directory)
+
+
+def file_mode(path: str, default: int = 0o600) -> int:
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return default

@@ -1,0 +1,108 @@
+"""The errors authscope raises on purpose.
+
+Every expected failure is an ``AuthscopeError`` subclass that carries the data
+its message is built from. ``cli.py`` maps each class to an exit code; nothing
+else prints errors or chooses exit codes.
+"""
+
+from __future__ import annotations
+
+
+class AuthscopeError(Exception):
+    """Base class: an expected failure with a message a user can act on."""
+
+
+class UsageError(AuthscopeError):
+    """Raised when the command line is wrong or incomplete (nothing ran)."""
+
+
+class SecretSourceError(AuthscopeError):
+    """Raised when a secret cannot be read from the variable or file named."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+class ConfigError(AuthscopeError):
+    """Raised when a Docker config file cannot be used; it is left untouched."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason} (the file was left as it is)")
+
+
+class BaseWriteError(AuthscopeError):
+    """Raised when the base config could not be written (permissions, disk full)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"cannot write {path}: {reason} (the previous file was left as it was)"
+        )
+
+
+class LockTimeout(AuthscopeError):
+    """Raised when the base lock is held by another process for too long."""
+
+    def __init__(self, lock_file: str, seconds: float) -> None:
+        self.lock_file = lock_file
+        self.seconds = seconds
+        super().__init__(
+            f"waited {seconds:g}s for the lock {lock_file}; another authscope is "
+            f"writing this config. Retry, or check for a hung process holding it"
+        )
+
+
+class ScopeError(AuthscopeError):
+    """Raised when a scope directory cannot be made safely."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"scope directory {path}: {reason}")
+
+
+class HelperError(AuthscopeError):
+    """Raised when a credential helper cannot give the credential the run needs."""
+
+    def __init__(self, helper: str, registry: str, reason: str) -> None:
+        self.helper = helper
+        self.registry = registry
+        self.reason = reason
+        super().__init__(
+            f"credential helper docker-credential-{helper} could not get "
+            f"{registry}: {reason}"
+        )
+
+
+class RegistryError(AuthscopeError):
+    """Raised when a registry rejects credentials or cannot be reached (--verify)."""
+
+    def __init__(self, registry: str, reason: str) -> None:
+        self.registry = registry
+        self.reason = reason
+        super().__init__(f"{registry}: {reason}")
+
+
+class CommandNotFound(AuthscopeError):
+    """Raised when the command to run in a scope does not exist."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        super().__init__(f"command not found: {command}")
+
+
+class Interrupted(BaseException):
+    """Raised when authscope gets SIGINT/SIGTERM/SIGHUP outside a child's run.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
+    swallows it on its way to the cleanup handlers.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signum)

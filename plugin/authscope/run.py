@@ -1,0 +1,266 @@
+"""The only module that starts processes: relay with masking, signals, helpers.
+
+Children get secrets through their environment or files, never argv. What they
+print is relayed line by line (CI logs stay live) with every known secret
+replaced by ``[MASKED]``.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import IO, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import CommandNotFound, HelperError, Interrupted
+
+MASK = b"[MASKED]"
+# Shorter secrets would mask ordinary text; GitLab's own masking needs 8.
+MIN_SECRET = 4
+# A line longer than this without a newline is relayed in pieces.
+MAX_LINE = 64 * 1024
+# After a forwarded signal, how long a child may take before SIGKILL.
+KILL_GRACE = 10.0
+# After the child exits, how long to drain output a grandchild still holds.
+DRAIN_GRACE = 1.0
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+# -- masking --------------------------------------------------------------------
+
+
+class Masker:
+    """Replace known secrets in byte strings."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        found = {s.encode("utf-8") for s in secrets if len(s) >= MIN_SECRET}
+        # Longest first, so a secret containing another is masked whole.
+        self.secrets: Tuple[bytes, ...] = tuple(sorted(found, key=len, reverse=True))
+        self.longest = len(self.secrets[0]) if self.secrets else 0
+
+    def __call__(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            if secret in data:
+                data = data.replace(secret, MASK)
+        return data
+
+    def text(self, text: str) -> str:
+        return self(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+
+
+class LineRelay:
+    """Cut a byte stream into lines and mask each whole line.
+
+    Masking whole lines means a secret split across two reads is still seen
+    whole. A line that grows past MAX_LINE is emitted in pieces, holding back
+    the last ``longest - 1`` bytes, the most a partial secret can occupy.
+    """
+
+    def __init__(self, masker: Masker) -> None:
+        self.masker = masker
+        self.pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self.pending += data
+        cut = max(self.pending.rfind(b"\n"), self.pending.rfind(b"\r")) + 1
+        if cut:
+            out, self.pending = self.pending[:cut], self.pending[cut:]
+            return self.masker(out)
+        if len(self.pending) > MAX_LINE:
+            keep = max(self.masker.longest - 1, 0)
+            masked = self.masker(self.pending)
+            # Everything before the tail is final; a secret that starts in
+            # the tail may still complete with the next read.
+            split = len(masked) - keep
+            out, self.pending = masked[:split], masked[split:]
+            return out
+        return b""
+
+    def flush(self) -> bytes:
+        out, self.pending = self.masker(self.pending), b""
+        return out
+
+
+# -- signals --------------------------------------------------------------------
+
+_child: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+_child_group = False
+_starting = False  # between Popen and _child being set: record, don't raise
+_received: List[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _received.append(signum)
+    child = _child
+    if child is not None and child.returncode is None:
+        _forward(child, signum)
+        return
+    if len(_received) == 1 and not _starting:
+        # No child running: unwind through the cleanup handlers. A second
+        # signal only records itself, so it cannot break a cleanup under way.
+        raise Interrupted(signum)
+
+
+def _forward(child: subprocess.Popen, signum: int) -> None:  # type: ignore[type-arg]
+    try:
+        if _child_group:
+            os.killpg(child.pid, signum)
+        else:
+            os.kill(child.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@contextmanager
+def signals_handled() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM/SIGHUP forward to a running child or
+    raise ``Interrupted``; the previous handlers come back afterwards."""
+    del _received[:]
+    try:
+        previous = {sig: signal.signal(sig, _on_signal) for sig in FORWARDED_SIGNALS}
+    except ValueError:  # not the main thread: leave signals to whoever owns it
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def received_signal() -> Optional[int]:
+    return _received[0] if _received else None
+
+
+# -- running --------------------------------------------------------------------
+
+
+def _exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_relayed(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    masker: Masker,
+    stdout: Optional[IO[bytes]] = None,
+    stderr: Optional[IO[bytes]] = None,
+    cwd: Optional[str] = None,
+) -> int:
+    """Run ``argv``, relay its output masked line by line; its exit status.
+
+    SIGINT/SIGTERM/SIGHUP received meanwhile are forwarded to the child (to
+    its process group when it has one); once it has exited, ``Interrupted``
+    is raised so the caller's cleanup runs and the exit code says 128 + N.
+    """
+    global _child, _child_group, _starting
+    out = stdout or sys.stdout.buffer
+    err = stderr or sys.stderr.buffer
+    # With a terminal, the child stays in our process group: it may prompt,
+    # and the terminal's own Ctrl-C reaches it. Without one (CI), it gets its
+    # own group so a forwarded signal reaches a whole `sh -c` pipeline.
+    own_group = not (sys.stdin is not None and sys.stdin.isatty())
+    _starting = True
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=own_group,
+        )
+    except FileNotFoundError:
+        raise CommandNotFound(argv[0]) from None
+    except PermissionError:
+        raise CommandNotFound(f"{argv[0]} (not executable)") from None
+    finally:
+        _starting = False
+    _child, _child_group = proc, own_group
+    if _received:  # a signal came while the child was being started
+        _forward(proc, _received[0])
+    try:
+        _pump(proc, {proc.stdout: (LineRelay(masker), out), proc.stderr: (LineRelay(masker), err)})
+        returncode = proc.wait()
+    finally:
+        if proc.returncode is None:  # unwinding on an error of our own
+            _forward(proc, signal.SIGKILL)
+            proc.wait()
+        _child = None
+    if _received:
+        raise Interrupted(_received[0])
+    return _exit_status(returncode)
+
+
+def _pump(proc: subprocess.Popen, streams: Dict[IO[bytes], Tuple[LineRelay, IO[bytes]]]) -> None:  # type: ignore[type-arg]
+    selector = selectors.DefaultSelector()
+    for pipe in streams:
+        selector.register(pipe, selectors.EVENT_READ)
+    drain_until: Optional[float] = None
+    first_signal_at: Optional[float] = None
+    try:
+        while selector.get_map():
+            for key, _ in selector.select(timeout=0.2):
+                relay, sink = streams[key.fileobj]  # type: ignore[index]
+                data = os.read(key.fd, 65536)
+                if data:
+                    chunk = relay.feed(data)
+                else:
+                    selector.unregister(key.fileobj)
+                    chunk = relay.flush()
+                if chunk:
+                    sink.write(chunk)
+                    sink.flush()
+            now = time.monotonic()
+            if _received and first_signal_at is None:
+                first_signal_at = now
+            if first_signal_at is not None and now - first_signal_at > KILL_GRACE and proc.poll() is None:
+                _forward(proc, signal.SIGKILL)
+            if drain_until is None and proc.poll() is not None:
+                drain_until = now + DRAIN_GRACE
+            if drain_until is not None and now > drain_until:
+                break  # a grandchild holds the pipe open; don't wait for it
+    finally:
+        for pipe, (relay, sink) in streams.items():
+            rest = relay.flush()
+            if rest:
+                sink.write(rest)
+                sink.flush()
+            pipe.close()
+        selector.close()
+
+
+def helper_get(helper: str, server: str, env: Mapping[str, str]) -> Tuple[str, str]:
+    """(username, secret) from ``docker-credential-<helper> get``.
+
+    The server name goes on stdin, as the docker-credential-helpers protocol
+    says; the answer is JSON on stdout and is never logged.
+    """
+    import json
+
+    program = f"docker-credential-{helper}"
+    try:
+        proc = subprocess.run(
+            [program, "get"],
+            input=server.encode("utf-8"),
+            capture_output=True,
+            env=dict(env),
+            timeout=60,
+        )
+    except FileNotFoundError:
+        raise HelperError(helper, server, f"{program} is not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise HelperError(helper, server, "no answer within 60s") from None
+    if proc.returncode != 0:
+        # Helpers answer "credentials not found in native keychain" on stdout.
+        reason = (proc.stdout or proc.stderr).decode("utf-8", "replace").strip()[:200]
+        raise HelperError(helper, server, reason or f"exit code {proc.returncode}")
+    try:
+        answer = json.loads(proc.stdout)
+        return str(answer["Username"]), str(answer["Secret"])
+    except (ValueError, KeyError, TypeError):
+        raise HelperError(helper, server, "answered something that is not the helper protocol's JSON") from None

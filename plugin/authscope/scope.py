@@ -1,0 +1,296 @@
+"""Scopes: a temporary DOCKER_CONFIG per target, and the sweep of dead ones.
+
+A scope is a directory (0700) named ``authscope-<pid>-<start>-<ns>-<random>``
+holding ``config.json`` (0600): the base layered with one target's login, with
+no credential helpers. Its owner's pid, the process start time and pid
+namespace are in the name itself, so ownership is recorded atomically with the
+directory's creation, and ``sweep`` can tell a dead owner from a reused pid.
+
+Besides config.json, a scope links two directories of the base, because the
+docker CLI looks for them next to its config and neither holds registry
+credentials: ``cli-plugins`` (buildx, compose) and ``contexts`` (endpoints of
+``docker --context``). Nothing else of the base is carried over: ``buildx``
+state and ``trust`` keys start empty in a scope.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from . import dockerconfig as dc
+from .base import Base, Damage
+from .errors import ScopeError
+
+PREFIX = "authscope-"
+NAME = re.compile(r"authscope-(\d+)-(\d+)-(\d+)-[0-9a-f]{12}")
+LINKED = ("cli-plugins", "contexts")
+
+
+# -- identity of a process --------------------------------------------------
+
+
+def process_start(pid: int) -> int:
+    """Start time of ``pid`` in clock ticks since boot (0 where /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return 0
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = stat_line[stat_line.rfind(b")") + 2:].split()
+    return int(fields[19])
+
+
+def pid_namespace() -> int:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return 0
+    return int(re.sub(r"\D", "", link) or 0)
+
+
+def process_alive(pid: int, start: int) -> bool:
+    if start and os.path.isdir("/proc/self"):
+        return process_start(pid) == start  # 0 when gone; another value when reused
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- where scopes live --------------------------------------------------------
+
+
+def default_roots(environ: Mapping[str, str]) -> List[str]:
+    """Candidate roots, most preferred first: tmpfs before disk."""
+    import tempfile
+
+    roots = [environ.get("XDG_RUNTIME_DIR", ""), "/dev/shm", environ.get("TMPDIR", "") or tempfile.gettempdir()]
+    seen, out = set(), []
+    for root in roots:
+        if root and os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK):
+            real = os.path.realpath(root)
+            if real not in seen:
+                seen.add(real)
+                out.append(real)
+    return out
+
+
+def check_root(root: str) -> str:
+    """``root`` resolved, refused when another user could tamper with scopes."""
+    real = os.path.realpath(root)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        try:
+            os.makedirs(real, mode=0o700)
+        except OSError as exc:
+            raise ScopeError(real, f"cannot create it: {exc.strerror}") from None
+        st = os.stat(real)
+    except OSError as exc:
+        raise ScopeError(real, exc.strerror or str(exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ScopeError(real, "is not a directory")
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        # Without the sticky bit, any user could rename our scope away and
+        # put a directory of theirs in its place.
+        raise ScopeError(real, "is world-writable without the sticky bit; choose another --scope-dir")
+    if st.st_uid not in (os.geteuid(), 0) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ScopeError(real, "belongs to another user who can write to it; choose another --scope-dir")
+    return real
+
+
+def choose_root(explicit: Optional[str], environ: Mapping[str, str]) -> str:
+    chosen = explicit or environ.get("AUTHSCOPE_SCOPE_DIR")
+    if chosen:
+        return check_root(chosen)
+    roots = default_roots(environ)
+    if not roots:
+        raise ScopeError("(none)", "no writable $XDG_RUNTIME_DIR, /dev/shm or $TMPDIR; set --scope-dir")
+    return check_root(roots[0])
+
+
+# -- making and removing ------------------------------------------------------
+
+
+def make_scope_dir(root: str) -> str:
+    pid = os.getpid()
+    for _ in range(8):
+        name = f"{PREFIX}{pid}-{process_start(pid)}-{pid_namespace()}-{os.urandom(6).hex()}"
+        path = os.path.join(root, name)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ScopeError(path, exc.strerror or str(exc)) from None
+        os.chmod(path, 0o700)  # the umask may have taken bits we need
+        return path
+    raise ScopeError(root, "could not create a unique scope directory")
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Create ``path`` (0600), refusing to follow or reuse anything already there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a scope whatever its command did to the permissions inside."""
+
+    def make_writable_and_retry(func, failed, _exc):  # type: ignore[no-untyped-def]
+        parent = os.path.dirname(failed)
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed)
+            else:
+                func(failed)
+        except FileNotFoundError:
+            pass
+
+    # rmtree uses file descriptors on Linux, so a link planted inside the
+    # scope is unlinked, never followed.
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+class Scope:
+    """An open scope: where its config is and the environment a child gets."""
+
+    def __init__(self, path: str, isolate_home: bool) -> None:
+        self.path = path
+        self.config_file = os.path.join(path, dc.CONFIG_NAME)
+        self.isolate_home = isolate_home
+        self.damage: List[Damage] = []
+
+    def env(self, environ: Mapping[str, str]) -> Dict[str, str]:
+        env = dict(environ)
+        env["DOCKER_CONFIG"] = self.path
+        env["REGISTRY_AUTH_FILE"] = self.config_file  # skopeo, podman, buildah
+        env["AUTHSCOPE_SCOPE"] = self.path
+        if self.isolate_home:
+            home = os.path.join(self.path, "home")
+            env["HOME"] = home
+            env["XDG_CONFIG_HOME"] = os.path.join(home, ".config")
+            env["XDG_RUNTIME_DIR"] = os.path.join(self.path, "run")
+        return env
+
+
+def _populate(scope: Scope, base_dir: str, cfg: dc.Config) -> None:
+    write_private(scope.config_file, dc.serialize(cfg))
+    for name in LINKED:
+        source = os.path.join(base_dir, name)
+        if os.path.isdir(source):
+            os.symlink(source, os.path.join(scope.path, name))
+    if scope.isolate_home:
+        # Tools that ignore DOCKER_CONFIG and write ~/.docker/config.json
+        # write the scope's own config instead.
+        home = os.path.join(scope.path, "home")
+        os.mkdir(home, 0o700)
+        os.mkdir(os.path.join(home, ".config"), 0o700)
+        os.mkdir(os.path.join(scope.path, "run"), 0o700)
+        os.symlink("..", os.path.join(home, ".docker"))
+
+
+def inline_from_helpers(
+    cfg: dc.Config, registries: Sequence[str], environ: Mapping[str, str]
+) -> Dict[str, Dict[str, str]]:
+    """Base credentials the run needs that live in a helper, read once with ``get``."""
+    from .run import helper_get
+
+    inline = {}
+    for registry in registries:
+        key = dc.registry_key(registry)
+        helper = dc.helper_for(cfg, key)
+        if helper and not dc.has_inline_auth(cfg, key):
+            username, secret = helper_get(helper, key, environ)
+            inline[key] = dc.entry_from_helper(username, secret)
+    return inline
+
+
+@contextmanager
+def open_scope(
+    base: Base,
+    registry: str,
+    entry: Dict[str, str],
+    *,
+    root: Optional[str] = None,
+    sources: Sequence[str] = (),
+    isolate_home: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> Iterator[Tuple[Scope, List[str]]]:
+    """Open a scope for one target; on exit remove it and guard the base.
+
+    Yields the scope and the secrets it holds (for masking). After the block,
+    ``scope.damage`` lists what the guard found and restored in the base.
+    """
+    key = dc.registry_key(registry)
+    snap = base.snapshot()
+    inline = inline_from_helpers(snap.config, sources, environ)
+    cfg = dc.layer(snap.config, key, entry, inline)
+    # Every credential the scope holds, the base's included, is masked.
+    secrets = list(dc.secrets_of(cfg["auths"].values()))
+    path = make_scope_dir(choose_root(root, environ))
+    scope = Scope(path, isolate_home)
+    try:
+        _populate(scope, base.directory, cfg)
+        yield scope, secrets
+    finally:
+        remove_tree(path)
+        # An entry that appears in the base with this target's auth leaked
+        # out of the scope; the base's own secrets are not leaks.
+        leaks = [entry["auth"]] if "auth" in entry else []
+        scope.damage = base.check(snap, leaks)
+
+
+# -- sweep --------------------------------------------------------------------
+
+
+def sweep(roots: Sequence[str]) -> List[str]:
+    """Remove scopes whose owner is gone; the paths removed.
+
+    Only directories named like a scope, owned by this user, made in this
+    pid namespace and whose owner process no longer runs are touched, so a
+    sweep is safe while other jobs' scopes are live.
+    """
+    removed = []
+    uid, namespace = os.geteuid(), pid_namespace()
+    for root in roots:
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for entry in entries:
+            match = NAME.fullmatch(entry.name)
+            if not match:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+                continue
+            pid, start, ns = (int(g) for g in match.groups())
+            if ns != namespace or process_alive(pid, start):
+                continue
+            try:
+                remove_tree(entry.path)
+            except FileNotFoundError:
+                continue  # another sweep got there first
+            removed.append(entry.path)
+    return removed
