@@ -141,9 +141,10 @@ def find_damage(
         if now == value:
             continue
         record = journal.entries.get(path)
-        if record is not None and record[0] > snap.generation:
+        if record is not None and record[0] > snap.generation and record[1] != fingerprint(value):
             if record[1] == fingerprint(now):
                 continue  # another authscope login/logout: not ours to undo
+            # The last legitimate value is one this scope never saw.
             damage.append(Damage(path, "lost", None, False))
         else:
             damage.append(Damage(path, "removed" if now is None else "changed", value, True))

@@ -1,0 +1,300 @@
+"""Invariant 3 (safe base writes) and invariant 1 (the guard), with controls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from authscope import base as B
+from authscope import dockerconfig as dc
+from authscope.errors import ConfigError
+
+from tests.helpers import AUTHSCOPE, LOCAL_PASSWORD, read_json, run_authscope, write_config
+
+
+def test_login_creates_private_file_in_private_dir(base: Path, main: Any) -> None:
+    assert main("login", "https://gitlab.local:4567/", "-u", "ci", "--password-env", "LOCAL_PASSWORD") == 0
+    assert base.stat().st_mode & 0o777 == 0o700
+    cfg_path = base / "config.json"
+    assert cfg_path.stat().st_mode & 0o777 == 0o600
+    assert read_json(cfg_path) == {"auths": {"gitlab.local:4567": dc.auth_entry("ci", LOCAL_PASSWORD)}}
+
+
+def test_login_keeps_unknown_keys_and_mode(base: Path, main: Any) -> None:
+    path = write_config(base, {"auths": {"other": {"auth": "eDp5"}}, "x-tool": {"a": [1]}, "proxies": {}}, mode=0o640)
+    assert main("login", "gitlab.local:4567", "-u", "ci", "--password-stdin", stdin=LOCAL_PASSWORD + "\n") == 0
+    cfg = read_json(path)
+    assert cfg["x-tool"] == {"a": [1]} and cfg["proxies"] == {}
+    assert cfg["auths"]["other"] == {"auth": "eDp5"}
+    assert cfg["auths"]["gitlab.local:4567"] == dc.auth_entry("ci", LOCAL_PASSWORD)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_logout_removes_every_spelling_and_nothing_else(base: Path, main: Any) -> None:
+    path = write_config(
+        base,
+        {"auths": {"h:5000": {}, "https://h:5000": {}, "http://h:5000/v1/": {}, "h:5001": {}, "keep": {}}},
+    )
+    assert main("logout", "h:5000") == 0
+    assert read_json(path) == {"auths": {"h:5001": {}, "keep": {}}}
+
+
+def test_logout_of_absent_entry_does_not_write(base: Path, main: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(base, {"auths": {"keep": {}}})
+    before = path.stat().st_mtime_ns, path.read_bytes()
+    assert main("logout", "absent.example") == 0
+    assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+    assert "nothing to do" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("garbage", [b'{"auths": {', b"\x00\x01binary", b'\xef\xbb\xbf{"auths":{}}', b'{"auths": 3}'])
+def test_corrupt_base_refused_and_left_byte_for_byte(base: Path, main: Any, garbage: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    base.mkdir()
+    path = base / "config.json"
+    path.write_bytes(garbage)
+    for args in (["login", "x.example", "-u", "u", "--password-env", "LOCAL_PASSWORD"], ["logout", "x.example"]):
+        assert main(*args) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "left as it is" in err
+        assert "Traceback" not in err
+    assert path.read_bytes() == garbage
+    assert sorted(os.listdir(base)) == ["config.json", "config.json.lock"]
+
+
+def test_control_naive_tool_loses_a_corrupt_base(tmp_path: Path) -> None:
+    """Control: the usual `load or start empty` pattern destroys what it can't parse."""
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"auths": {"keep": {}}, }')  # one stray comma
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError:
+        cfg = {"auths": {}}
+    cfg["auths"]["new"] = {}
+    path.write_text(json.dumps(cfg))
+    assert "keep" not in path.read_text()
+
+
+def test_symlinked_config_written_through_to_its_target(base: Path, tmp_path: Path, main: Any) -> None:
+    target = tmp_path / "dotfiles" / "docker.json"
+    target.parent.mkdir()
+    target.write_text('{"auths": {"keep": {}}}')
+    base.mkdir()
+    (base / "config.json").symlink_to(target)
+    assert main("login", "x.example", "-u", "u", "--password-env", "LOCAL_PASSWORD") == 0
+    assert (base / "config.json").is_symlink()
+    assert set(read_json(target)["auths"]) == {"keep", "x.example"}
+    assert (target.parent / "docker.json.lock").exists()  # the lock guards the real file
+
+
+def test_dangling_symlink_refused(base: Path, tmp_path: Path, main: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    base.mkdir()
+    (base / "config.json").symlink_to(tmp_path / "nowhere.json")
+    assert main("login", "x.example", "-u", "u", "--password-env", "LOCAL_PASSWORD") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere.json").exists()
+
+
+# -- concurrency: real processes ------------------------------------------------------
+
+WRITERS, ROUNDS = 6, 8
+
+NAIVE_WRITER = """
+import json, sys, time
+path, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(rounds):
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg["auths"][f"{name}-{i}.example"] = {"auth": "eDp5"}
+    time.sleep(0.002)  # the time a real tool spends between its read and its write
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+"""
+
+AUTHSCOPE_WRITER = """
+import sys
+from authscope import base, dockerconfig
+directory, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(rounds):
+    base.login(directory, f"{name}-{i}.example", {"auth": "eDp5"})
+"""
+
+
+def _race(script: str, target: str, env: Dict[str, str]) -> "list[int]":
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, target, f"w{n}", str(ROUNDS)], env=env, stderr=subprocess.DEVNULL)
+        for n in range(WRITERS)
+    ]
+    return [p.wait(timeout=120) for p in procs]
+
+
+def test_concurrent_logins_lose_nothing(base: Path, env: Dict[str, str]) -> None:
+    path = write_config(base, {"auths": {}})
+    assert _race(AUTHSCOPE_WRITER, str(base), env) == [0] * WRITERS
+    assert len(read_json(path)["auths"]) == WRITERS * ROUNDS
+
+
+def test_control_naive_read_modify_write_loses_entries(base: Path, env: Dict[str, str]) -> None:
+    path = write_config(base, {"auths": {}})
+    _race(NAIVE_WRITER, str(path), env)  # some writers may even crash on a torn read
+    try:
+        kept = len(read_json(path)["auths"])
+    except ValueError:
+        kept = 0  # a torn write: even worse
+    assert kept < WRITERS * ROUNDS
+
+
+# -- the guard -----------------------------------------------------------------------
+
+
+def _snap_and_base(path: Path) -> "tuple[B.Base, B.Snapshot]":
+    b = B.Base(str(path.parent))
+    return b, b.snapshot()
+
+
+def test_guard_restores_removed_and_changed_entries(logged_in: Path) -> None:
+    b, snap = _snap_and_base(logged_in)
+    original = logged_in.read_bytes()
+    cfg = read_json(logged_in)
+    cfg["auths"]["gitlab.local:4567"] = {"auth": "ZXZpbDpldmls"}
+    del cfg["x-unknown"]
+    logged_in.write_text(json.dumps(cfg))
+    damage = b.check(snap)
+    assert {(d.path, d.what) for d in damage} == {
+        (("auths", "gitlab.local:4567"), "changed"),
+        (("", "x-unknown"), "removed"),
+    }
+    assert read_json(logged_in) == json.loads(original)
+
+
+def test_guard_restores_a_deleted_or_corrupted_base(logged_in: Path) -> None:
+    b, snap = _snap_and_base(logged_in)
+    before = read_json(logged_in)
+    logged_in.write_text("{ this is not json")
+    assert b.check(snap)
+    assert read_json(logged_in) == before
+    kept = [p for p in os.listdir(logged_in.parent) if ".corrupt-" in p]
+    assert len(kept) == 1  # what the tool left is kept for forensics
+    logged_in.unlink()
+    assert b.check(snap)
+    assert read_json(logged_in) == before
+
+
+def test_guard_removes_target_credentials_leaked_into_base(logged_in: Path) -> None:
+    b, snap = _snap_and_base(logged_in)
+    leaked = dc.auth_entry("robot$p+ci", "target-secret-zz")
+    cfg = read_json(logged_in)
+    cfg["auths"]["harbor.x"] = leaked
+    logged_in.write_text(json.dumps(cfg))
+    damage = b.check(snap, leaks=[leaked["auth"]])
+    assert [(d.path, d.what) for d in damage] == [(("auths", "harbor.x"), "leaked")]
+    assert "harbor.x" not in read_json(logged_in)["auths"]
+
+
+def test_guard_is_silent_when_nothing_changed(logged_in: Path) -> None:
+    b, snap = _snap_and_base(logged_in)
+    before = logged_in.stat().st_mtime_ns
+    assert b.check(snap) == []
+    assert logged_in.stat().st_mtime_ns == before
+
+
+def test_guard_accepts_changes_another_authscope_made(logged_in: Path) -> None:
+    b, snap = _snap_and_base(logged_in)
+    B.logout(str(logged_in.parent), "gitlab.local:4567")
+    B.login(str(logged_in.parent), "new.example", {"auth": "bmV3Om5ldw=="})
+    assert b.check(snap) == []
+    assert set(read_json(logged_in)["auths"]) == {"new.example"}
+
+
+def test_control_guard_without_journal_resurrects_legit_logout(logged_in: Path) -> None:
+    """Control: a plain snapshot diff can't tell a legit logout from damage."""
+    b, snap = _snap_and_base(logged_in)
+    B.logout(str(logged_in.parent), "gitlab.local:4567")
+    current = B.flatten(read_json(logged_in))
+    assert B.find_damage(snap, current, B.Journal(0, {}))  # would restore it
+    assert not B.find_damage(snap, current, b.read_journal())
+
+
+def test_guard_reports_entry_damaged_after_a_legit_change(logged_in: Path) -> None:
+    b, snap = _snap_and_base(logged_in)
+    B.login(str(logged_in.parent), "gitlab.local:4567", {"auth": "bmV3Om5ldw=="})
+    cfg = read_json(logged_in)
+    del cfg["auths"]["gitlab.local:4567"]
+    logged_in.write_text(json.dumps(cfg))
+    damage = b.check(snap)
+    assert [(d.path, d.what, d.restorable) for d in damage] == [(("auths", "gitlab.local:4567"), "lost", False)]
+    assert "authscope login" in damage[0].describe()
+
+
+def test_damaged_journal_errs_on_keeping_the_base() -> None:
+    assert B.parse_journal(b"not json") == B.Journal(0, {})
+    assert B.parse_journal(b'{"generation": 1, "entries": [{"section": 1}]}') == B.Journal(0, {})
+
+
+HOLD = "while [ ! -e \"$GO\" ]; do sleep 0.05; done; touch \"$DONE\""
+
+
+def _open_scope_and_hold(env: Dict[str, str], tmp: Path, name: str) -> "tuple[subprocess.Popen[str], Dict[str, str]]":
+    henv = dict(env, GO=str(tmp / f"{name}.go"), DONE=str(tmp / f"{name}.done"))
+    proc = subprocess.Popen(
+        AUTHSCOPE + ["exec", "--registry", "harbor.x", "-u", "robot$p+ci", "--password-env", "TARGET_PASSWORD", "--", "sh", "-c", HOLD],
+        env=henv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(Path(env["AUTHSCOPE_SCOPE_DIR"]).iterdir()):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    return proc, henv
+
+
+def test_concurrent_authscope_logout_is_not_resurrected(logged_in: Path, env: Dict[str, str], tmp_path: Path) -> None:
+    """Two jobs, one base: job B logs out and logs in while job A's scope is open."""
+    a, aenv = _open_scope_and_hold(env, tmp_path, "a")
+    assert run_authscope(["logout", "gitlab.local:4567"], env).returncode == 0
+    assert run_authscope(["login", "other.example", "-u", "u", "--password-env", "LOCAL_PASSWORD"], env).returncode == 0
+    Path(aenv["GO"]).touch()
+    out, err = a.communicate(timeout=60)
+    assert a.returncode == 0, err
+    assert "BASE INTEGRITY" not in err
+    assert set(read_json(logged_in)["auths"]) == {"other.example"}
+
+
+def test_control_concurrent_naive_logout_is_restored(logged_in: Path, env: Dict[str, str], tmp_path: Path) -> None:
+    """Control: the same logout by a tool that bypasses authscope is damage."""
+    a, aenv = _open_scope_and_hold(env, tmp_path, "a")
+    cfg = read_json(logged_in)
+    del cfg["auths"]["gitlab.local:4567"]
+    logged_in.write_text(json.dumps(cfg))
+    Path(aenv["GO"]).touch()
+    out, err = a.communicate(timeout=60)
+    assert a.returncode == 3
+    assert "gitlab.local:4567" in err and "restored" in err
+    assert LOCAL_PASSWORD not in err
+    assert "gitlab.local:4567" in read_json(logged_in)["auths"]
+
+
+def test_many_scopes_and_writers_at_once(logged_in: Path, env: Dict[str, str], tmp_path: Path) -> None:
+    """Four scopes open while another process logs in and out repeatedly: no false restores."""
+    holders = [_open_scope_and_hold(env, tmp_path, f"h{i}") for i in range(4)]
+    for i in range(5):
+        assert run_authscope(["login", f"r{i}.example", "-u", "u", "--password-env", "LOCAL_PASSWORD"], env).returncode == 0
+        if i % 2:
+            assert run_authscope(["logout", f"r{i - 1}.example"], env).returncode == 0
+    for _, henv in holders:
+        Path(henv["GO"]).touch()
+    for proc, _ in holders:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "BASE INTEGRITY" not in err, err
+    assert set(read_json(logged_in)["auths"]) == {"gitlab.local:4567", "r1.example", "r3.example", "r4.example"}
+    assert not list(Path(env["AUTHSCOPE_SCOPE_DIR"]).iterdir())
+
+
+def test_parse_error_is_not_a_guard_crash(logged_in: Path) -> None:
+    with pytest.raises(ConfigError):
+        dc.parse_config(b"{", str(logged_in))
