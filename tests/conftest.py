@@ -10,7 +10,6 @@ from typing import Any, Dict, Optional
 import pytest
 
 from authscope import cli
-
 from tests.helpers import LOCAL_PASSWORD, TARGET_PASSWORD, write_config
 
 

@@ -15,7 +15,6 @@ import pytest
 from authscope import base as B
 from authscope import dockerconfig as dc
 from authscope.errors import ConfigError
-
 from tests.helpers import AUTHSCOPE, LOCAL_PASSWORD, read_json, run_authscope, write_config
 
 
@@ -55,7 +54,9 @@ def test_logout_of_absent_entry_does_not_write(base: Path, main: Any, capsys: py
 
 
 @pytest.mark.parametrize("garbage", [b'{"auths": {', b"\x00\x01binary", b'\xef\xbb\xbf{"auths":{}}', b'{"auths": 3}'])
-def test_corrupt_base_refused_and_left_byte_for_byte(base: Path, main: Any, garbage: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_base_refused_and_left_byte_for_byte(
+    base: Path, main: Any, garbage: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
     base.mkdir()
     path = base / "config.json"
     path.write_bytes(garbage)
@@ -126,9 +127,11 @@ for i in range(rounds):
 """
 
 
-def _race(script: str, target: str, env: Dict[str, str]) -> "list[int]":
+def _race(script: str, target: str, env: Dict[str, str]) -> list[int]:
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, target, f"w{n}", str(ROUNDS)], env=env, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-c", script, target, f"w{n}", str(ROUNDS)], env=env, stderr=subprocess.DEVNULL
+        )
         for n in range(WRITERS)
     ]
     return [p.wait(timeout=120) for p in procs]
@@ -153,7 +156,7 @@ def test_control_naive_read_modify_write_loses_entries(base: Path, env: Dict[str
 # -- the guard -----------------------------------------------------------------------
 
 
-def _snap_and_base(path: Path) -> "tuple[B.Base, B.Snapshot]":
+def _snap_and_base(path: Path) -> tuple[B.Base, B.Snapshot]:
     b = B.Base(str(path.parent))
     return b, b.snapshot()
 
@@ -237,14 +240,30 @@ def test_damaged_journal_errs_on_keeping_the_base() -> None:
     assert B.parse_journal(b'{"generation": 1, "entries": [{"section": 1}]}') == B.Journal(0, {})
 
 
-HOLD = "while [ ! -e \"$GO\" ]; do sleep 0.05; done; touch \"$DONE\""
+HOLD = 'while [ ! -e "$GO" ]; do sleep 0.05; done; touch "$DONE"'
 
 
-def _open_scope_and_hold(env: Dict[str, str], tmp: Path, name: str) -> "tuple[subprocess.Popen[str], Dict[str, str]]":
+def _open_scope_and_hold(env: Dict[str, str], tmp: Path, name: str) -> tuple[subprocess.Popen[str], Dict[str, str]]:
     henv = dict(env, GO=str(tmp / f"{name}.go"), DONE=str(tmp / f"{name}.done"))
     proc = subprocess.Popen(
-        AUTHSCOPE + ["exec", "--registry", "harbor.x", "-u", "robot$p+ci", "--password-env", "TARGET_PASSWORD", "--", "sh", "-c", HOLD],
-        env=henv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        AUTHSCOPE
+        + [
+            "exec",
+            "--registry",
+            "harbor.x",
+            "-u",
+            "robot$p+ci",
+            "--password-env",
+            "TARGET_PASSWORD",
+            "--",
+            "sh",
+            "-c",
+            HOLD,
+        ],
+        env=henv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while not any(Path(env["AUTHSCOPE_SCOPE_DIR"]).iterdir()):
@@ -283,7 +302,10 @@ def test_many_scopes_and_writers_at_once(logged_in: Path, env: Dict[str, str], t
     """Four scopes open while another process logs in and out repeatedly: no false restores."""
     holders = [_open_scope_and_hold(env, tmp_path, f"h{i}") for i in range(4)]
     for i in range(5):
-        assert run_authscope(["login", f"r{i}.example", "-u", "u", "--password-env", "LOCAL_PASSWORD"], env).returncode == 0
+        assert (
+            run_authscope(["login", f"r{i}.example", "-u", "u", "--password-env", "LOCAL_PASSWORD"], env).returncode
+            == 0
+        )
         if i % 2:
             assert run_authscope(["logout", f"r{i - 1}.example"], env).returncode == 0
     for _, henv in holders:

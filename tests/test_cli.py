@@ -15,7 +15,6 @@ import pytest
 
 from authscope import dockerconfig as dc
 from authscope.cli import main as cli_main
-
 from tests.helpers import AUTHSCOPE, LOCAL_PASSWORD, read_json, run_authscope
 
 
@@ -42,14 +41,25 @@ def test_password_on_command_line_refused(main: Any, capsys: pytest.CaptureFixtu
     [
         (["login", "h.example", "-u", "u"], "exactly one of --password-env"),
         (["login", "h.example", "--password-env", "LOCAL_PASSWORD"], "a username is needed"),
-        (["login", "h.example", "-u", "u", "--password-env", "UNSET_VAR"], "--password-env UNSET_VAR: the variable is not set"),
-        (["login", "h.example", "--username-env", "UNSET_USER", "--password-env", "LOCAL_PASSWORD"], "--username-env UNSET_USER"),
-        (["login", "h.example", "-u", "u", "--password-file", "/nonexistent/pw"], "--password-file /nonexistent/pw: no such file"),
+        (
+            ["login", "h.example", "-u", "u", "--password-env", "UNSET_VAR"],
+            "--password-env UNSET_VAR: the variable is not set",
+        ),
+        (
+            ["login", "h.example", "--username-env", "UNSET_USER", "--password-env", "LOCAL_PASSWORD"],
+            "--username-env UNSET_USER",
+        ),
+        (
+            ["login", "h.example", "-u", "u", "--password-file", "/nonexistent/pw"],
+            "--password-file /nonexistent/pw: no such file",
+        ),
         (["login", "bad host", "-u", "u", "--password-env", "LOCAL_PASSWORD"], "not a registry host"),
         (["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_PASSWORD"], "exec needs a command"),
     ],
 )
-def test_usage_errors_exit_2_with_one_actionable_line(main: Any, capsys: pytest.CaptureFixture[str], args: "list[str]", message: str) -> None:
+def test_usage_errors_exit_2_with_one_actionable_line(
+    main: Any, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     assert main(*args) == 2
     err = capsys.readouterr().err
     assert message in err
@@ -71,7 +81,9 @@ def test_username_env_and_robot_literal(main: Any, base: Path, env: Dict[str, st
     assert auths["h.example"] == auths["g.example"] == dc.auth_entry("robot$release+ci", LOCAL_PASSWORD)
 
 
-def test_unexpected_error_keeps_traceback_and_distinct_code(main: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unexpected_error_keeps_traceback_and_distinct_code(
+    main: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from authscope import base
 
     def boom(*a: object, **k: object) -> bool:
@@ -117,7 +129,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
         expected = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         return self.headers.get("Authorization") == f"Basic {expected}"
 
-    def _send(self, code: int, body: bytes = b"{}", headers: "Dict[str, str] | None" = None) -> None:
+    def _send(self, code: int, body: bytes = b"{}", headers: Dict[str, str] | None = None) -> None:
         self.send_response(code)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -166,7 +178,9 @@ def test_verify_accepts_good_credentials(fake_registry: Tuple[str, str], env: Di
     assert host in read_json(base / "config.json")["auths"]
 
 
-def test_verify_rejects_bad_credentials_and_writes_nothing(fake_registry: Tuple[str, str], env: Dict[str, str], base: Path) -> None:
+def test_verify_rejects_bad_credentials_and_writes_nothing(
+    fake_registry: Tuple[str, str], env: Dict[str, str], base: Path
+) -> None:
     host, _ = fake_registry
     env["PW"] = "wrong-password-123"
     result = run_authscope(["login", host, "-u", FakeRegistry.user, "--password-env", "PW", "--verify"], env)
@@ -185,8 +199,24 @@ def test_verify_unreachable_registry(env: Dict[str, str], base: Path) -> None:
 def test_authscope_process_never_has_secret_in_argv(env: Dict[str, str], base: Path) -> None:
     """Sample /proc/*/cmdline while a scope's command runs."""
     proc = subprocess.Popen(
-        AUTHSCOPE + ["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_PASSWORD", "--", "sh", "-c", "echo up; sleep 1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        AUTHSCOPE
+        + [
+            "exec",
+            "--registry",
+            "h.example",
+            "-u",
+            "u",
+            "--password-env",
+            "LOCAL_PASSWORD",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     seen = []

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authscope import dockerconfig as dc
-from authscope.errors import ConfigError, UsageError
+from authscope.errors import BaseWriteError, ConfigError, UsageError
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,12 @@ configs = st.fixed_dictionaries(
 
 
 @settings(max_examples=300, deadline=None)
-@given(base=configs, target=registry_names, user=st.text(min_size=1, max_size=20).filter(lambda u: ":" not in u), password=st.text(min_size=1, max_size=20))
+@given(
+    base=configs,
+    target=registry_names,
+    user=st.text(min_size=1, max_size=20).filter(lambda u: ":" not in u),
+    password=st.text(min_size=1, max_size=20),
+)
 def test_layer_property(base: dict, target: str, user: str, password: str) -> None:
     """For any base: every base auth is there (but the target's), plus the target; never a helper."""
     entry = dc.auth_entry(user, password)
@@ -144,7 +149,7 @@ def test_write_atomic_failure_leaves_old_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     # Replacing a directory fails after the temp file is written: the old
     # content and no temp file remain.
-    with pytest.raises(Exception):
+    with pytest.raises(BaseWriteError):
         dc.write_atomic(str(tmp_path / "sub"), b"{}")
     assert json.loads(path.read_text()) == {"auths": {"keep": {}}}
     assert sorted(os.listdir(tmp_path)) == ["config.json", "sub"]

@@ -18,10 +18,10 @@ SECRET = "hunter2-but-longer"
 AUTH = base64.b64encode(f"robot$p+ci:{SECRET}".encode()).decode()
 
 
-def relay_in_chunks(data: bytes, masker: Masker, sizes: "list[int]") -> bytes:
+def relay_in_chunks(data: bytes, masker: Masker, sizes: list[int]) -> bytes:
     relay, out, i = LineRelay(masker), [], 0
     for size in sizes:
-        out.append(relay.feed(data[i:i + size]))
+        out.append(relay.feed(data[i : i + size]))
         i += size
     out.append(relay.feed(data[i:]))
     out.append(relay.flush())
@@ -56,7 +56,7 @@ def test_overlong_line_is_relayed_in_pieces_without_leaking(monkeypatch: pytest.
     monkeypatch.setattr(run, "MAX_LINE", 64)
     data = (b"x" * 100 + SECRET.encode()) * 5
     relay = LineRelay(Masker([SECRET]))
-    pieces = [relay.feed(data[i:i + 7]) for i in range(0, len(data), 7)]
+    pieces = [relay.feed(data[i : i + 7]) for i in range(0, len(data), 7)]
     assert any(pieces)  # output flowed before any newline came
     pieces.append(relay.flush())
     out = b"".join(pieces)
@@ -76,7 +76,7 @@ def test_short_secrets_are_not_masked() -> None:
     secret=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=4, max_size=30),
     sizes=st.lists(st.integers(min_value=1, max_value=20), max_size=20),
 )
-def test_mask_property(prefix: bytes, suffix: bytes, secret: str, sizes: "list[int]") -> None:
+def test_mask_property(prefix: bytes, suffix: bytes, secret: str, sizes: list[int]) -> None:
     data = prefix + secret.encode() + suffix + b"\n"
     out = relay_in_chunks(data, Masker([secret]), sizes)
     assert secret.encode() not in out

@@ -16,7 +16,6 @@ import pytest
 from authscope import dockerconfig as dc
 from authscope import scope as S
 from authscope.errors import ScopeError
-
 from tests.helpers import AUTHSCOPE, LOCAL_PASSWORD, TARGET_PASSWORD, read_json, run_authscope, write_config
 
 FIXTURE_BIN = Path(__file__).parent / "fixtures" / "bin"
@@ -51,8 +50,8 @@ def test_scope_holds_base_plus_target_with_private_modes(logged_in: Path, env: D
     probe = (
         'stat -c "%a" "$DOCKER_CONFIG" "$DOCKER_CONFIG/config.json"; '
         'test "$REGISTRY_AUTH_FILE" = "$DOCKER_CONFIG/config.json" && echo same-file; '
-        'python3 -c "import json,os; c=json.load(open(os.environ[\'DOCKER_CONFIG\']+\'/config.json\')); '
-        'print(sorted(c[\'auths\'])); print(sorted(c))"'
+        "python3 -c \"import json,os; c=json.load(open(os.environ['DOCKER_CONFIG']+'/config.json')); "
+        "print(sorted(c['auths'])); print(sorted(c))\""
     )
     result = run_authscope(EXEC + ["sh", "-c", probe], env)
     assert result.returncode == 0, result.stderr
@@ -78,7 +77,12 @@ def test_output_masked_including_base_secrets(logged_in: Path, env: Dict[str, st
     result = run_authscope(EXEC + ["sh", "-c", script], env)
     assert result.returncode == 0
     everything = result.stdout + result.stderr
-    for secret in (TARGET_PASSWORD, LOCAL_PASSWORD, dc.encode_auth("robot$release+ci", TARGET_PASSWORD), dc.encode_auth("ci", LOCAL_PASSWORD)):
+    for secret in (
+        TARGET_PASSWORD,
+        LOCAL_PASSWORD,
+        dc.encode_auth("robot$release+ci", TARGET_PASSWORD),
+        dc.encode_auth("ci", LOCAL_PASSWORD),
+    ):
         assert secret not in everything
     assert "t=[MASKED]" in result.stdout and "l=[MASKED]" in result.stderr
 
@@ -142,7 +146,7 @@ def helper_env(env: Dict[str, str], base: Path, tmp_path: Path) -> Dict[str, str
 
 def test_logout_in_scope_never_reaches_shared_helper(helper_env: Dict[str, str], base: Path) -> None:
     args = ["exec", "--source-registry", "gitlab.local:4567"] + EXEC[1:]
-    script = f'{sys.executable} -c \'{FAKE_DOCKER_LOGOUT}\' gitlab.local:4567 && cat "$DOCKER_CONFIG/config.json"'
+    script = f"{sys.executable} -c '{FAKE_DOCKER_LOGOUT}' gitlab.local:4567 && cat \"$DOCKER_CONFIG/config.json\""
     result = run_authscope(args + ["sh", "-c", script], helper_env)
     assert result.returncode == 0, result.stderr
     log = Path(helper_env["RECORDING_HELPER_LOG"]).read_text().split("\n")
@@ -153,7 +157,7 @@ def test_logout_in_scope_never_reaches_shared_helper(helper_env: Dict[str, str],
 
 def test_source_credential_from_helper_is_inlined(helper_env: Dict[str, str]) -> None:
     args = ["exec", "--source-registry", "gitlab.local:4567"] + EXEC[1:]
-    script = 'python3 -c "import json,os,base64; c=json.load(open(os.environ[\'REGISTRY_AUTH_FILE\'])); print(\'credsStore\' in c, base64.b64decode(c[\'auths\'][\'gitlab.local:4567\'][\'auth\']).decode().split(\':\')[0])"'
+    script = "python3 -c \"import json,os,base64; c=json.load(open(os.environ['REGISTRY_AUTH_FILE'])); print('credsStore' in c, base64.b64decode(c['auths']['gitlab.local:4567']['auth']).decode().split(':')[0])\""
     result = run_authscope(args + ["sh", "-c", script], helper_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False ci"
@@ -201,10 +205,13 @@ def test_world_writable_root_without_sticky_bit_refused(tmp_path: Path) -> None:
 # -- signals (invariant 4) ------------------------------------------------------------
 
 
-def _start_held(env: Dict[str, str]) -> "subprocess.Popen[str]":
+def _start_held(env: Dict[str, str]) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         AUTHSCOPE + EXEC + ["sh", "-c", "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.05; done"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
@@ -312,6 +319,6 @@ def test_scope_links_cli_plugins_but_no_helpers(env: Dict[str, str], base: Path,
 
 
 def test_robot_username_survives_literally(logged_in: Path, env: Dict[str, str]) -> None:
-    probe = 'python3 -c "import json,os,base64; c=json.load(open(os.environ[\'REGISTRY_AUTH_FILE\'])); print(base64.b64decode(c[\'auths\'][\'harbor.remote-1\'][\'auth\']).decode().split(\':\')[0])"'
+    probe = "python3 -c \"import json,os,base64; c=json.load(open(os.environ['REGISTRY_AUTH_FILE'])); print(base64.b64decode(c['auths']['harbor.remote-1']['auth']).decode().split(':')[0])\""
     result = run_authscope(EXEC + ["sh", "-c", probe], env)
     assert result.stdout.strip() == "robot$release+ci"

@@ -18,7 +18,6 @@ the lock before anything is restored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -70,6 +69,8 @@ def canonical(value: Any) -> str:
 
 
 def fingerprint(value: Optional[str]) -> Optional[str]:
+    import hashlib  # only needed once something differs: keep it off the exec path
+
     return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
@@ -112,10 +113,7 @@ class Journal(NamedTuple):
 def parse_journal(data: bytes) -> Journal:
     try:
         doc = json.loads(data)
-        entries = {
-            (e["section"], e["key"]): (int(e["generation"]), e["sha256"])
-            for e in doc["entries"]
-        }
+        entries = {(e["section"], e["key"]): (int(e["generation"]), e["sha256"]) for e in doc["entries"]}
         return Journal(int(doc["generation"]), entries)
     except (ValueError, KeyError, TypeError):
         # A damaged journal only costs precision: every difference is then
@@ -221,8 +219,7 @@ class Base:
             "version": 1,
             "generation": generation,
             "entries": [
-                {"section": s, "key": k, "generation": g, "sha256": h}
-                for (s, k), (g, h) in sorted(entries.items())
+                {"section": s, "key": k, "generation": g, "sha256": h} for (s, k), (g, h) in sorted(entries.items())
             ],
         }
         dc.write_atomic(self.journal_path, json.dumps(doc, indent=1).encode() + b"\n", 0o600)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
-from typing import TYPE_CHECKING, Callable, List, Mapping, NoReturn, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, TextIO, Tuple
 
 from . import __version__
 from .errors import (
@@ -95,61 +94,50 @@ def _add_user(p: argparse.ArgumentParser) -> None:
 def _add_password(p: argparse.ArgumentParser, stdin: bool) -> None:
     pw = p.add_mutually_exclusive_group()
     pw.add_argument("--password-env", metavar="VAR", help="read the password from environment variable VAR")
-    pw.add_argument("--password-file", metavar="PATH", help="read the password from a file (e.g. a GitLab file variable)")
+    pw.add_argument(
+        "--password-file", metavar="PATH", help="read the password from a file (e.g. a GitLab file variable)"
+    )
     if stdin:
         pw.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     p.add_argument("-p", "--password", type=_no_password_flag, help=argparse.SUPPRESS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="authscope",
-        description=(
-            "Ephemeral registry auth scopes for CI fan-out releases: every target's "
-            "login, copy and logout run in a throw-away DOCKER_CONFIG layered over the "
-            "base, so nothing they do can lose the base's (local registry's) login."
-        ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"authscope {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    p = sub.add_parser(
-        "login",
-        help="store a registry login in the base config (locked, atomic)",
+def _define_login(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
         description=(
             "Store credentials for REGISTRY in the base config.json without contacting the "
             "registry (like `crane auth login`), unless --verify. The file is updated under "
             "config.json.lock and replaced atomically; its other keys and mode are kept."
         ),
         epilog='example:\n  authscope login "$CI_REGISTRY" -u "$CI_REGISTRY_USER" --password-env CI_REGISTRY_PASSWORD',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("registry", metavar="REGISTRY", help="host[:port], or a URL; Docker Hub in any spelling")
     _add_user(p)
     _add_password(p, stdin=True)
-    p.add_argument("--verify", action="store_true", help="check the credentials against REGISTRY/v2/ before storing them")
+    p.add_argument(
+        "--verify", action="store_true", help="check the credentials against REGISTRY/v2/ before storing them"
+    )
     p.add_argument("--ca-file", metavar="PATH", help="with --verify: trust this CA for the registry")
     p.add_argument("--insecure", action="store_true", help="with --verify: allow plain HTTP and unverified TLS")
     _add_base(p)
     p.set_defaults(run=_cmd_login)
 
-    p = sub.add_parser(
-        "logout",
-        help="remove one registry's login from the base config",
+
+def _define_logout(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
         description="Remove REGISTRY's entry (and its http:// / https:// spellings) from the base; nothing else.",
         epilog='example:\n  authscope logout "$CI_REGISTRY"',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("registry", metavar="REGISTRY")
     _add_base(p)
     p.set_defaults(run=_cmd_logout)
 
-    p = sub.add_parser(
-        "exec",
-        help="run a command in a fresh scope holding one extra login",
+
+def _define_exec(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
         description=(
             "Run CMD with DOCKER_CONFIG and REGISTRY_AUTH_FILE pointing at a fresh scope: "
             "the base config plus a login for --registry, without credential helpers. "
@@ -164,13 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
             "      --password-env HARBOR_PASSWORD -- \\\n"
             "      sh -c 'crane copy \"$SRC\" harbor.example.com/release/app:1.0 && crane auth logout harbor.example.com'"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--registry", required=True, metavar="HOST", help="the target registry to log in to inside the scope")
+    p.add_argument(
+        "--registry", required=True, metavar="HOST", help="the target registry to log in to inside the scope"
+    )
     _add_user(p)
     _add_password(p, stdin=False)
     _add_base(p)
-    p.add_argument("--scope-dir", metavar="DIR", help="where to make the scope (default: $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm, $TMPDIR)")
+    p.add_argument(
+        "--scope-dir",
+        metavar="DIR",
+        help="where to make the scope (default: $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm, $TMPDIR)",
+    )
     p.add_argument(
         "--source-registry",
         metavar="HOST",
@@ -184,23 +177,64 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also point HOME and XDG_CONFIG_HOME/XDG_RUNTIME_DIR into the scope, for tools that ignore DOCKER_CONFIG",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing of authscope's own unless something is wrong")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing of authscope's own unless something is wrong"
+    )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(run=_cmd_exec)
 
-    p = sub.add_parser(
-        "sweep",
-        help="remove scopes left by killed processes (for after_script)",
+
+def _define_sweep(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
         description=(
             "Remove scope directories whose owning process is gone. Scopes of live "
             "processes, other users' and anything not named like a scope are never touched, "
             "so this is safe while other jobs on the runner are mid-flight."
         ),
         epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope sweep",
+    )
+    p.add_argument(
+        "--scope-dir",
+        metavar="DIR",
+        action="append",
+        help="look here (repeatable; default: every place scopes are made)",
+    )
+    p.set_defaults(run=_cmd_sweep)
+
+
+def _describe(p: argparse.ArgumentParser, description: str, epilog: str) -> None:
+    p.description, p.epilog = description, epilog
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "login": ("store a registry login in the base config (locked, atomic)", _define_login),
+    "logout": ("remove one registry's login from the base config", _define_logout),
+    "exec": ("run a command in a fresh scope holding one extra login", _define_exec),
+    "sweep": ("remove scopes left by killed processes (for after_script)", _define_sweep),
+}
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, other commands get no arguments (faster start-up)."""
+    parser = _Parser(
+        prog="authscope",
+        description=(
+            "Ephemeral registry auth scopes for CI fan-out releases: every target's "
+            "login, copy and logout run in a throw-away DOCKER_CONFIG layered over the "
+            "base, so nothing they do can lose the base's (local registry's) login."
+        ),
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--scope-dir", metavar="DIR", action="append", help="look here (repeatable; default: every place scopes are made)")
-    p.set_defaults(run=_cmd_sweep)
+    parser.add_argument("--version", action="version", version=f"authscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (summary, define) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary)
+        if only in (None, name):
+            define(p)
     return parser
 
 
@@ -222,10 +256,18 @@ def _cmd_login(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if a.verify:
         from .registry import verify
 
-        verify(key if key != dockerconfig.DOCKER_HUB_KEY else "registry-1.docker.io", user, secret, ca_file=a.ca_file, insecure=a.insecure)
+        verify(
+            key if key != dockerconfig.DOCKER_HUB_KEY else "registry-1.docker.io",
+            user,
+            secret,
+            ca_file=a.ca_file,
+            insecure=a.insecure,
+        )
     directory = _base_dir(a.config_dir, environ)
     changed = base.login(directory, key, dockerconfig.auth_entry(user, secret))
-    say(f"{'stored' if changed else 'already stored:'} login for {key} as {user} in {os.path.join(directory, 'config.json')}")
+    say(
+        f"{'stored' if changed else 'already stored:'} login for {key} as {user} in {os.path.join(directory, 'config.json')}"
+    )
     return EXIT_OK
 
 
@@ -246,7 +288,9 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     argv: List[str] = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
     if not argv:
-        raise UsageError("exec needs a command after --, e.g. `authscope exec --registry HOST ... -- crane copy SRC DST`")
+        raise UsageError(
+            "exec needs a command after --, e.g. `authscope exec --registry HOST ... -- crane copy SRC DST`"
+        )
     user = credentials.username(a.username, a.username_env, environ)
     secret = credentials.password(a.password_env, a.password_file, False, environ)
     key = dockerconfig.registry_key(a.registry)
@@ -281,7 +325,9 @@ def _report_damage(path: str, damage: Sequence[Damage]) -> int:
 def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import scope
 
-    roots = a.scope_dir or ([environ["AUTHSCOPE_SCOPE_DIR"]] if environ.get("AUTHSCOPE_SCOPE_DIR") else scope.default_roots(environ))
+    roots = a.scope_dir or (
+        [environ["AUTHSCOPE_SCOPE_DIR"]] if environ.get("AUTHSCOPE_SCOPE_DIR") else scope.default_roots(environ)
+    )
     removed = scope.sweep(roots)
     for path in removed:
         say(f"removed stale scope {path}")
@@ -291,7 +337,8 @@ def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
     """Entry point: ``authscope COMMAND ...``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     command: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.run
     from . import run
 
@@ -308,6 +355,8 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
                 return code
         return EXIT_FAILED
     except Exception:
+        import traceback
+
         traceback.print_exc()
         say("internal error: this is a bug in authscope; please report it with the traceback above")
         return EXIT_INTERNAL

@@ -51,7 +51,9 @@ def password(
         value = environ.get(env_var)
         source = f"--password-env {env_var}"
         if value is None:
-            raise SecretSourceError(source, "the variable is not set (in GitLab: is it protected, and is this a protected ref?)")
+            raise SecretSourceError(
+                source, "the variable is not set (in GitLab: is it protected, and is this a protected ref?)"
+            )
     elif file:
         source = f"--password-file {file}"
         try:

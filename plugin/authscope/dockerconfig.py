@@ -15,9 +15,7 @@ from .errors import BaseWriteError, ConfigError, UsageError
 
 CONFIG_NAME = "config.json"
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
-_HUB_HOSTS = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
+_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 Config = Dict[str, Any]
 
@@ -59,7 +57,7 @@ def config_path(directory: str) -> str:
 def _strip_scheme(name: str) -> str:
     for prefix in ("http://", "https://"):
         if name.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 
@@ -157,7 +155,7 @@ def auth_entry(username: str, password: str) -> Dict[str, str]:
 
 
 def encode_auth(username: str, password: str) -> str:
-    return base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+    return base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 def with_login(cfg: Config, key: str, entry: Mapping[str, Any]) -> Config:
@@ -266,7 +264,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -40,9 +40,7 @@ class BaseWriteError(AuthscopeError):
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(
-            f"cannot write {path}: {reason} (the previous file was left as it was)"
-        )
+        super().__init__(f"cannot write {path}: {reason} (the previous file was left as it was)")
 
 
 class LockTimeout(AuthscopeError):
@@ -73,10 +71,7 @@ class HelperError(AuthscopeError):
         self.helper = helper
         self.registry = registry
         self.reason = reason
-        super().__init__(
-            f"credential helper docker-credential-{helper} could not get "
-            f"{registry}: {reason}"
-        )
+        super().__init__(f"credential helper docker-credential-{helper} could not get {registry}: {reason}")
 
 
 class RegistryError(AuthscopeError):

@@ -51,7 +51,9 @@ def _get(url: str, headers: Dict[str, str], ctx: ssl.SSLContext) -> Tuple[int, D
         return exc.code, dict(exc.headers), exc.read()
 
 
-def verify(registry: str, username: str, password: str, *, ca_file: Optional[str] = None, insecure: bool = False) -> None:
+def verify(
+    registry: str, username: str, password: str, *, ca_file: Optional[str] = None, insecure: bool = False
+) -> None:
     """Raise RegistryError unless ``registry`` accepts the credentials.
 
     HTTPS first; plain HTTP only for --insecure or a loopback registry, as

@@ -42,7 +42,7 @@ def process_start(pid: int) -> int:
     except OSError:
         return 0
     # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = stat_line[stat_line.rfind(b")") + 2:].split()
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()
     return int(fields[19])
 
 
@@ -144,7 +144,7 @@ def write_private(path: str, data: bytes) -> None:
         os.fchmod(fd, 0o600)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
