@@ -199,8 +199,8 @@ def helper_for(cfg: Config, key: str) -> Optional[str]:
     helpers = cfg.get("credHelpers", {})
     for registry, helper in helpers.items():
         if same_registry(registry, key):
-            return helper
-    return cfg.get("credsStore") or None
+            return str(helper)
+    return str(cfg.get("credsStore") or "") or None
 
 
 def has_inline_auth(cfg: Config, key: str) -> bool:

@@ -183,6 +183,7 @@ def run_relayed(
     _child, _child_group = proc, own_group
     if _received:  # a signal came while the child was being started
         _forward(proc, _received[0])
+    assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
     try:
         _pump(proc, {proc.stdout: (LineRelay(masker), out), proc.stderr: (LineRelay(masker), err)})
         returncode = proc.wait()
