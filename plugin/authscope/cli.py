@@ -22,10 +22,12 @@ from .errors import (
     RegistryError,
     ScopeError,
     SecretSourceError,
+    TargetsFileError,
     UsageError,
 )
 
 if TYPE_CHECKING:
+    from . import report as R
     from .base import Damage
 
 # Exit codes (DESIGN.md): 0 done, 1 failed, 2 usage/config error (nothing ran),
@@ -37,6 +39,7 @@ EXIT_RESTORED = 3
 EXIT_INTERNAL = 70  # an unexpected error: a bug, reported with its traceback
 EXIT_CODES = (
     (UsageError, EXIT_USAGE),
+    (TargetsFileError, EXIT_USAGE),
     (SecretSourceError, EXIT_USAGE),
     (ConfigError, EXIT_USAGE),
     (ScopeError, EXIT_USAGE),
@@ -203,6 +206,80 @@ def _define_sweep(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_cmd_sweep)
 
 
+def _define_fanout(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
+        description=(
+            "Copy the source image to every target of a targets file, N at a time, each in "
+            "its own scope. Every target's credentials are checked at /v2/ first; transient "
+            "failures are retried with backoff; every destination tag is read back and must "
+            "hold the source's digest. Reports: a live log, a GitLab collapsible section per "
+            "target, a summary table, and optionally JUnit, dotenv and JSON files."
+        ),
+        epilog=(
+            "examples:\n"
+            "  authscope fanout --dry-run                       # print the plan, run nothing\n"
+            "  authscope fanout -f release.yml --jobs 8 --junit junit.xml --dotenv fanout.env\n"
+            "  authscope fanout --target harbor-remote-1        # one target (child pipelines)\n"
+            "\nexit codes: 0 all landed, 1 some target failed, 2 config error (nothing ran),\n"
+            "3 the base guard restored entries, 130 interrupted (reports are still written)"
+        ),
+    )
+    p.add_argument(
+        "-f", "--file", default="authscope.yml", metavar="PATH", help="the targets file (default: authscope.yml)"
+    )
+    p.add_argument(
+        "--jobs", type=_positive_int, metavar="N", help="targets at a time (default: jobs: in the file, else 4)"
+    )
+    p.add_argument("--fail-fast", action="store_true", help="start no new target after one fails")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (argv without secrets) and run nothing")
+    p.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="per-target time limit (default: timeout: in the file, else 1800)",
+    )
+    p.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        metavar="N",
+        help="retries of a transient failure (default: retries: in the file, else 2)",
+    )
+    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report (artifacts: reports: junit)")
+    p.add_argument("--dotenv", metavar="PATH", help="write a dotenv report (artifacts: reports: dotenv)")
+    p.add_argument("--json", metavar="PATH", help="write a versioned JSON report")
+    _add_base(p)
+    p.add_argument(
+        "--scope-dir",
+        metavar="DIR",
+        help="where to make scopes (default: $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm, $TMPDIR)",
+    )
+    p.set_defaults(run=_cmd_fanout)
+
+
+def _number(kind: Callable[[str], float], low: float, text: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low:g}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return int(_number(int, 1, text))
+
+
+def _non_negative_int(text: str) -> int:
+    return int(_number(int, 0, text))
+
+
+def _positive_float(text: str) -> float:
+    return _number(float, 0.001, text)
+
+
 def _describe(p: argparse.ArgumentParser, description: str, epilog: str) -> None:
     p.description, p.epilog = description, epilog
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -212,6 +289,7 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "login": ("store a registry login in the base config (locked, atomic)", _define_login),
     "logout": ("remove one registry's login from the base config", _define_logout),
     "exec": ("run a command in a fresh scope holding one extra login", _define_exec),
+    "fanout": ("copy an image to every target of authscope.yml, in parallel, verified", _define_fanout),
     "sweep": ("remove scopes left by killed processes (for after_script)", _define_sweep),
 }
 
@@ -322,6 +400,108 @@ def _report_damage(path: str, damage: Sequence[Damage]) -> int:
     return EXIT_RESTORED
 
 
+def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import time
+
+    from . import fanout, plan, targets
+    from . import report as R
+    from .base import Base
+
+    spec = targets.load(a.file, environ)
+    draft = plan.make_plan(spec, only=a.target, jobs=a.jobs, retries=a.retries, timeout=a.timeout)
+    if a.dry_run:
+        print(plan.render(draft, environ), flush=True)
+        fanout.resolve_credentials(spec, environ, a.target)  # missing secrets: exit 2
+        return EXIT_OK
+    credentials = fanout.resolve_credentials(spec, environ, a.target)
+    base = Base(_base_dir(a.config_dir, environ))
+    started, clock = time.time(), time.monotonic()
+    source = spec.source.image.with_tag(spec.source.image.tag) if spec.source.image.tag else spec.source.image.pinned
+    try:
+        digest, plain_http = fanout.resolve_source(spec, base, environ)
+    except RegistryError as exc:
+        results = tuple(
+            R.Result(
+                t.target.name,
+                t.target.registry,
+                t.target.repository,
+                t.target.tool,
+                t.target.tags,
+                R.FAILED,
+                error=str(exc),
+                hint="fix the source; no target was copied",
+            )
+            for t in draft.targets
+        )
+        report = R.Report(
+            source, None, spec.targets[0].tool, results, started, time.monotonic() - clock, error=str(exc)
+        )
+        _publish(report, a.junit, a.dotenv, a.json)
+        raise
+    final = plan.make_plan(spec, only=a.target, jobs=a.jobs, retries=a.retries, timeout=a.timeout, source_digest=digest)
+    say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
+    results = fanout.execute(
+        final,
+        digest,
+        credentials,
+        base,
+        environ,
+        scope_dir=a.scope_dir,
+        fail_fast=a.fail_fast,
+        source_plain_http=plain_http,
+    )
+    report = R.Report(
+        source, digest, spec.targets[0].tool, results, started, time.monotonic() - clock, signal=run_signal()
+    )
+    _publish(report, a.junit, a.dotenv, a.json)
+    return _fanout_exit(report)
+
+
+def run_signal() -> Optional[int]:
+    from . import run
+
+    return run.received_signal()
+
+
+def _publish(report: R.Report, junit: Optional[str], dotenv: Optional[str], json_path: Optional[str]) -> None:
+    """Sections per target, the summary table, and the report files."""
+    from . import report as R
+    from .dockerconfig import write_atomic
+
+    for r in report.results:
+        header = f"{r.name}: {r.status.upper()}" + (f" - {r.error}" if r.error else "")
+        print(R.section(f"authscope_{r.name}", header, R.result_text(r), collapsed=r.status == R.OK), flush=True)
+    print(R.summary_table(report), flush=True)
+    for path, render in (
+        (junit, R.junit),
+        (dotenv, lambda rep: R.dotenv(rep).encode()),
+        (json_path, lambda rep: R.to_json(rep).encode()),
+    ):
+        if path:
+            write_atomic(os.path.abspath(path), render(report), 0o644)
+            say(f"wrote {path}")
+
+
+def _fanout_exit(report: R.Report) -> int:
+    from . import report as R
+
+    if report.signal is not None:
+        say(
+            f"interrupted by signal {report.signal}: {report.count(R.INTERRUPTED)} target(s) interrupted; scopes removed"
+        )
+        return 128 + report.signal
+    if report.restored:
+        say(
+            "BASE INTEGRITY: a tool wrote the base config outside its scope; the entries were restored (see the targets' sections)"
+        )
+        return EXIT_RESTORED
+    failed = len(report.results) - report.count(R.OK)
+    if failed:
+        say(f"{failed} of {len(report.results)} target(s) did not land")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import scope
 
@@ -343,7 +523,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, st
     from . import run
 
     try:
-        with run.signals_handled():
+        with run.signals_handled(raise_when_idle=args.command != "fanout"):
             return command(args, os.environ if environ is None else environ)
     except Interrupted as exc:
         say(f"interrupted by signal {exc.signum}; scopes removed")

@@ -7,6 +7,8 @@ else prints errors or chooses exit codes.
 
 from __future__ import annotations
 
+from typing import List, NamedTuple
+
 
 class AuthscopeError(Exception):
     """Base class: an expected failure with a message a user can act on."""
@@ -23,6 +25,33 @@ class SecretSourceError(AuthscopeError):
         self.source = source
         self.reason = reason
         super().__init__(f"{source}: {reason}")
+
+
+class Problem(NamedTuple):
+    """One thing wrong with the targets file."""
+
+    file: str
+    line: int
+    where: str  # e.g. "targets[1].password_env"
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}:{self.line}: {self.where}: {self.message}"
+            if self.where
+            else f"{self.file}:{self.line}: {self.message}"
+        )
+
+
+class TargetsFileError(AuthscopeError):
+    """Raised when authscope.yml can't be used; lists every problem found."""
+
+    def __init__(self, path: str, problems: List[Problem]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{path}: {count}; nothing ran:\n{lines}")
 
 
 class ConfigError(AuthscopeError):

@@ -12,9 +12,10 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
-from typing import IO, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import CommandNotFound, HelperError, Interrupted
 
@@ -87,28 +88,38 @@ class LineRelay:
 
 
 # -- signals --------------------------------------------------------------------
+#
+# One set of handlers for the whole process. Every running child is registered
+# with whether it leads its own process group; a signal is forwarded to all of
+# them. With no child running, ``exec`` wants to unwind at once (raise
+# ``Interrupted``), while ``fanout``'s main thread polls ``stopping()``.
 
-_child: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
-_child_group = False
-_starting = False  # between Popen and _child being set: record, don't raise
+_children: Dict[subprocess.Popen, bool] = {}  # type: ignore[type-arg]
+_children_lock = threading.Lock()
 _received: List[int] = []
+_stop = threading.Event()
+_raise_when_idle = True
+_starting = 0  # children being started: a signal now is forwarded once they exist
 
 
 def _on_signal(signum: int, frame: object) -> None:
     _received.append(signum)
-    child = _child
-    if child is not None and child.returncode is None:
-        _forward(child, signum)
-        return
-    if len(_received) == 1 and not _starting:
+    _stop.set()
+    with _children_lock:
+        children = list(_children.items())
+    for child, group in children:
+        _forward(child, group, signum)
+    if _raise_when_idle and not children and not _starting and len(_received) == 1:
         # No child running: unwind through the cleanup handlers. A second
         # signal only records itself, so it cannot break a cleanup under way.
         raise Interrupted(signum)
 
 
-def _forward(child: subprocess.Popen, signum: int) -> None:  # type: ignore[type-arg]
+def _forward(child: subprocess.Popen, group: bool, signum: int) -> None:  # type: ignore[type-arg]
+    if child.returncode is not None:
+        return
     try:
-        if _child_group:
+        if group:
             os.killpg(child.pid, signum)
         else:
             os.kill(child.pid, signum)
@@ -117,10 +128,14 @@ def _forward(child: subprocess.Popen, signum: int) -> None:  # type: ignore[type
 
 
 @contextmanager
-def signals_handled() -> Iterator[None]:
-    """Within the block, SIGINT/SIGTERM/SIGHUP forward to a running child or
-    raise ``Interrupted``; the previous handlers come back afterwards."""
+def signals_handled(raise_when_idle: bool = True) -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM/SIGHUP are forwarded to running
+    children, and raise ``Interrupted`` when none runs (``raise_when_idle``);
+    the previous handlers come back afterwards."""
+    global _raise_when_idle
     del _received[:]
+    _stop.clear()
+    _raise_when_idle = raise_when_idle
     try:
         previous = {sig: signal.signal(sig, _on_signal) for sig in FORWARDED_SIGNALS}
     except ValueError:  # not the main thread: leave signals to whoever owns it
@@ -136,11 +151,81 @@ def received_signal() -> Optional[int]:
     return _received[0] if _received else None
 
 
+def stopping() -> bool:
+    """True once a signal asked the whole run to stop."""
+    return _stop.is_set()
+
+
+def sleep_unless_stopped(seconds: float) -> bool:
+    """Sleep; False when a signal cut it short."""
+    return not _stop.wait(seconds)
+
+
 # -- running --------------------------------------------------------------------
 
 
 def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
+
+
+Sink = Callable[[bytes], None]
+
+
+def _spawn(
+    argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: Optional[str], stdin: Optional[int]
+) -> subprocess.Popen:  # type: ignore[type-arg]
+    global _starting
+    with _children_lock:
+        _starting += 1
+    try:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                cwd=cwd,
+                stdin=stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=own_group,
+            )
+        except FileNotFoundError:
+            raise CommandNotFound(argv[0]) from None
+        except PermissionError:
+            raise CommandNotFound(f"{argv[0]} (not executable)") from None
+        with _children_lock:
+            _children[proc] = own_group
+    finally:
+        with _children_lock:
+            _starting -= 1
+    if _received:  # a signal came while the child was being started
+        _forward(proc, own_group, _received[0])
+    return proc
+
+
+def _run(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    masker: Masker,
+    sinks: Tuple[Sink, Sink],
+    own_group: bool,
+    cwd: Optional[str],
+    deadline: Optional[float],
+    stdin: Optional[int],
+) -> Tuple[int, bool]:
+    """(exit status, timed out)."""
+    proc = _spawn(argv, env, own_group, cwd, stdin)
+    assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
+    try:
+        streams = {proc.stdout: (LineRelay(masker), sinks[0]), proc.stderr: (LineRelay(masker), sinks[1])}
+        timed_out = _pump(proc, own_group, streams, deadline)
+        returncode = proc.wait()
+    finally:
+        if proc.returncode is None:  # unwinding on an error of our own
+            _forward(proc, own_group, signal.SIGKILL)
+            proc.wait()
+        with _children_lock:
+            _children.pop(proc, None)
+    return _exit_status(returncode), timed_out
 
 
 def run_relayed(
@@ -157,52 +242,55 @@ def run_relayed(
     its process group when it has one); once it has exited, ``Interrupted``
     is raised so the caller's cleanup runs and the exit code says 128 + N.
     """
-    global _child, _child_group, _starting
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     # With a terminal, the child stays in our process group: it may prompt,
     # and the terminal's own Ctrl-C reaches it. Without one (CI), it gets its
     # own group so a forwarded signal reaches a whole `sh -c` pipeline.
     own_group = not (sys.stdin is not None and sys.stdin.isatty())
-    _starting = True
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=own_group,
-        )
-    except FileNotFoundError:
-        raise CommandNotFound(argv[0]) from None
-    except PermissionError:
-        raise CommandNotFound(f"{argv[0]} (not executable)") from None
-    finally:
-        _starting = False
-    _child, _child_group = proc, own_group
-    if _received:  # a signal came while the child was being started
-        _forward(proc, _received[0])
-    assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
-    try:
-        _pump(proc, {proc.stdout: (LineRelay(masker), out), proc.stderr: (LineRelay(masker), err)})
-        returncode = proc.wait()
-    finally:
-        if proc.returncode is None:  # unwinding on an error of our own
-            _forward(proc, signal.SIGKILL)
-            proc.wait()
-        _child = None
+    status, _ = _run(argv, env, masker, (_writer(out), _writer(err)), own_group, cwd, None, None)
     if _received:
         raise Interrupted(_received[0])
-    return _exit_status(returncode)
+    return status
 
 
-def _pump(proc: subprocess.Popen, streams: Dict[IO[bytes], Tuple[LineRelay, IO[bytes]]]) -> None:  # type: ignore[type-arg]
+def run_captured(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    masker: Masker,
+    line: Callable[[bytes, bool], None],
+    deadline: Optional[float] = None,
+    cwd: Optional[str] = None,
+) -> Tuple[int, bool]:
+    """Run ``argv`` in its own process group, with no stdin; each masked
+    output line goes to ``line(data, is_stderr)``. Kills it at ``deadline``
+    (time.monotonic()). Returns (exit status, timed out). Safe from threads.
+    """
+    sinks = (lambda b: line(b, False), lambda b: line(b, True))
+    return _run(argv, env, masker, sinks, True, cwd, deadline, subprocess.DEVNULL)
+
+
+def _writer(stream: IO[bytes]) -> Sink:
+    def write(data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+
+    return write
+
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    group: bool,
+    streams: Dict[IO[bytes], Tuple[LineRelay, Sink]],
+    deadline: Optional[float],
+) -> bool:
+    """Relay until both pipes close; True when ``deadline`` killed the child."""
     selector = selectors.DefaultSelector()
     for pipe in streams:
         selector.register(pipe, selectors.EVENT_READ)
     drain_until: Optional[float] = None
-    first_signal_at: Optional[float] = None
+    signalled_at: Optional[float] = None
+    timed_out = False
     try:
         while selector.get_map():
             for key, _ in selector.select(timeout=0.2):
@@ -214,14 +302,18 @@ def _pump(proc: subprocess.Popen, streams: Dict[IO[bytes], Tuple[LineRelay, IO[b
                     selector.unregister(key.fileobj)
                     chunk = relay.flush()
                 if chunk:
-                    sink.write(chunk)
-                    sink.flush()
+                    sink(chunk)
             now = time.monotonic()
-            if _received and first_signal_at is None:
-                first_signal_at = now
-            if first_signal_at is not None and now - first_signal_at > KILL_GRACE and proc.poll() is None:
-                _forward(proc, signal.SIGKILL)
-            if drain_until is None and proc.poll() is not None:
+            alive = proc.poll() is None
+            if alive and deadline is not None and now > deadline and not timed_out:
+                timed_out = True
+                _forward(proc, group, signal.SIGTERM)
+                signalled_at = now
+            if _received and signalled_at is None:
+                signalled_at = now
+            if alive and signalled_at is not None and now - signalled_at > KILL_GRACE:
+                _forward(proc, group, signal.SIGKILL)
+            if drain_until is None and not alive:
                 drain_until = now + DRAIN_GRACE
             if drain_until is not None and now > drain_until:
                 break  # a grandchild holds the pipe open; don't wait for it
@@ -229,10 +321,10 @@ def _pump(proc: subprocess.Popen, streams: Dict[IO[bytes], Tuple[LineRelay, IO[b
         for pipe, (relay, sink) in streams.items():
             rest = relay.flush()
             if rest:
-                sink.write(rest)
-                sink.flush()
+                sink(rest)
             pipe.close()
         selector.close()
+    return timed_out
 
 
 def helper_get(helper: str, server: str, env: Mapping[str, str]) -> Tuple[str, str]:

@@ -1,0 +1,458 @@
+"""Execute a plan: every target in its own scope, N at a time, verified.
+
+Per target: open a scope (base + the target's login, no helpers), check the
+target's credentials at /v2/, run the tool's steps (retrying transient
+failures with exponential backoff), read back every destination's digest and
+compare it with the source's, close the scope (the base guard runs), and
+return a Result. One target's failure never stops the others unless
+--fail-fast; a signal stops launching, is forwarded to running tools, and
+every target still gets a Result.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import dockerconfig as dc
+from . import report as R
+from . import run, tools
+from .base import Base
+from .errors import AuthscopeError, Problem, RegistryError, TargetsFileError
+from .plan import Plan, TargetPlan
+from .registry import RegistryHTTPError, RegistryUnreachable, Session
+from .scope import open_scope
+from .targets import Fanout, Target
+
+BACKOFF = 1.0  # seconds before the first retry; doubles each time
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def resolve_credentials(fanout: Fanout, environ: Mapping[str, str], only: Sequence[str] = ()) -> Dict[str, Credentials]:
+    """Every chosen target's credentials, read now; every missing one reported at once."""
+    problems: List[Problem] = []
+    out: Dict[str, Credentials] = {}
+    for t in fanout.targets:
+        if only and t.name not in only:
+            continue
+        where = f"targets[{t.name}]"
+        user = t.username
+        if t.username_env:
+            user = environ.get(t.username_env) or None
+            if user is None:
+                problems.append(
+                    Problem(fanout.path, t.line, where + ".username_env", f"${t.username_env} is not set or empty")
+                )
+        password: Optional[str] = None
+        if t.password_env:
+            password = environ.get(t.password_env) or None
+            if password is None:
+                problems.append(
+                    Problem(
+                        fanout.path,
+                        t.line,
+                        where + ".password_env",
+                        f"${t.password_env} is not set or empty (in GitLab: is it protected, and is this a protected ref or tag?)",
+                    )
+                )
+        elif t.password_file:
+            try:
+                with open(t.password_file, encoding="utf-8") as f:
+                    password = f.read().rstrip("\r\n") or None
+                if password is None:
+                    problems.append(
+                        Problem(fanout.path, t.line, where + ".password_file", f"{t.password_file} is empty")
+                    )
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(
+                    Problem(
+                        fanout.path,
+                        t.line,
+                        where + ".password_file",
+                        f"{t.password_file}: {getattr(exc, 'strerror', None) or exc}",
+                    )
+                )
+        if user and password:
+            out[t.name] = Credentials(user, password)
+    if problems:
+        raise TargetsFileError(fanout.path, problems)
+    return out
+
+
+def source_credentials(cfg: dc.Config, registry: str, environ: Mapping[str, str]) -> Optional[Tuple[str, str]]:
+    """The base's login for the source registry (inline or via its helper)."""
+    key = dc.registry_key(registry)
+    for name, entry in cfg.get("auths", {}).items():
+        if dc.same_registry(name, key) and entry.get("auth"):
+            user, _, password = base64.b64decode(entry["auth"]).decode("utf-8", "replace").partition(":")
+            return user, password
+    helper = dc.helper_for(cfg, key)
+    if helper:
+        return run.helper_get(helper, key, environ)
+    return None
+
+
+# -- diagnosing a tool's failure --------------------------------------------------------
+
+_TRANSIENT = re.compile(
+    r"connection refused|connection reset|broken pipe|i/o timeout|tls handshake timeout|timeout exceeded|"
+    r"unexpected EOF|\b50[0234]\b|internal server error|bad gateway|service unavailable|gateway time-?out|"
+    r"\b429\b|too ?many ?requests|temporarily unavailable",
+    re.IGNORECASE,
+)
+_AUTH = re.compile(r"\b401\b|unauthorized|authentication required|incorrect username or password", re.IGNORECASE)
+_DENIED = re.compile(r"\b403\b|denied|forbidden|insufficient_scope", re.IGNORECASE)
+_TLS = re.compile(r"x509|certificate (signed by unknown|verify failed|is not valid)|unknown authority", re.IGNORECASE)
+_HTTP = re.compile(
+    r"server gave HTTP response to HTTPS client|first record does not look like a TLS handshake", re.IGNORECASE
+)
+_NOT_FOUND = re.compile(r"manifest unknown|name unknown|not found|\b404\b", re.IGNORECASE)
+
+
+def diagnose(output: Sequence[str], target: Target, source_registry: str) -> Tuple[bool, str]:
+    """(transient, hint) from what a tool printed."""
+    text = "\n".join(output[-40:])
+    if _AUTH.search(text):
+        who = source_registry if source_registry in text and target.registry not in text else target.registry
+        if who == target.registry:
+            return (
+                False,
+                f"{target.registry} rejected the credentials: check {target.username_ref} and {target.password_ref}",
+            )
+        return (
+            False,
+            f"the source registry {source_registry} rejected the base's login: run `authscope login {source_registry} ...` before the fan-out",
+        )
+    if _DENIED.search(text):
+        return (
+            False,
+            f"{target.username_ref} may not push to {target.registry}/{target.repository}: give it push permission on that project (Harbor: the robot account's project permissions)",
+        )
+    if _TLS.search(text):
+        return (
+            False,
+            f"the certificate of {target.registry} (or of the source) is not trusted: set ca_file: to its CA, or insecure: true",
+        )
+    if _HTTP.search(text):
+        return False, "the registry speaks plain HTTP: set insecure: true on this target (or on the source)"
+    if _TRANSIENT.search(text):
+        return True, "a network or registry error that may pass; retried with backoff"
+    if _NOT_FOUND.search(text):
+        return False, "an image or repository was not found: check source: and this target's repository:"
+    return False, "see the tool's output above"
+
+
+# -- running one target ---------------------------------------------------------------
+
+
+class _Log:
+    """Thread-safe line output for the CI log."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def __call__(self, text: str) -> None:
+        with self.lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+@dataclass
+class _Context:
+    plan: Plan
+    source_digest: str
+    credentials: Dict[str, Credentials]
+    base: Base
+    environ: Mapping[str, str]
+    scope_dir: Optional[str]
+    fail_fast: bool
+    log: _Log
+    plain_http: Tuple[str, ...]
+    failed: threading.Event
+
+
+class _Failure(Exception):
+    """Ends one target: what failed, how to fix it, after how many attempts."""
+
+    def __init__(self, error: str, hint: str, status: str = R.FAILED, attempts: int = 0) -> None:
+        super().__init__(error)
+        self.error, self.hint, self.status, self.attempts = error, hint, status, attempts
+
+
+def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
+    t = tp.target
+    started = time.monotonic()
+    fields = dict(name=t.name, registry=t.registry, repository=t.repository, tool=t.tool, tags=t.tags)
+    if run.stopping():
+        return R.Result(**fields, status=R.INTERRUPTED, error="not started: the run was interrupted")  # type: ignore[arg-type]
+    if ctx.fail_fast and ctx.failed.is_set():
+        return R.Result(**fields, status=R.SKIPPED, error="not started: --fail-fast after an earlier failure")  # type: ignore[arg-type]
+    creds = ctx.credentials[t.name]
+    output: Deque[str] = deque(maxlen=R.TAIL_LINES)
+    attempts = 0
+    digests: Dict[str, Optional[str]] = {}
+    error = hint = ""
+    status = R.OK
+    restored: Tuple[str, ...] = ()
+    deadline = started + ctx.plan.timeout
+
+    def line(data: bytes, is_stderr: bool) -> None:
+        for text in data.decode("utf-8", "replace").splitlines():
+            output.append(text)
+            ctx.log(f"[{t.name}] {text}")
+
+    try:
+        session = _preflight(t, creds, ctx)
+        plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
+        entry = dc.auth_entry(creds.username, creds.password)
+        with open_scope(
+            ctx.base,
+            t.registry,
+            entry,
+            root=ctx.scope_dir,
+            sources=[ctx.plan.source.image.registry],
+            environ=ctx.environ,
+        ) as (scope, secrets):
+            env = scope.env(ctx.environ)
+            env.update(tools.prepare(scope.path, ctx.plan.source, t, plain_http))
+            masker = run.Masker(secrets)
+            attempts = _copy(tp, ctx, env, scope.path, masker, line, output, deadline)
+            digests = _verify(tp, ctx, session, deadline)
+        restored = tuple(d.describe() for d in scope.damage)
+    except _Failure as failure:
+        status, error, hint = failure.status, failure.error, failure.hint
+        attempts = attempts or failure.attempts
+    except AuthscopeError as exc:  # a scope or helper problem for this target only
+        status, error, hint = R.FAILED, str(exc), "see the error; the other targets are unaffected"
+    if status != R.OK:
+        ctx.failed.set()
+    result = R.Result(
+        **fields,  # type: ignore[arg-type]
+        status=status,
+        digests=digests,
+        attempts=attempts,
+        duration=time.monotonic() - started,
+        error=error,
+        hint=hint,
+        output=tuple(output) if status != R.OK else (),
+        restored=restored,
+    )
+    verdict = f"landed {', '.join(tp.destinations)}" if status == R.OK else f"{status.upper()}: {error}"
+    ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
+    return result
+
+
+def _retrying(what: str, t: Target, deadline: float, retries: int, action, log: _Log):  # type: ignore[no-untyped-def]
+    """Run ``action(attempt)``; retry RegistryError that is transient."""
+    for attempt in range(1, retries + 2):
+        try:
+            return action(attempt)
+        except (RegistryUnreachable, RegistryHTTPError) as exc:
+            transient = getattr(exc, "transient", False)
+            if not transient or attempt > retries or time.monotonic() > deadline:
+                raise
+            delay = BACKOFF * 2 ** (attempt - 1)
+            log(f"authscope: [{t.name}] {what}: {exc}; retrying in {delay:g}s (attempt {attempt + 1}/{retries + 1})")
+            if not run.sleep_unless_stopped(delay):
+                raise _Failure(f"{what}: interrupted", "", R.INTERRUPTED) from None
+    raise AssertionError("unreachable")
+
+
+def _preflight(t: Target, creds: Credentials, ctx: _Context) -> Session:
+    """Check the target's credentials at /v2/ before any tool runs."""
+    session = Session(t.registry, (creds.username, creds.password), ca_file=t.ca_file, insecure=t.insecure)
+    deadline = time.monotonic() + ctx.plan.timeout
+
+    def ping(_attempt: int) -> int:
+        status, _, _ = session.request("GET", "/v2/")
+        return status
+
+    try:
+        status = _retrying("checking credentials", t, deadline, ctx.plan.retries, ping, ctx.log)
+    except RegistryUnreachable as exc:
+        raise _Failure(f"cannot reach {t.registry}: {exc.reason}", _reach_hint(t, exc.reason)) from None
+    except RegistryHTTPError as exc:
+        status = exc.status
+    except RegistryError as exc:
+        raise _Failure(str(exc), "check the registry address") from None
+    if status in (401, 403):
+        raise _Failure(
+            f"{t.registry} rejected the credentials (HTTP {status})",
+            f"check {t.username_ref} and {t.password_ref}",
+        )
+    if status != 200:
+        raise _Failure(
+            f"{t.registry}/v2/ answered HTTP {status}", "is this a container registry (the distribution API at /v2/)?"
+        )
+    return session
+
+
+def _reach_hint(t: Target, reason: str) -> str:
+    if _TLS.search(reason):
+        return f"the certificate of {t.registry} is not trusted: set ca_file: to its CA, or insecure: true"
+    if "http" in reason.lower() and not t.insecure:
+        return "if it speaks plain HTTP, set insecure: true on this target"
+    return f"check registry: {t.registry} (host and port) and the network from this runner"
+
+
+def _copy(
+    tp: TargetPlan,
+    ctx: _Context,
+    env: Dict[str, str],
+    scope: str,
+    masker: run.Masker,
+    line: Callable[[bytes, bool], None],
+    output: Deque[str],
+    deadline: float,
+) -> int:
+    """Run the steps; on a transient failure, run them all again after a backoff."""
+    t = tp.target
+    retries = ctx.plan.retries
+    for attempt in range(1, retries + 2):
+        if run.stopping():
+            raise _Failure("interrupted before the copy finished", "", R.INTERRUPTED)
+        ctx.log(
+            f"authscope: [{t.name}] copying to {len(tp.destinations)} tag(s) with {t.tool} (attempt {attempt}/{retries + 1})"
+        )
+        failed: Optional[Tuple[tools.Step, int, bool]] = None
+        for step in tp.steps:
+            argv = tools.fill_scope(step.argv, scope)
+            ctx.log(f"authscope: [{t.name}] $ {tools.display(step.argv)}")
+            try:
+                code, timed_out = run.run_captured(argv, env, masker, line, deadline)
+            except AuthscopeError as exc:  # the tool is not installed
+                raise _Failure(
+                    str(exc), f"install {argv[0]} in the job's image, or choose another tool:", attempts=attempt
+                ) from None
+            if code != 0 or timed_out:
+                failed = (step, code, timed_out)
+                break
+        if failed is None:
+            return attempt
+        step, code, timed_out = failed
+        if run.stopping():
+            raise _Failure(f"{step.what}: interrupted (exit {code})", "", R.INTERRUPTED, attempt)
+        if timed_out:
+            raise _Failure(
+                f"{step.what}: timed out after {ctx.plan.timeout:g}s",
+                "raise timeout: in the targets file or --timeout, or check the registry's speed",
+                attempts=attempt,
+            )
+        transient, hint = diagnose(list(output), t, ctx.plan.source.image.registry)
+        if not (transient and attempt <= retries and time.monotonic() < deadline):
+            raise _Failure(
+                f"{step.what} failed: {t.tool} exited {code}" + (f" after {attempt} attempts" if attempt > 1 else ""),
+                hint,
+                attempts=attempt,
+            )
+        delay = BACKOFF * 2 ** (attempt - 1)
+        ctx.log(f"authscope: [{t.name}] {step.what} failed (exit {code}), looks transient; retrying in {delay:g}s")
+        if not run.sleep_unless_stopped(delay):
+            raise _Failure(f"{step.what}: interrupted", "", R.INTERRUPTED, attempt)
+    raise AssertionError("unreachable")
+
+
+def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) -> Dict[str, Optional[str]]:
+    """Every destination must now hold the source's digest (invariant 7)."""
+    t = tp.target
+    digests: Dict[str, Optional[str]] = {}
+    for tag in t.tags:
+        try:
+            digests[tag] = _retrying(
+                f"verifying {tag}",
+                t,
+                deadline,
+                ctx.plan.retries,
+                lambda _a, tag=tag: session.manifest_digest(t.repository, tag),
+                ctx.log,
+            )
+        except RegistryError as exc:
+            raise _Failure(
+                f"could not read back {t.registry}/{t.repository}:{tag}: {exc.reason}",
+                "the copy reported success but the tag can't be read: check pull permission",
+            ) from None
+        if digests[tag] != ctx.source_digest:
+            raise _Failure(
+                f"{t.registry}/{t.repository}:{tag} has {digests[tag]}, the source has {ctx.source_digest}",
+                "the tool changed the image on the way (a single-platform copy or a format conversion); crane and regctl copy it unchanged",
+            )
+    return digests
+
+
+# -- the whole fan-out ----------------------------------------------------------------
+
+
+def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> Tuple[str, bool]:
+    """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
+    src = fanout.source
+    cfg = base.snapshot().config
+    auth = source_credentials(cfg, src.image.registry, environ)
+    session = Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure)
+    try:
+        digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
+        return digest, session.schemes == ["http"]
+    except RegistryError as exc:
+        hint = ""
+        if isinstance(exc, RegistryHTTPError) and exc.status in (401, 403):
+            hint = f"; log the job in first: authscope login {src.image.registry} -u ... --password-env ..."
+        raise RegistryError(
+            src.image.registry,
+            f"cannot read the source {src.image.with_tag(src.image.tag or 'latest')}: {exc.reason}{hint}",
+        ) from None
+
+
+def execute(
+    plan: Plan,
+    source_digest: str,
+    credentials: Dict[str, Credentials],
+    base: Base,
+    environ: Mapping[str, str],
+    *,
+    scope_dir: Optional[str],
+    fail_fast: bool,
+    source_plain_http: bool = False,
+    stream: IO[str] = sys.stdout,
+) -> Tuple[R.Result, ...]:
+    """Run every target of ``plan``; a Result for each, in plan order."""
+    log = _Log(stream)
+    plain = (plan.source.image.registry,) if source_plain_http else ()
+    ctx = _Context(plan, source_digest, credentials, base, environ, scope_dir, fail_fast, log, plain, threading.Event())
+    results: Dict[str, R.Result] = {}
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope"
+    ) as pool:
+        futures: Dict[Future[R.Result], TargetPlan] = {pool.submit(run_target, tp, ctx): tp for tp in plan.targets}
+        pending = set(futures)
+        while pending:
+            # Short waits keep the main thread free to take signals.
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                tp = futures[future]
+                try:
+                    results[tp.target.name] = future.result()
+                except Exception as exc:  # a bug: report it for this target, keep the others
+                    t = tp.target
+                    results[t.name] = R.Result(
+                        t.name,
+                        t.registry,
+                        t.repository,
+                        t.tool,
+                        t.tags,
+                        R.FAILED,
+                        error=f"internal error: {exc!r}",
+                        hint="a bug in authscope: please report it",
+                    )
+    return tuple(results[tp.target.name] for tp in plan.targets)

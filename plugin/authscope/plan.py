@@ -1,0 +1,108 @@
+"""From a loaded targets file to what will run: pure, printable, secret-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+from . import tools
+from .errors import UsageError
+from .targets import Fanout, Source, Target
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    target: Target
+    destinations: Tuple[str, ...]
+    steps: Tuple[tools.Step, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: Source
+    source_ref: str  # what the tools copy: by digest once resolved
+    targets: Tuple[TargetPlan, ...]
+    jobs: int
+    retries: int
+    timeout: float
+    path: str
+
+
+def make_plan(
+    fanout: Fanout,
+    *,
+    only: Sequence[str] = (),
+    jobs: Optional[int] = None,
+    retries: Optional[int] = None,
+    timeout: Optional[float] = None,
+    source_digest: Optional[str] = None,
+) -> Plan:
+    """The plan for ``fanout``; ``only`` picks targets by name, in file order."""
+    known = [t.name for t in fanout.targets]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise UsageError(
+            f"no target named {', '.join(map(repr, unknown))} in {fanout.path}; its targets are: {', '.join(known)}"
+        )
+    image = fanout.source.image
+    source_ref = f"{image.registry}/{image.repository}@{source_digest}" if source_digest else image.pinned
+    chosen = [t for t in fanout.targets if not only or t.name in only]
+    plans = []
+    for target in chosen:
+        destinations = tuple(f"{target.registry}/{target.repository}:{tag}" for tag in target.tags)
+        plans.append(TargetPlan(target, destinations, tuple(tools.steps_for(fanout.source, target, source_ref))))
+    return Plan(
+        fanout.source,
+        source_ref,
+        tuple(plans),
+        jobs or fanout.jobs,
+        fanout.retries if retries is None else retries,
+        timeout or fanout.timeout,
+        fanout.path,
+    )
+
+
+def _secret_ref(name: Optional[str], kind: str, environ: Mapping[str, str]) -> str:
+    if name is None:
+        return ""
+    if kind == "env":
+        return f"${name} ({'set' if environ.get(name) else 'NOT SET'})"
+    return f"{name} ({'exists' if _is_file(name) else 'MISSING'})"
+
+
+def _is_file(path: str) -> bool:
+    import os
+
+    return os.path.isfile(path)
+
+
+def render(plan: Plan, environ: Mapping[str, str]) -> str:
+    """The plan as text for --dry-run: references to secrets, never values."""
+    src = plan.source
+    lines: List[str] = [
+        f"plan from {plan.path}: {len(plan.targets)} target(s), {plan.jobs} at a time, "
+        f"{plan.retries} retr{'y' if plan.retries == 1 else 'ies'}, timeout {plan.timeout:g}s each",
+        f"source: {src.image.with_tag(src.image.tag) if src.image.tag else src.image.pinned}"
+        + (" (insecure)" if src.insecure else "")
+        + (f" (CA {src.ca_file})" if src.ca_file else "")
+        + ("; copied by digest, resolved when the run starts" if not src.image.digest else ""),
+    ]
+    for tp in plan.targets:
+        t = tp.target
+        user = (
+            f"username {t.username!r}" if t.username else f"username_env {_secret_ref(t.username_env, 'env', environ)}"
+        )
+        password = (
+            f"password_env {_secret_ref(t.password_env, 'env', environ)}"
+            if t.password_env
+            else f"password_file {_secret_ref(t.password_file, 'file', environ)}"
+        )
+        tls = "insecure" if t.insecure else (f"CA {t.ca_file}" if t.ca_file else "TLS verified")
+        lines.append(f"\n{t.name}  ({t.registry}, {tls}, tool {t.tool})")
+        lines.append(f"  credentials: {user}, {password}")
+        for dest in tp.destinations:
+            lines.append(f"  -> {dest}")
+        for step in tp.steps:
+            lines.append(f"  $ {tools.display(step.argv)}")
+    lines.append("\ndry run: nothing was contacted, copied or written")
+    return "\n".join(lines)

@@ -1,0 +1,237 @@
+"""Fan-out results, and how they are shown: text, GitLab sections, JUnit XML,
+dotenv and versioned JSON. Records are frozen; renderers are pure."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+JSON_VERSION = 1
+OK, FAILED, SKIPPED, INTERRUPTED = "ok", "failed", "skipped", "interrupted"
+DOTENV_LIMIT = 5 * 1024  # GitLab's limit for a dotenv report
+TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened to one target."""
+
+    name: str
+    registry: str
+    repository: str
+    tool: str
+    tags: Tuple[str, ...]
+    status: str  # ok | failed | skipped | interrupted
+    digests: Dict[str, Optional[str]] = field(default_factory=dict)  # tag -> digest found there
+    attempts: int = 0
+    duration: float = 0.0
+    error: str = ""  # what failed
+    hint: str = ""  # how to fix it
+    output: Tuple[str, ...] = ()  # the last lines the tool printed (masked)
+    restored: Tuple[str, ...] = ()  # base entries the guard restored while it ran
+
+    @property
+    def destinations(self) -> List[str]:
+        return [f"{self.registry}/{self.repository}:{tag}" for tag in self.tags]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The whole fan-out."""
+
+    source: str
+    source_digest: Optional[str]
+    tool: str
+    results: Tuple[Result, ...]
+    started: float
+    duration: float
+    signal: Optional[int] = None  # set when interrupted
+    error: str = ""  # a problem before any target ran (e.g. the source)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def status(self) -> str:
+        """success | partial | failed | interrupted (pipx's result shape)."""
+        if self.signal is not None:
+            return "interrupted"
+        ok = self.count(OK)
+        if ok == len(self.results) and not self.error:
+            return "success"
+        return "partial" if ok else "failed"
+
+    @property
+    def restored(self) -> bool:
+        return any(r.restored for r in self.results)
+
+
+# -- text -----------------------------------------------------------------------------
+
+
+def _short(digest: Optional[str]) -> str:
+    return digest[:19] if digest else "-"
+
+
+def summary_table(report: Report) -> str:
+    rows = [("target", "tags", "digest", "time", "tries", "status")]
+    for r in report.results:
+        digest = next((d for d in r.digests.values() if d), None)
+        rows.append((r.name, ",".join(r.tags), _short(digest), f"{r.duration:.1f}s", str(r.attempts), r.status.upper()))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    head = (
+        f"fan-out of {report.source} ({_short(report.source_digest)}): {report.status}, "
+        f"{report.count(OK)}/{len(report.results)} targets landed in {report.duration:.1f}s"
+    )
+    return head + "\n" + "\n".join(lines)
+
+
+def section(name: str, header: str, body: str, collapsed: bool, now: Optional[float] = None) -> str:
+    """A GitLab collapsible log section (plain text elsewhere)."""
+    stamp = int(now if now is not None else time.time())
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    flag = "[collapsed=true]" if collapsed else ""
+    return (
+        f"\x1b[0Ksection_start:{stamp}:{key}{flag}\r\x1b[0K{header}\n"
+        f"{body.rstrip()}\n"
+        f"\x1b[0Ksection_end:{stamp}:{key}\r\x1b[0K"
+    )
+
+
+def result_text(r: Result) -> str:
+    lines = [
+        f"registry {r.registry}, repository {r.repository}, tool {r.tool}, {r.attempts} attempt(s), {r.duration:.1f}s"
+    ]
+    for tag in r.tags:
+        lines.append(f"  {r.registry}/{r.repository}:{tag}  {r.digests.get(tag) or '(not verified)'}")
+    if r.error:
+        lines.append(f"failed: {r.error}")
+    if r.hint:
+        lines.append(f"fix: {r.hint}")
+    for note in r.restored:
+        lines.append(f"base guard: {note}")
+    if r.output and r.status != OK:
+        lines.append(f"last {len(r.output)} line(s) of output:")
+        lines.extend(f"  | {line}" for line in r.output)
+    return "\n".join(lines)
+
+
+# -- JUnit ----------------------------------------------------------------------------
+
+
+def junit(report: Report) -> bytes:
+    """One testcase per target; failures say what failed and how to fix it."""
+    import xml.etree.ElementTree as ET
+
+    failures = sum(1 for r in report.results if r.status in (FAILED, INTERRUPTED))
+    skipped = report.count(SKIPPED)
+    suites = ET.Element(
+        "testsuites",
+        name="authscope",
+        tests=str(len(report.results)),
+        failures=str(failures),
+        skipped=str(skipped),
+        time=f"{report.duration:.3f}",
+    )
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=f"authscope fanout {report.source}",
+        tests=str(len(report.results)),
+        failures=str(failures),
+        skipped=str(skipped),
+        time=f"{report.duration:.3f}",
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.started)),
+    )
+    for r in report.results:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"authscope.{r.registry}", name=r.name, time=f"{r.duration:.3f}"
+        )
+        if r.status in (FAILED, INTERRUPTED):
+            message = r.error or r.status
+            text = message + (f"\n\nHow to fix: {r.hint}" if r.hint else "")
+            if r.output:
+                text += "\n\nLast lines of output:\n" + "\n".join(r.output)
+            ET.SubElement(case, "failure", message=_xml_safe(message), type=r.status).text = _xml_safe(text)
+        elif r.status == SKIPPED:
+            ET.SubElement(case, "skipped", message=_xml_safe(r.error or "not started"))
+        ET.SubElement(case, "system-out").text = _xml_safe(result_text(r))
+    body: bytes = ET.tostring(suites, encoding="utf-8")
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body + b"\n"
+
+
+def _xml_safe(text: str) -> str:
+    # XML 1.0 can't carry most control characters, which tool output may hold.
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "?", text)
+
+
+# -- dotenv ---------------------------------------------------------------------------
+
+
+def dotenv(report: Report) -> str:
+    """Variables for later jobs (``artifacts: reports: dotenv``), within GitLab's
+    limits: names [A-Za-z0-9_], one line per value, 5 KB in all."""
+    names = {
+        status: [r.name for r in report.results if r.status == status] for status in (OK, FAILED, SKIPPED, INTERRUPTED)
+    }
+    values = [
+        ("AUTHSCOPE_STATUS", report.status),
+        ("AUTHSCOPE_SOURCE", report.source),
+        ("AUTHSCOPE_DIGEST", report.source_digest or ""),
+        ("AUTHSCOPE_TARGETS_TOTAL", str(len(report.results))),
+        ("AUTHSCOPE_TARGETS_OK", ",".join(names[OK])),
+        ("AUTHSCOPE_TARGETS_FAILED", ",".join(names[FAILED] + names[INTERRUPTED])),
+        ("AUTHSCOPE_TARGETS_SKIPPED", ",".join(names[SKIPPED])),
+        ("AUTHSCOPE_DESTINATIONS", " ".join(d for r in report.results if r.status == OK for d in r.destinations)),
+    ]
+    lines = [f"{key}={_one_line(value)}" for key, value in values]
+    text = "\n".join(lines) + "\n"
+    while len(text.encode()) > DOTENV_LIMIT:
+        # Shorten the longest value rather than lose a variable.
+        longest = max(range(len(lines)), key=lambda i: len(lines[i]))
+        key, _, value = lines[longest].partition("=")
+        keep = max(0, len(value) - (len(text.encode()) - DOTENV_LIMIT) - 20)
+        lines[longest] = f"{key}={value[:keep]}...(truncated)"
+        text = "\n".join(lines) + "\n"
+    return text
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ")
+
+
+# -- JSON -----------------------------------------------------------------------------
+
+
+def to_json(report: Report) -> str:
+    doc: Dict[str, Any] = {
+        "version": JSON_VERSION,
+        "status": report.status,
+        "source": report.source,
+        "digest": report.source_digest,
+        "tool": report.tool,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(report.started)),
+        "duration": round(report.duration, 3),
+        "signal": report.signal,
+        "error": report.error or None,
+        "counts": {s: report.count(s) for s in (OK, FAILED, SKIPPED, INTERRUPTED)},
+        "targets": [],
+    }
+    for r in report.results:
+        item = asdict(r)
+        item["tags"] = list(r.tags)
+        item["output"] = list(r.output)
+        item["restored"] = list(r.restored)
+        item["destinations"] = r.destinations
+        item["duration"] = round(r.duration, 3)
+        doc["targets"].append(item)
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def tail(lines: Sequence[str], n: int = TAIL_LINES) -> Tuple[str, ...]:
+    return tuple(lines[-n:])

@@ -1,0 +1,558 @@
+"""Load and validate ``authscope.yml``: every error at once, each with its line.
+
+The file is composed with pyyaml's safe loader into nodes (which keep line
+numbers), turned into plain values while recording where each one came from,
+then checked against the schema. ``${VAR}`` and ``${VAR:-default}`` are
+expanded from the environment in every string except usernames, which are
+literal (a Harbor robot ``robot$release+ci`` stays as written; ``$${`` writes a
+literal ``${``). Secrets appear only by reference: ``password_env``,
+``password_file``, ``username_env``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .errors import Problem, TargetsFileError
+
+TOOLS = ("crane", "skopeo", "regctl", "custom")
+DEFAULT_JOBS = 4
+DEFAULT_RETRIES = 2
+DEFAULT_TIMEOUT = 1800.0
+PLACEHOLDERS = ("source", "destination", "registry", "repository", "tag", "name")
+
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+
+Path = Tuple[Any, ...]  # keys and indexes from the document root
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    registry: str  # host[:port]
+    repository: str
+    tag: Optional[str]
+    digest: Optional[str]
+
+    def with_tag(self, tag: str) -> str:
+        return f"{self.registry}/{self.repository}:{tag}"
+
+    @property
+    def pinned(self) -> str:
+        """By digest when known, else by tag."""
+        if self.digest:
+            return f"{self.registry}/{self.repository}@{self.digest}"
+        return f"{self.registry}/{self.repository}:{self.tag}"
+
+
+def parse_image(ref: str) -> ImageRef:
+    """host[:port]/repo[:tag][@digest]; Docker Hub short names included."""
+    rest, _, digest = ref.partition("@")
+    name, tag = rest, None
+    slash, colon = rest.rfind("/"), rest.rfind(":")
+    if colon > slash:
+        name, tag = rest[:colon], rest[colon + 1 :]
+    first, _, remainder = name.partition("/")
+    if remainder and ("." in first or ":" in first or first == "localhost"):
+        registry, repository = first, remainder
+    else:
+        registry, repository = "docker.io", name if "/" in name else f"library/{name}"
+    if not repository or not _REPOSITORY.fullmatch(repository):
+        raise ValueError(f"{ref!r} is not an image reference (host[:port]/repository[:tag])")
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise ValueError(f"{ref!r} has an invalid tag {tag!r}")
+    if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise ValueError(f"{ref!r} has an invalid digest")
+    return ImageRef(registry, repository, tag, digest or None)
+
+
+@dataclass(frozen=True)
+class Source:
+    image: ImageRef
+    insecure: bool
+    ca_file: Optional[str]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    registry: str
+    repository: str
+    tags: Tuple[str, ...]
+    tool: str
+    username: Optional[str]  # literal
+    username_env: Optional[str]
+    password_env: Optional[str]
+    password_file: Optional[str]
+    insecure: bool
+    ca_file: Optional[str]
+    command: Optional[Tuple[str, ...]]
+    line: int
+
+    @property
+    def password_ref(self) -> str:
+        return f"password_env {self.password_env}" if self.password_env else f"password_file {self.password_file}"
+
+    @property
+    def username_ref(self) -> str:
+        return f"username_env {self.username_env}" if self.username_env else f"username {self.username!r}"
+
+
+@dataclass(frozen=True)
+class Fanout:
+    path: str
+    source: Source
+    targets: Tuple[Target, ...]
+    jobs: int
+    retries: int
+    timeout: float
+    pull_once: bool
+
+
+# -- YAML nodes to values, remembering lines -------------------------------------
+
+
+class _Doc:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: Dict[Path, int] = {}
+        self.problems: List[Problem] = []
+
+    def problem(self, where: Path, message: str, line: Optional[int] = None) -> None:
+        if line is None:
+            line = self.line(where)
+        self.problems.append(Problem(self.path, line, _where(where), message))
+
+    def line(self, where: Path) -> int:
+        while where not in self.lines and where:
+            where = where[:-1]
+        return self.lines.get(where, 1)
+
+
+def _where(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _value(node: Any, path: Path, doc: _Doc) -> Any:
+    import yaml
+    from yaml.constructor import ConstructorError, SafeConstructor
+
+    doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        constructor = SafeConstructor()
+        try:
+            constructor.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        except ConstructorError as exc:
+            doc.problem(path, str(exc.problem))
+            return {}
+        out: Dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node, path, doc) if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                doc.problem(path, f"keys must be strings, not {key!r}", key_node.start_mark.line + 1)
+                continue
+            if key in out:
+                doc.problem(
+                    path + (key,),
+                    f"{key!r} appears twice (line {doc.lines[path + (key,)]} and line {key_node.start_mark.line + 1})",
+                    key_node.start_mark.line + 1,
+                )
+                continue
+            doc.lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _value(value_node, path + (key,), doc)
+            doc.lines[path + (key,)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_value(item, path + (i,), doc) for i, item in enumerate(node.value)]
+    return _scalar(node, path, doc)
+
+
+def _scalar(node: Any, path: Path, doc: _Doc) -> Any:
+    from yaml.constructor import ConstructorError, SafeConstructor
+
+    try:
+        return SafeConstructor().construct_object(node)
+    except (ConstructorError, ValueError) as exc:
+        doc.problem(path, f"cannot read this value: {exc}", node.start_mark.line + 1)
+        return None
+
+
+def _read_yaml(path: str) -> Tuple[Any, _Doc]:
+    import yaml
+
+    doc = _Doc(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise TargetsFileError(path, [Problem(path, 0, "", "no such file (give one with -f PATH)")]) from None
+    except OSError as exc:
+        raise TargetsFileError(path, [Problem(path, 0, "", f"cannot be read: {exc.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TargetsFileError(path, [Problem(path, line, "", f"is not UTF-8 (byte {exc.start})")]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TargetsFileError(path, [Problem(path, line, "", f"is not valid YAML: {reason}")]) from None
+    except RecursionError:
+        raise TargetsFileError(path, [Problem(path, 1, "", "is nested too deeply")]) from None
+    if node is None:
+        raise TargetsFileError(path, [Problem(path, 1, "", "is empty; it needs source: and targets:")])
+    return _value(node, (), doc), doc
+
+
+# -- checking -----------------------------------------------------------------------
+
+TOP_KEYS = ("version", "source", "tags", "tool", "jobs", "retries", "timeout", "pull_once", "command", "targets")
+SOURCE_KEYS = ("image", "insecure", "ca_file")
+TARGET_KEYS = (
+    "name",
+    "registry",
+    "repository",
+    "tags",
+    "tool",
+    "username",
+    "username_env",
+    "password_env",
+    "password_file",
+    "insecure",
+    "ca_file",
+    "command",
+)
+
+
+class _Checker:
+    def __init__(self, doc: _Doc, environ: Mapping[str, str]) -> None:
+        self.doc = doc
+        self.environ = environ
+        self.base_dir = os.path.dirname(os.path.abspath(doc.path))
+
+    def keys(self, mapping: Dict[str, Any], allowed: Tuple[str, ...], where: Path) -> None:
+        for key in mapping:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
+                self.doc.problem(where + (key,), f"unknown key{hint}")
+
+    def expand(self, value: str, where: Path) -> Optional[str]:
+        missing: List[str] = []
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        out = _VAR.sub(substitute, value)
+        for name in missing:
+            self.doc.problem(where, f"${{{name}}} is not set (in GitLab CI: a CI/CD variable, or ${{{name}:-default}})")
+        return None if missing else out
+
+    def string(
+        self, mapping: Dict[str, Any], key: str, where: Path, *, required: bool = False, expand: bool = True
+    ) -> Optional[str]:
+        if key not in mapping or mapping[key] is None:
+            if required:
+                self.doc.problem(where + (key,) if key in mapping else where, f"{key}: is required")
+            return None
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.doc.problem(where + (key,), f"must be a string, not {_kind(value)}")
+            return None
+        text = str(value)
+        if expand:
+            expanded = self.expand(text, where + (key,))
+            if expanded is None:
+                return None
+            text = expanded
+        if not text.strip():
+            self.doc.problem(where + (key,), "is empty" + (f" after expanding {value!r}" if text != value else ""))
+            return None
+        if len(text) > 4096:
+            self.doc.problem(where + (key,), f"is {len(text)} characters long; the limit is 4096")
+            return None
+        return text
+
+    def boolean(self, mapping: Dict[str, Any], key: str, where: Path, default: bool = False) -> bool:
+        value = mapping.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.doc.problem(where + (key,), f"must be true or false, not {value!r}")
+            return default
+        return value
+
+    def number(
+        self, mapping: Dict[str, Any], key: str, where: Path, default: float, lo: float, hi: float, integer: bool
+    ) -> float:
+        value = mapping.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            self.doc.problem(where + (key,), f"must be {'a whole number' if integer else 'a number'}, not {value!r}")
+            return default
+        if not lo <= value <= hi:
+            self.doc.problem(where + (key,), f"must be between {lo:g} and {hi:g}, not {value!r}")
+            return default
+        return value
+
+    def env_name(self, mapping: Dict[str, Any], key: str, where: Path) -> Optional[str]:
+        name = self.string(mapping, key, where, expand=False)
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            self.doc.problem(
+                where + (key,), f"{name!r} is not a variable name: write the name itself, e.g. HARBOR_PASSWORD"
+            )
+            return None
+        return name
+
+    def path(self, mapping: Dict[str, Any], key: str, where: Path) -> Optional[str]:
+        value = self.string(mapping, key, where)
+        if value is None:
+            return None
+        full = value if os.path.isabs(value) else os.path.join(self.base_dir, value)
+        if not os.path.isfile(full):
+            self.doc.problem(
+                where + (key,),
+                f"{value}: no such file" + (f" (looked in {self.base_dir})" if not os.path.isabs(value) else ""),
+            )
+            return None
+        return full
+
+    def tags(self, mapping: Dict[str, Any], where: Path) -> Optional[Tuple[str, ...]]:
+        if "tags" not in mapping or mapping["tags"] is None:
+            return None
+        value = mapping["tags"]
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.doc.problem(where + ("tags",), f"must be a non-empty list of tags, not {_kind(value)}")
+            return None
+        tags: List[str] = []
+        for i, item in enumerate(value):
+            tag = self.string({"t": item}, "t", where + ("tags", i))
+            if tag is None:
+                continue
+            if not _TAG.fullmatch(tag):
+                self.doc.problem(
+                    where + ("tags", i),
+                    f"{tag!r} is not a valid tag ([A-Za-z0-9_.-], at most 128, not starting with . or -)",
+                )
+            elif tag not in tags:
+                tags.append(tag)
+        return tuple(tags) if len(tags) else None
+
+    def command(self, mapping: Dict[str, Any], where: Path) -> Optional[Tuple[str, ...]]:
+        if mapping.get("command") is None:
+            return None
+        value = mapping["command"]
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+        ):
+            self.doc.problem(
+                where + ("command",), 'must be a list of strings, e.g. ["crane", "copy", "{source}", "{destination}"]'
+            )
+            return None
+        out: List[str] = []
+        for i, item in enumerate(value):
+            text = self.expand(str(item), where + ("command", i))
+            if text is None:
+                return None
+            for field in re.findall(r"\{(\w*)\}", text):
+                if field not in PLACEHOLDERS:
+                    self.doc.problem(
+                        where + ("command", i),
+                        f"unknown placeholder {{{field}}}; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}",
+                    )
+            out.append(text)
+        return tuple(out)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), f"{value!r}")
+
+
+def check(data: Any, doc: _Doc, environ: Mapping[str, str]) -> Optional[Fanout]:
+    """Pure apart from checking that CA files exist; problems go to ``doc``."""
+    c = _Checker(doc, environ)
+    if not isinstance(data, dict):
+        doc.problem((), f"the file must be a mapping with source: and targets:, not {_kind(data)}")
+        return None
+    c.keys(data, TOP_KEYS, ())
+    version = data.get("version", 1)
+    if version != 1:
+        doc.problem(("version",), f"version {version!r} is not supported; this authscope reads version 1")
+
+    source = _source(c, data)
+    default_tags = c.tags(data, ())
+    if default_tags is None and "tags" not in data and source is not None:
+        if source.image.tag:
+            default_tags = (source.image.tag,)
+        else:
+            doc.problem(("source",), "has no tag; give tags: for the destinations")
+    tool = data.get("tool", "crane")
+    if tool not in TOOLS:
+        close = difflib.get_close_matches(str(tool), TOOLS, n=1)
+        doc.problem(
+            ("tool",),
+            f"{tool!r} is not a tool authscope drives ({', '.join(TOOLS)})"
+            + (f"; did you mean {close[0]!r}?" if close else ""),
+        )
+        tool = "crane"
+    command = c.command(data, ())
+    jobs = int(c.number(data, "jobs", (), DEFAULT_JOBS, 1, 256, True))
+    retries = int(c.number(data, "retries", (), DEFAULT_RETRIES, 0, 20, True))
+    timeout = float(c.number(data, "timeout", (), DEFAULT_TIMEOUT, 1, 86400, False))
+    pull_once = c.boolean(data, "pull_once", ())
+
+    raw_targets = data.get("targets")
+    if not isinstance(raw_targets, list) or not raw_targets:
+        doc.problem(("targets",) if "targets" in data else (), "targets: must be a non-empty list of destinations")
+        raw_targets = []
+    targets: List[Target] = []
+    names: Dict[str, int] = {}
+    for i, raw in enumerate(raw_targets):
+        target = _target(c, raw, (("targets", i)), default_tags, str(tool), command)
+        if target is None:
+            continue
+        if target.name in names:
+            doc.problem(("targets", i, "name"), f"{target.name!r} is already the name of targets[{names[target.name]}]")
+            continue
+        names[target.name] = i
+        targets.append(target)
+    if doc.problems or source is None:
+        return None
+    return Fanout(doc.path, source, tuple(targets), jobs, retries, timeout, pull_once)
+
+
+def _source(c: _Checker, data: Dict[str, Any]) -> Optional[Source]:
+    raw = data.get("source")
+    where: Path = ("source",)
+    if raw is None:
+        c.doc.problem(
+            where if "source" in data else (),
+            "source: is required (the image to fan out, e.g. ${CI_REGISTRY_IMAGE}/app:${CI_COMMIT_TAG})",
+        )
+        return None
+    if isinstance(raw, dict):
+        c.keys(raw, SOURCE_KEYS, where)
+        image = c.string(raw, "image", where, required=True)
+        insecure = c.boolean(raw, "insecure", where)
+        ca_file = c.path(raw, "ca_file", where)
+        where = where + ("image",)
+    else:
+        image = c.string(data, "source", ())
+        insecure, ca_file = False, None
+    if image is None:
+        return None
+    try:
+        ref = parse_image(image)
+    except ValueError as exc:
+        c.doc.problem(where, str(exc))
+        return None
+    return Source(ref, insecure, ca_file)
+
+
+def _target(
+    c: _Checker,
+    raw: Any,
+    where: Path,
+    default_tags: Optional[Tuple[str, ...]],
+    default_tool: str,
+    default_command: Optional[Tuple[str, ...]],
+) -> Optional[Target]:
+    from .dockerconfig import registry_key
+    from .errors import UsageError
+
+    doc = c.doc
+    if not isinstance(raw, dict):
+        doc.problem(where, f"each target must be a mapping with name:, registry:, repository:, not {_kind(raw)}")
+        return None
+    before = len(doc.problems)
+    c.keys(raw, TARGET_KEYS, where)
+    name = c.string(raw, "name", where, required=True)
+    if name is not None and not _NAME.fullmatch(name):
+        doc.problem(where + ("name",), f"{name!r} may only hold letters, digits, '.', '_' and '-'")
+    registry = c.string(raw, "registry", where, required=True)
+    if registry is not None:
+        try:
+            registry = registry_key(registry)
+        except UsageError as exc:
+            doc.problem(where + ("registry",), str(exc))
+    repository = c.string(raw, "repository", where, required=True)
+    if repository is not None and not _REPOSITORY.fullmatch(repository):
+        doc.problem(where + ("repository",), f"{repository!r} is not a repository path (lowercase, e.g. release/app)")
+    tags = c.tags(raw, where) or default_tags
+    if tags is None:
+        doc.problem(where, "no tags: set tags: on the file or on this target")
+    tool = raw.get("tool", default_tool)
+    if tool not in TOOLS:
+        doc.problem(where + ("tool",), f"{tool!r} is not one of {', '.join(TOOLS)}")
+    command = c.command(raw, where) or default_command
+    if tool == "custom" and command is None:
+        doc.problem(where, "tool: custom needs command: (on the target or the file)")
+    username = c.string(raw, "username", where, expand=False)  # literal: robot$x+y
+    username_env = c.env_name(raw, "username_env", where)
+    if (raw.get("username") is None) == (raw.get("username_env") is None):
+        doc.problem(where, "give exactly one of username: (literal) or username_env: (a variable's name)")
+    password_env = c.env_name(raw, "password_env", where)
+    password_file = c.string(raw, "password_file", where)
+    if (raw.get("password_env") is None) == (raw.get("password_file") is None):
+        doc.problem(
+            where,
+            "give exactly one of password_env: (a variable's name) or password_file: (a path, e.g. a GitLab file variable)",
+        )
+    if password_file is not None and not os.path.isabs(password_file):
+        password_file = os.path.join(c.base_dir, password_file)
+    insecure = c.boolean(raw, "insecure", where)
+    ca_file = c.path(raw, "ca_file", where)
+    if len(doc.problems) > before:
+        return None
+    assert name and registry and repository and tags
+    return Target(
+        name,
+        registry,
+        repository,
+        tags,
+        str(tool),
+        username,
+        username_env,
+        password_env,
+        password_file,
+        insecure,
+        ca_file,
+        command,
+        doc.line(where),
+    )
+
+
+def load(path: str, environ: Mapping[str, str]) -> Fanout:
+    """Read, expand and check ``path``; TargetsFileError lists every problem."""
+    data, doc = _read_yaml(path)
+    fanout = check(data, doc, environ)
+    if fanout is None:
+        raise TargetsFileError(
+            path, sorted(doc.problems, key=lambda p: p.line) or [Problem(path, 1, "", "is not usable")]
+        )
+    return fanout
