@@ -258,6 +258,49 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_cmd_fanout)
 
 
+def _define_pipeline(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
+        description=(
+            "Print a child pipeline (YAML) for a fan-out that outgrows one job: one job per "
+            "target, each with environment registry/<target> so environment-scoped CI/CD "
+            "variables (the target's password) reach it, or --slices N jobs. Run it from a "
+            "parent job with `trigger: include: artifact:` and `strategy: depend`."
+        ),
+        epilog=(
+            "example (.gitlab-ci.yml):\n"
+            "  generate:\n"
+            "    script: authscope pipeline -f authscope.yml > child.yml\n"
+            "    artifacts: {paths: [child.yml]}\n"
+            "  fanout:\n"
+            "    trigger:\n"
+            "      include: [{artifact: child.yml, job: generate}]\n"
+            "      strategy: depend"
+        ),
+    )
+    p.add_argument(
+        "-f", "--file", default="authscope.yml", metavar="PATH", help="the targets file (default: authscope.yml)"
+    )
+    p.add_argument(
+        "--slices",
+        type=_positive_int,
+        metavar="N",
+        help="N jobs, each with a slice of the targets (default: one job per target)",
+    )
+    p.add_argument("--image", default=None, metavar="IMAGE", help="the jobs' image (default: python:3.12-slim)")
+    p.add_argument(
+        "--install",
+        default=None,
+        metavar="CMD",
+        help="the shell line that installs authscope in a job (default: pip install authscope)",
+    )
+    p.add_argument("--stage", default="fanout", metavar="NAME", help="the jobs' stage (default: fanout)")
+    p.add_argument("--jobs", type=_positive_int, metavar="N", help="--jobs for each generated job")
+    p.add_argument("--fail-fast", action="store_true", help="--fail-fast for each generated job")
+    p.add_argument("--no-registry-login", action="store_true", help="don't log in to $CI_REGISTRY in before_script")
+    p.set_defaults(run=_cmd_pipeline)
+
+
 def _number(kind: Callable[[str], float], low: float, text: str) -> float:
     try:
         value = kind(text)
@@ -290,6 +333,7 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "logout": ("remove one registry's login from the base config", _define_logout),
     "exec": ("run a command in a fresh scope holding one extra login", _define_exec),
     "fanout": ("copy an image to every target of authscope.yml, in parallel, verified", _define_fanout),
+    "pipeline": ("print a child pipeline: one job per target (or per slice)", _define_pipeline),
     "sweep": ("remove scopes left by killed processes (for after_script)", _define_sweep),
 }
 
@@ -499,6 +543,25 @@ def _fanout_exit(report: R.Report) -> int:
     if failed:
         say(f"{failed} of {len(report.results)} target(s) did not land")
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_pipeline(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import pipeline, targets
+
+    # Secrets are not needed to plan jobs; ${VAR}s are, so a generator job
+    # fails here, with the line, rather than every child job later.
+    spec = targets.load(a.file, environ)
+    settings = pipeline.JobSettings(
+        targets_file=a.file,
+        image=a.image or pipeline.DEFAULT_IMAGE,
+        install=a.install or "pip install authscope",
+        stage=a.stage,
+        registry_login=not a.no_registry_login,
+        jobs=a.jobs or 0,
+        fail_fast=a.fail_fast,
+    )
+    print(pipeline.render(pipeline.child_pipeline(spec, settings, a.slices or 0)), end="", flush=True)
     return EXIT_OK
 
 
