@@ -3,11 +3,11 @@
 Starts three real registries (Debian's docker-registry, htpasswd auth): the
 job's "local GitLab registry" and two "Harbor" targets, one over TLS. Pushes a
 small image to the local one, logs the job in with `authscope login`, then
-runs each target in a scope with `authscope exec`: the command copies the
-image, logs out and then wipes its whole config, as the crane 0.16.1 report
-describes. The base config is checked byte for byte after every target, and
-each target's digest against the source. Last, the same commands without
-authscope show the local login being lost.
+runs the embedded authscope.yml with `authscope fanout`: each target's command
+copies the image (crane 0.16.1, the reported version, where installed), logs
+out and then wipes its whole config. The base config is checked byte for byte
+and every tag's digest against the source. Last, the same wipe without
+authscope shows the local login being lost.
 
 Run it with ./scripts/demo (installs what it needs first).
 """
@@ -82,50 +82,83 @@ def main() -> int:
         before = sha(base)
         print(f"   base {base}: sha256 {before}")
 
-        # Each target: copy, log out, then wipe the whole config — the worst a
-        # tool's logout has been seen to do.
-        targets = [
-            (h1, "HARBOR_1_PASSWORD", "--dest-tls-verify=false", None),
-            (h2, "HARBOR_2_PASSWORD", f"--dest-cert-dir={h2.cert_dir}", h2.cert_dir),
-        ]
+        # The embedded default: two targets whose commands copy, log out and
+        # then wipe their whole config, the worst a logout has been seen to do.
+        wipe = 'echo "{\\"auths\\": {}}" > "$DOCKER_CONFIG/config.json" && echo "wiped $DOCKER_CONFIG/config.json"'
+        crane = shutil.which("crane-0.16.1", path=env["PATH"])
+        if crane:
+            first = f"crane-0.16.1 copy --insecure {{source}} {{destination}} && crane-0.16.1 auth logout {{registry}} && {wipe}"
+        else:
+            first = f"skopeo copy --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false docker://{{source}} docker://{{destination}} && skopeo logout {{registry}} && {wipe}"
+        second = (
+            f"skopeo copy --all --preserve-digests --src-tls-verify=false --dest-cert-dir={h2.cert_dir} "
+            f"docker://{{source}} docker://{{destination}} && skopeo logout {{registry}} && {wipe}"
+        )
+        targets_file = work / "authscope.yml"
+        targets_file.write_text(
+            f"""# the demo's release: the local registry's image to two Harbor-like targets
+source: {{image: "${{SRC}}", insecure: true}}
+tags: ["1.0", latest]
+tool: custom
+jobs: 2
+targets:
+  - name: harbor-1
+    registry: {h1.host}
+    repository: release/app
+    username: {h1.username}
+    password_env: HARBOR_1_PASSWORD
+    insecure: true
+    command: [sh, -c, '{first}']
+  - name: harbor-2
+    registry: {h2.host}
+    repository: release/app
+    username: {h2.username}
+    password_env: HARBOR_2_PASSWORD
+    ca_file: {h2.ca_file}
+    command: [sh, -c, '{second}']
+"""
+        )
+        step(f"the release: {targets_file.name} (copy, log out and wipe, per target and tag)")
+        print(targets_file.read_text())
+        sh(["authscope", "fanout", "-f", str(targets_file), "--dry-run"], env)
+
+        step("authscope fanout: each target in its own scope, verified against the source digest")
+        reports = work / "reports"
+        reports.mkdir()
+        code = sh(
+            [
+                "authscope",
+                "fanout",
+                "-f",
+                str(targets_file),
+                "--junit",
+                str(reports / "junit.xml"),
+                "--dotenv",
+                str(reports / "fanout.env"),
+                "--json",
+                str(reports / "fanout.json"),
+            ],
+            env,
+            check=False,
+        )
+        print(f"   exit code {code}; dotenv report:")
+        print("".join(f"     {line}" for line in (reports / "fanout.env").read_text().splitlines(True)))
+        intact = sha(base) == before
+        print(f"   base sha256 {sha(base)} {'(unchanged)' if intact else '(CHANGED)'}")
         results = []
-        for target, variable, dest_tls, cert_dir in targets:
-            step(f"target {target.name}: copy, log out and wipe the config, inside a scope")
-            dest = target.ref("release/app", "1.0")
-            command = (
-                f'skopeo copy --src-tls-verify=false {dest_tls} --preserve-digests "docker://$SRC" "docker://{dest}"'
-                f" && skopeo logout {target.host}"
-                ' && echo \'{"auths": {}}\' > "$DOCKER_CONFIG/config.json"'
-                ' && echo "   (the command wiped its config: $DOCKER_CONFIG/config.json)"'
-            )
-            sh(
-                [
-                    "authscope",
-                    "exec",
-                    "--registry",
-                    target.host,
-                    "-u",
-                    target.username,
-                    "--password-env",
-                    variable,
-                    "--",
-                    "sh",
-                    "-c",
-                    command,
-                ],
-                env,
-            )
+        for target in (h1, h2):
             authfile = write_authfile(work / f"check-{target.name}.json", {target.host: target.credentials})
-            digest = skopeo_digest(dest, authfile, env, cert_dir=cert_dir)
-            intact = sha(base) == before
-            results.append((target.name, digest == source.digest, intact))
-            print(f"   base sha256 {sha(base)} {'(unchanged)' if intact else '(CHANGED)'}; {dest} {digest}")
+            for tag in ("1.0", "latest"):
+                dest = target.ref("release/app", tag)
+                digest = skopeo_digest(dest, authfile, env, cert_dir=target.cert_dir)
+                results.append((f"{target.name}:{tag}", digest == source.digest, intact))
+                print(f"   {dest} {digest} (checked again with skopeo)")
 
         step("summary")
         for name, same_digest, intact in results:
             mark = f"{GREEN}ok{RESET}" if same_digest and intact else f"{RED}FAILED{RESET}"
             print(
-                f"   {name:9} digest {'matches' if same_digest else 'DIFFERS'}; base login {'intact' if intact else 'LOST'}: {mark}"
+                f"   {name:16} digest {'matches' if same_digest else 'DIFFERS'}; base login {'intact' if intact else 'LOST'}: {mark}"
             )
 
         step("control: the same copy/logout/wipe on the base itself, without authscope")
@@ -139,7 +172,7 @@ def main() -> int:
             f"   local login {'LOST' if lost else 'still there'}: every later target would now fail to read {source.ref}"
         )
 
-        ok = all(d and i for _, d, i in results) and lost
+        ok = code == 0 and all(d and i for _, d, i in results) and lost
         print(f"\n{GREEN if ok else RED}{BOLD}demo {'passed' if ok else 'FAILED'}{RESET}")
         return 0 if ok else 1
     finally:

@@ -322,3 +322,32 @@ def test_robot_username_survives_literally(logged_in: Path, env: Dict[str, str])
     probe = "python3 -c \"import json,os,base64; c=json.load(open(os.environ['REGISTRY_AUTH_FILE'])); print(base64.b64decode(c['auths']['harbor.remote-1']['auth']).decode().split(':')[0])\""
     result = run_authscope(EXEC + ["sh", "-c", probe], env)
     assert result.stdout.strip() == "robot$release+ci"
+
+
+def test_reset_lays_the_config_afresh_whatever_the_command_did(
+    logged_in: Path, env: Dict[str, str], tmp_path: Path
+) -> None:
+    """A target's next command starts from the layered config, not from the last one's wipe."""
+    from authscope.base import Base
+
+    outside = tmp_path / "outside.json"
+    outside.write_text("keep")
+    with S.open_scope(Base(str(logged_in.parent)), "harbor.x", dc.auth_entry("u", "pw-12345"), environ=env) as (
+        scope,
+        _,
+    ):
+        fresh = Path(scope.config_file).read_bytes()
+        Path(scope.config_file).write_text('{"auths": {}}')
+        scope.reset()
+        assert Path(scope.config_file).read_bytes() == fresh
+        Path(scope.config_file).unlink()
+        Path(scope.config_file).symlink_to(outside)  # a command planted a link
+        scope.reset()
+        assert not Path(scope.config_file).is_symlink() and outside.read_text() == "keep"
+        import shutil
+
+        shutil.rmtree(scope.path)
+        scope.reset()
+        assert Path(scope.config_file).read_bytes() == fresh
+        assert stat.S_IMODE(os.stat(scope.path).st_mode) == 0o700
+    assert not Path(scope.path).exists()

@@ -28,7 +28,7 @@ from .base import Base
 from .errors import AuthscopeError, Problem, RegistryError, TargetsFileError
 from .plan import Plan, TargetPlan
 from .registry import RegistryHTTPError, RegistryUnreachable, Session
-from .scope import open_scope
+from .scope import Scope, open_scope
 from .targets import Fanout, Target
 
 BACKOFF = 1.0  # seconds before the first retry; doubles each time
@@ -229,7 +229,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
             env = scope.env(ctx.environ)
             env.update(tools.prepare(scope.path, ctx.plan.source, t, plain_http))
             masker = run.Masker(secrets)
-            attempts = _copy(tp, ctx, env, scope.path, masker, line, output, deadline)
+            attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
             digests = _verify(tp, ctx, session, deadline)
         restored = tuple(d.describe() for d in scope.damage)
     except _Failure as failure:
@@ -312,7 +312,7 @@ def _copy(
     tp: TargetPlan,
     ctx: _Context,
     env: Dict[str, str],
-    scope: str,
+    scope: Scope,
     masker: run.Masker,
     line: Callable[[bytes, bool], None],
     output: Deque[str],
@@ -329,7 +329,8 @@ def _copy(
         )
         failed: Optional[Tuple[tools.Step, int, bool]] = None
         for step in tp.steps:
-            argv = tools.fill_scope(step.argv, scope)
+            scope.reset()  # each command starts from the layered config
+            argv = tools.fill_scope(step.argv, scope.path)
             ctx.log(f"authscope: [{t.name}] $ {tools.display(step.argv)}")
             try:
                 code, timed_out = run.run_captured(argv, env, masker, line, deadline)

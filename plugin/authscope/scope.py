@@ -172,11 +172,28 @@ def remove_tree(path: str) -> None:
 class Scope:
     """An open scope: where its config is and the environment a child gets."""
 
-    def __init__(self, path: str, isolate_home: bool) -> None:
+    def __init__(self, path: str, isolate_home: bool, config: bytes = b"") -> None:
         self.path = path
         self.config_file = os.path.join(path, dc.CONFIG_NAME)
         self.isolate_home = isolate_home
+        self.config = config  # what config.json holds when the scope opens
         self.damage: List[Damage] = []
+
+    def reset(self) -> None:
+        """Lay config.json afresh, for the next command of the same target:
+        what a previous command did to it (a logout, a wipe) is undone."""
+        try:
+            os.mkdir(self.path, 0o700)  # `rm -rf "$DOCKER_CONFIG"` happens
+        except FileExistsError:
+            pass
+        st = os.lstat(self.path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ScopeError(self.path, "was replaced by something that is not this scope's directory")
+        try:
+            os.unlink(self.config_file)  # never write through what a command left there
+        except FileNotFoundError:
+            pass
+        write_private(self.config_file, self.config)
 
     def env(self, environ: Mapping[str, str]) -> Dict[str, str]:
         env = dict(environ)
@@ -191,8 +208,8 @@ class Scope:
         return env
 
 
-def _populate(scope: Scope, base_dir: str, cfg: dc.Config) -> None:
-    write_private(scope.config_file, dc.serialize(cfg))
+def _populate(scope: Scope, base_dir: str) -> None:
+    write_private(scope.config_file, scope.config)
     for name in LINKED:
         source = os.path.join(base_dir, name)
         if os.path.isdir(source):
@@ -246,9 +263,9 @@ def open_scope(
     # Every credential the scope holds, the base's included, is masked.
     secrets = list(dc.secrets_of(cfg["auths"].values()))
     path = make_scope_dir(choose_root(root, environ))
-    scope = Scope(path, isolate_home)
+    scope = Scope(path, isolate_home, dc.serialize(cfg))
     try:
-        _populate(scope, base.directory, cfg)
+        _populate(scope, base.directory)
         yield scope, secrets
     finally:
         remove_tree(path)

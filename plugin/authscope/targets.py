@@ -24,6 +24,8 @@ DEFAULT_JOBS = 4
 DEFAULT_RETRIES = 2
 DEFAULT_TIMEOUT = 1800.0
 PLACEHOLDERS = ("source", "destination", "registry", "repository", "tag", "name")
+# {name}, but not a shell's ${name} (written $${name} in the file).
+PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -379,7 +381,7 @@ class _Checker:
             text = self.expand(str(item), where + ("command", i))
             if text is None:
                 return None
-            for field in re.findall(r"\{(\w*)\}", text):
+            for field in PLACEHOLDER.findall(text):
                 if field not in PLACEHOLDERS:
                     self.doc.problem(
                         where + ("command", i),

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .targets import Source, Target
+from .targets import PLACEHOLDER, Source, Target
 
 SCOPE = "{scope}"
 SYSTEM_CA_BUNDLES = (
@@ -98,9 +98,7 @@ def custom_steps(command: Sequence[str], source_ref: str, destinations: Sequence
 
 
 def _fill(arg: str, values: Dict[str, str]) -> str:
-    for key, value in values.items():
-        arg = arg.replace("{" + key + "}", value)
-    return arg
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
 
 
 def _tag_of(ref: str) -> str:
