@@ -8,7 +8,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, NoReturn, Optional, Sequence, TextIO, Tuple
+from contextlib import contextmanager
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    TextIO,
+    Tuple,
+)
 
 from . import __version__
 from .errors import (
@@ -246,6 +260,12 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="retries of a transient failure (default: retries: in the file, else 2)",
     )
+    p.add_argument(
+        "--pull-once",
+        action="store_true",
+        help="fetch the source once into a local OCI layout ($TMPDIR), then push every target from it "
+        "(one source read instead of one per target; digests unchanged)",
+    )
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report (artifacts: reports: junit)")
     p.add_argument("--dotenv", metavar="PATH", help="write a dotenv report (artifacts: reports: dotenv)")
     p.add_argument("--json", metavar="PATH", help="write a versioned JSON report")
@@ -452,7 +472,19 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .base import Base
 
     spec = targets.load(a.file, environ)
-    draft = plan.make_plan(spec, only=a.target, jobs=a.jobs, retries=a.retries, timeout=a.timeout)
+
+    def make_plan(**resolved: Any) -> plan.Plan:
+        return plan.make_plan(
+            spec,
+            only=a.target,
+            jobs=a.jobs,
+            retries=a.retries,
+            timeout=a.timeout,
+            pull_once=a.pull_once or None,
+            **resolved,
+        )
+
+    draft = make_plan()
     if a.dry_run:
         print(plan.render(draft, environ), flush=True)
         fanout.resolve_credentials(spec, environ, a.target)  # missing secrets: exit 2
@@ -461,44 +493,63 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     base = Base(_base_dir(a.config_dir, environ))
     started, clock = time.time(), time.monotonic()
     source = spec.source.image.with_tag(spec.source.image.tag) if spec.source.image.tag else spec.source.image.pinned
-    try:
-        digest, plain_http = fanout.resolve_source(spec, base, environ)
-    except RegistryError as exc:
-        results = tuple(
-            R.Result(
-                t.target.name,
-                t.target.registry,
-                t.target.repository,
-                t.target.tool,
-                t.target.tags,
-                R.FAILED,
-                error=str(exc),
-                hint="fix the source; no target was copied",
+    with _layout_dir(draft.layout is not None) as layout:
+        try:
+            digest, plain_http = fanout.resolve_source(spec, base, environ)
+            final = make_plan(source_digest=digest, layout=layout)
+            if final.pull is not None:
+                fanout.pull_source(final, base, environ, scope_dir=a.scope_dir, source_plain_http=plain_http)
+        except RegistryError as exc:
+            failed = tuple(
+                R.Result(
+                    t.name,
+                    t.registry,
+                    t.repository,
+                    t.tool,
+                    t.tags,
+                    R.FAILED,
+                    error=str(exc),
+                    hint="fix the source; no target was copied",
+                )
+                for t in (tp.target for tp in draft.targets)
             )
-            for t in draft.targets
+            _publish(
+                R.Report(source, None, spec.tool, failed, started, time.monotonic() - clock, error=str(exc)),
+                a.junit,
+                a.dotenv,
+                a.json,
+            )
+            raise
+        say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
+        results = fanout.execute(
+            final,
+            digest,
+            credentials,
+            base,
+            environ,
+            scope_dir=a.scope_dir,
+            fail_fast=a.fail_fast,
+            source_plain_http=plain_http,
         )
-        report = R.Report(
-            source, None, spec.targets[0].tool, results, started, time.monotonic() - clock, error=str(exc)
-        )
-        _publish(report, a.junit, a.dotenv, a.json)
-        raise
-    final = plan.make_plan(spec, only=a.target, jobs=a.jobs, retries=a.retries, timeout=a.timeout, source_digest=digest)
-    say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
-    results = fanout.execute(
-        final,
-        digest,
-        credentials,
-        base,
-        environ,
-        scope_dir=a.scope_dir,
-        fail_fast=a.fail_fast,
-        source_plain_http=plain_http,
-    )
-    report = R.Report(
-        source, digest, spec.targets[0].tool, results, started, time.monotonic() - clock, signal=run_signal()
-    )
+    report = R.Report(source, digest, spec.tool, results, started, time.monotonic() - clock, signal=run_signal())
     _publish(report, a.junit, a.dotenv, a.json)
     return _fanout_exit(report)
+
+
+@contextmanager
+def _layout_dir(wanted: bool) -> Iterator[str]:
+    """A private directory for pull_once's OCI layout ($TMPDIR: it can be large), removed after."""
+    if not wanted:
+        yield ""
+        return
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="authscope-layout-")
+    try:
+        yield os.path.join(directory, "layout")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_signal() -> Optional[int]:

@@ -179,7 +179,12 @@ def without_login(cfg: Config, registry: str) -> Config:
     return new
 
 
-def layer(base: Config, key: str, entry: Mapping[str, Any], inline: Mapping[str, Mapping[str, Any]] = {}) -> Config:  # noqa: B006 - read-only default
+def layer(
+    base: Config,
+    key: Optional[str],
+    entry: Mapping[str, Any],
+    inline: Mapping[str, Mapping[str, Any]] = {},  # noqa: B006 - read-only default
+) -> Config:
     """The config of a scope: ``base`` plus the target's login, and no helpers.
 
     ``credsStore`` and ``credHelpers`` are dropped entirely (invariant 2), so
@@ -191,7 +196,8 @@ def layer(base: Config, key: str, entry: Mapping[str, Any], inline: Mapping[str,
     cfg = json.loads(json.dumps(cfg))  # deep copy: the scope must never alias the base
     for registry, value in inline.items():
         cfg = with_login(cfg, registry, value)
-    return with_login(cfg, key, entry)
+    cfg.setdefault("auths", {})
+    return with_login(cfg, key, entry) if key else cfg
 
 
 def helper_for(cfg: Config, key: str) -> Optional[str]:

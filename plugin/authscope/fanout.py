@@ -227,7 +227,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
             environ=ctx.environ,
         ) as (scope, secrets):
             env = scope.env(ctx.environ)
-            env.update(tools.prepare(scope.path, ctx.plan.source, t, plain_http))
+            env.update(tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None))
             masker = run.Masker(secrets)
             attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
             digests = _verify(tp, ctx, session, deadline)
@@ -413,6 +413,58 @@ def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> Tu
             src.image.registry,
             f"cannot read the source {src.image.with_tag(src.image.tag or 'latest')}: {exc.reason}{hint}",
         ) from None
+
+
+def pull_source(
+    plan: Plan,
+    base: Base,
+    environ: Mapping[str, str],
+    *,
+    scope_dir: Optional[str],
+    source_plain_http: bool,
+    stream: IO[str] = sys.stdout,
+) -> None:
+    """pull_once: fetch the source into ``plan.layout`` once, in a scope of its own."""
+    assert plan.pull is not None and plan.layout is not None
+    log = _Log(stream)
+    src = plan.source
+    output: Deque[str] = deque(maxlen=R.TAIL_LINES)
+
+    def line(data: bytes, is_stderr: bool) -> None:
+        for text in data.decode("utf-8", "replace").splitlines():
+            output.append(text)
+            log(f"[pull] {text}")
+
+    deadline = time.monotonic() + plan.timeout
+    plain = (src.image.registry,) if source_plain_http else ()
+    with open_scope(base, None, {}, root=scope_dir, sources=[src.image.registry], environ=environ) as (scope, secrets):
+        env = scope.env(environ)
+        env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
+        for attempt in range(1, plan.retries + 2):
+            argv = tools.fill_scope(plan.pull.argv, scope.path)
+            log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
+            log(f"authscope: $ {tools.display(plan.pull.argv)}")
+            code, timed_out = run.run_captured(argv, env, run.Masker(secrets), line, deadline)
+            if code == 0 and not timed_out:
+                return
+            transient, hint = _source_diagnosis(list(output), src.image.registry)
+            if timed_out or not transient or attempt > plan.retries or run.stopping():
+                break
+            if not run.sleep_unless_stopped(BACKOFF * 2 ** (attempt - 1)):
+                break
+    raise RegistryError(
+        src.image.registry,
+        f"could not pull {plan.source_ref}: {plan.pull.argv[0]} exited {code}{' (timed out)' if timed_out else ''}; {hint}",
+    )
+
+
+def _source_diagnosis(output: Sequence[str], registry: str) -> Tuple[bool, str]:
+    text = "\n".join(output[-40:])
+    if _AUTH.search(text) or _DENIED.search(text):
+        return False, f"the base's login for {registry} was refused: run `authscope login {registry} ...` first"
+    if _TLS.search(text):
+        return False, "the source's certificate is not trusted: set source: {image: ..., ca_file: ...}"
+    return bool(_TRANSIENT.search(text)), "see the output above"
 
 
 def execute(

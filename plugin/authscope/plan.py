@@ -22,6 +22,8 @@ class Plan:
     source: Source
     source_ref: str  # what the tools copy: by digest once resolved
     targets: Tuple[TargetPlan, ...]
+    pull: Optional[tools.Step]  # pull_once: fetch the source into ``layout`` first
+    layout: Optional[str]
     jobs: int
     retries: int
     timeout: float
@@ -36,8 +38,14 @@ def make_plan(
     retries: Optional[int] = None,
     timeout: Optional[float] = None,
     source_digest: Optional[str] = None,
+    pull_once: Optional[bool] = None,
+    layout: str = "{layout}",
 ) -> Plan:
-    """The plan for ``fanout``; ``only`` picks targets by name, in file order."""
+    """The plan for ``fanout``; ``only`` picks targets by name, in file order.
+
+    With pull_once (from the file unless given), the source is fetched once
+    into the local OCI layout ``layout`` and every target is pushed from it.
+    """
     known = [t.name for t in fanout.targets]
     unknown = [name for name in only if name not in known]
     if unknown:
@@ -47,14 +55,20 @@ def make_plan(
     image = fanout.source.image
     source_ref = f"{image.registry}/{image.repository}@{source_digest}" if source_digest else image.pinned
     chosen = [t for t in fanout.targets if not only or t.name in only]
+    pulled = fanout.pull_once if pull_once is None else pull_once
+    if pulled and (fanout.tool == "custom" or any(t.tool != fanout.tool for t in chosen)):
+        raise UsageError("--pull-once needs every target to use one tool: crane, skopeo or regctl")
     plans = []
     for target in chosen:
         destinations = tuple(f"{target.registry}/{target.repository}:{tag}" for tag in target.tags)
-        plans.append(TargetPlan(target, destinations, tuple(tools.steps_for(fanout.source, target, source_ref))))
+        steps = tools.steps_for(fanout.source, target, source_ref, layout if pulled else None)
+        plans.append(TargetPlan(target, destinations, tuple(steps)))
     return Plan(
         fanout.source,
         source_ref,
         tuple(plans),
+        tools.pull_step(fanout.tool, fanout.source, source_ref, layout) if pulled else None,
+        layout if pulled else None,
         jobs or fanout.jobs,
         fanout.retries if retries is None else retries,
         timeout or fanout.timeout,
@@ -87,6 +101,10 @@ def render(plan: Plan, environ: Mapping[str, str]) -> str:
         + (f" (CA {src.ca_file})" if src.ca_file else "")
         + ("; copied by digest, resolved when the run starts" if not src.image.digest else ""),
     ]
+    if plan.pull is not None:
+        lines.append(
+            f"pull once into a local OCI layout, then push every target from it:\n  $ {tools.display(plan.pull.argv)}"
+        )
     for tp in plan.targets:
         t = tp.target
         user = (

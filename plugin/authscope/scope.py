@@ -243,7 +243,7 @@ def inline_from_helpers(
 @contextmanager
 def open_scope(
     base: Base,
-    registry: str,
+    registry: Optional[str],
     entry: Dict[str, str],
     *,
     root: Optional[str] = None,
@@ -255,11 +255,11 @@ def open_scope(
 
     Yields the scope and the secrets it holds (for masking). After the block,
     ``scope.damage`` lists what the guard found and restored in the base.
+    With ``registry`` None the scope holds only the base (minus helpers).
     """
-    key = dc.registry_key(registry)
     snap = base.snapshot()
     inline = inline_from_helpers(snap.config, sources, environ)
-    cfg = dc.layer(snap.config, key, entry, inline)
+    cfg = dc.layer(snap.config, dc.registry_key(registry) if registry else None, entry, inline)
     # Every credential the scope holds, the base's included, is masked.
     secrets = list(dc.secrets_of(cfg["auths"].values()))
     path = make_scope_dir(choose_root(root, environ))

@@ -115,6 +115,7 @@ class Fanout:
     retries: int
     timeout: float
     pull_once: bool
+    tool: str  # the file's default tool; with pull_once, every target's
 
 
 # -- YAML nodes to values, remembering lines -------------------------------------
@@ -443,9 +444,17 @@ def check(data: Any, doc: _Doc, environ: Mapping[str, str]) -> Optional[Fanout]:
             continue
         names[target.name] = i
         targets.append(target)
+    if pull_once:
+        for i, target in enumerate(targets):
+            if target.tool != tool or tool == "custom":
+                doc.problem(
+                    ("pull_once",),
+                    f"pull_once needs every target to use one tool, crane, skopeo or regctl (targets[{i}] {target.name!r} uses {target.tool})",
+                )
+                break
     if doc.problems or source is None:
         return None
-    return Fanout(doc.path, source, tuple(targets), jobs, retries, timeout, pull_once)
+    return Fanout(doc.path, source, tuple(targets), jobs, retries, timeout, pull_once, str(tool))
 
 
 def _source(c: _Checker, data: Dict[str, Any]) -> Optional[Source]:

@@ -42,43 +42,68 @@ def _tls(insecure: bool) -> str:
     return "false" if insecure else "true"
 
 
+def _crane_flags(insecure: bool) -> Tuple[str, ...]:
+    return ("--insecure",) if insecure else ()
+
+
 def crane_steps(source_ref: str, destinations: Sequence[str], insecure: bool) -> List[Step]:
     """``crane copy`` by digest, then ``crane tag`` for further tags.
 
     crane's --insecure covers both ends; CAs come from SSL_CERT_FILE (see prepare).
     """
-    flags = ("--insecure",) if insecure else ()
     first = destinations[0]
-    steps = [Step(f"copy {first}", ("crane", "copy", *flags, source_ref, first))]
-    for dest in destinations[1:]:
-        steps.append(Step(f"tag {dest}", ("crane", "tag", *flags, first, _tag_of(dest))))
-    return steps
+    copy = Step(f"copy {first}", ("crane", "copy", *_crane_flags(insecure), source_ref, first))
+    return [copy, *_crane_tags(destinations, insecure)]
+
+
+def _crane_tags(destinations: Sequence[str], insecure: bool) -> List[Step]:
+    first = destinations[0]
+    return [
+        Step(f"tag {dest}", ("crane", "tag", *_crane_flags(insecure), first, _tag_of(dest)))
+        for dest in destinations[1:]
+    ]
+
+
+def _skopeo_tls(end: str, insecure: bool, ca_file: Optional[str], cert_dir: str) -> List[str]:
+    flags = [f"--{end}-tls-verify={_tls(insecure)}"]
+    if ca_file:
+        flags.append(f"--{end}-cert-dir={SCOPE}/certs/{cert_dir}")
+    return flags
+
+
+SKOPEO_COPY = ("skopeo", "copy", "--all", "--preserve-digests", "--retry-times=0")
 
 
 def skopeo_steps(source_ref: str, destinations: Sequence[str], source: Source, target: Target) -> List[Step]:
     """``skopeo copy --all --preserve-digests``; credentials via REGISTRY_AUTH_FILE."""
-    src_tls = [f"--src-tls-verify={_tls(source.insecure)}"]
-    if source.ca_file:
-        src_tls.append(f"--src-cert-dir={SCOPE}/certs/source")
-    dest_tls = [f"--dest-tls-verify={_tls(target.insecure)}"]
-    if target.ca_file:
-        dest_tls.append(f"--dest-cert-dir={SCOPE}/certs/target")
     first = destinations[0]
-    copy = ("skopeo", "copy", "--all", "--preserve-digests", "--retry-times=0")
-    steps = [Step(f"copy {first}", (*copy, *src_tls, *dest_tls, f"docker://{source_ref}", f"docker://{first}"))]
-    same_tls = [f.replace("--dest-", "--src-", 1) for f in dest_tls]
-    for dest in destinations[1:]:
-        steps.append(Step(f"tag {dest}", (*copy, *same_tls, *dest_tls, f"docker://{first}", f"docker://{dest}")))
-    return steps
+    tls = _skopeo_tls("src", source.insecure, source.ca_file, "source") + _skopeo_tls(
+        "dest", target.insecure, target.ca_file, "target"
+    )
+    copy = Step(f"copy {first}", (*SKOPEO_COPY, *tls, f"docker://{source_ref}", f"docker://{first}"))
+    return [copy, *_skopeo_tags(destinations, target)]
+
+
+def _skopeo_tags(destinations: Sequence[str], target: Target) -> List[Step]:
+    first = destinations[0]
+    tls = _skopeo_tls("src", target.insecure, target.ca_file, "target") + _skopeo_tls(
+        "dest", target.insecure, target.ca_file, "target"
+    )
+    return [
+        Step(f"tag {dest}", (*SKOPEO_COPY, *tls, f"docker://{first}", f"docker://{dest}")) for dest in destinations[1:]
+    ]
 
 
 def regctl_steps(source_ref: str, destinations: Sequence[str]) -> List[Step]:
     """``regctl image copy``; TLS per host from the scope's REGCTL_CONFIG."""
     first = destinations[0]
-    steps = [Step(f"copy {first}", ("regctl", "image", "copy", "--digest-tags=false", source_ref, first))]
-    for dest in destinations[1:]:
-        steps.append(Step(f"tag {dest}", ("regctl", "image", "copy", first, dest)))
-    return steps
+    copy = Step(f"copy {first}", ("regctl", "image", "copy", "--digest-tags=false", source_ref, first))
+    return [copy, *_regctl_tags(destinations)]
+
+
+def _regctl_tags(destinations: Sequence[str]) -> List[Step]:
+    first = destinations[0]
+    return [Step(f"tag {dest}", ("regctl", "image", "copy", first, dest)) for dest in destinations[1:]]
 
 
 def custom_steps(command: Sequence[str], source_ref: str, destinations: Sequence[str], target: Target) -> List[Step]:
@@ -105,8 +130,11 @@ def _tag_of(ref: str) -> str:
     return ref.rsplit(":", 1)[1]
 
 
-def steps_for(source: Source, target: Target, source_ref: str) -> List[Step]:
+def steps_for(source: Source, target: Target, source_ref: str, layout: Optional[str] = None) -> List[Step]:
+    """The target's steps; with ``layout``, pushed from that local OCI layout."""
     destinations = [f"{target.registry}/{target.repository}:{tag}" for tag in target.tags]
+    if layout is not None:
+        return push_steps(target, layout, destinations)
     if target.tool == "crane":
         return crane_steps(source_ref, destinations, source.insecure or target.insecure)
     if target.tool == "skopeo":
@@ -115,6 +143,39 @@ def steps_for(source: Source, target: Target, source_ref: str) -> List[Step]:
         return regctl_steps(source_ref, destinations)
     assert target.command is not None  # checked when the file was loaded
     return custom_steps(target.command, source_ref, destinations, target)
+
+
+LAYOUT_TAG = "source"
+
+
+def pull_step(tool: str, source: Source, source_ref: str, layout: str) -> Step:
+    """Fetch the source once into a local OCI layout (pull_once)."""
+    what = f"pull {source_ref}"
+    if tool == "crane":
+        return Step(what, ("crane", "pull", *_crane_flags(source.insecure), "--format=oci", source_ref, layout))
+    if tool == "skopeo":
+        tls = _skopeo_tls("src", source.insecure, source.ca_file, "source")
+        return Step(what, (*SKOPEO_COPY, *tls, f"docker://{source_ref}", f"oci:{layout}:{LAYOUT_TAG}"))
+    if tool == "regctl":
+        return Step(what, ("regctl", "image", "copy", source_ref, f"ocidir://{layout}:{LAYOUT_TAG}"))
+    raise ValueError(f"pull_once does not support tool {tool!r}")
+
+
+def push_steps(target: Target, layout: str, destinations: Sequence[str]) -> List[Step]:
+    """Push the layout that pull_step wrote, then make the further tags."""
+    first = destinations[0]
+    what = f"push {first}"
+    if target.tool == "crane":
+        push = Step(what, ("crane", "push", *_crane_flags(target.insecure), layout, first))
+        return [push, *_crane_tags(destinations, target.insecure)]
+    if target.tool == "skopeo":
+        tls = _skopeo_tls("dest", target.insecure, target.ca_file, "target")
+        push = Step(what, (*SKOPEO_COPY, *tls, f"oci:{layout}:{LAYOUT_TAG}", f"docker://{first}"))
+        return [push, *_skopeo_tags(destinations, target)]
+    if target.tool == "regctl":
+        push = Step(what, ("regctl", "image", "copy", f"ocidir://{layout}:{LAYOUT_TAG}", first))
+        return [push, *_regctl_tags(destinations)]
+    raise ValueError(f"pull_once does not support tool {target.tool!r}")
 
 
 def fill_scope(argv: Sequence[str], scope: str) -> List[str]:
@@ -136,50 +197,62 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def prepare(scope: str, source: Source, target: Target, plain_http: Sequence[str] = ()) -> Dict[str, str]:
-    """Write the TLS files the tool reads into ``scope``; the env to add.
+Host = Tuple[str, bool, Optional[str], str]  # host, insecure, CA file, its skopeo cert dir
+
+
+def prepare(
+    scope: str, source: Source, target: Target, plain_http: Sequence[str] = (), pulled: bool = False
+) -> Dict[str, str]:
+    """Write the TLS files the target's tool reads into ``scope``; the env to add.
 
     ``plain_http``: hosts found to speak HTTP, not HTTPS (regctl must be told).
+    ``pulled``: the source is a local layout (pull_once), not a registry.
     """
+    hosts: List[Host] = [] if pulled else [(source.image.registry, source.insecure, source.ca_file, "source")]
+    hosts.append((target.registry, target.insecure, target.ca_file, "target"))
+    return _prepare(scope, target.tool, hosts, plain_http)
+
+
+def prepare_pull(scope: str, source: Source, tool: str, plain_http: Sequence[str] = ()) -> Dict[str, str]:
+    """Like ``prepare``, for the pull_once step: only the source."""
+    return _prepare(scope, tool, [(source.image.registry, source.insecure, source.ca_file, "source")], plain_http)
+
+
+def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[str]) -> Dict[str, str]:
     env: Dict[str, str] = {}
-    cas = [ca for ca in (source.ca_file, target.ca_file) if ca]
-    if target.tool == "skopeo":
-        if source.ca_file:
-            _write(os.path.join(scope, "certs", "source", "ca.crt"), _read(source.ca_file))
-        if target.ca_file:
-            _write(os.path.join(scope, "certs", "target", "ca.crt"), _read(target.ca_file))
-    if cas and target.tool in ("crane", "custom", "regctl"):
+    cas = [ca for _, _, ca, _ in hosts if ca]
+    if tool == "skopeo":
+        for _, _, ca, cert_dir in hosts:
+            if ca:
+                _write(os.path.join(scope, "certs", cert_dir, "ca.crt"), _read(ca))
+    elif cas:
         # Go programs trust SSL_CERT_FILE instead of the system store: give
-        # them the system store plus this target's (and the source's) CA.
+        # them the system store plus the CAs of this scope's registries.
         system = next((p for p in SYSTEM_CA_BUNDLES if os.path.isfile(p)), None)
         bundle = (_read(system) if system else b"") + b"\n".join(_read(ca) for ca in cas) + b"\n"
-        path = os.path.join(scope, "ca-bundle.crt")
-        _write(path, bundle)
-        env["SSL_CERT_FILE"] = path
-    if target.tool == "regctl":
+        env["SSL_CERT_FILE"] = os.path.join(scope, "ca-bundle.crt")
+        _write(env["SSL_CERT_FILE"], bundle)
+    if tool == "regctl":
         env["REGCTL_CONFIG"] = os.path.join(scope, "regctl.json")
-        _write(env["REGCTL_CONFIG"], json.dumps(regctl_config(source, target, plain_http)).encode())
+        _write(env["REGCTL_CONFIG"], json.dumps(regctl_config(hosts, plain_http)).encode())
     return env
 
 
-def regctl_config(source: Source, target: Target, plain_http: Sequence[str] = ()) -> Dict[str, object]:
+def regctl_config(hosts: Sequence[Host], plain_http: Sequence[str] = ()) -> Dict[str, object]:
     """regctl's host settings: plain HTTP / unverified TLS and CAs, per host.
 
     Credentials stay out of it: regctl reads them from DOCKER_CONFIG.
     """
-    hosts: Dict[str, Dict[str, object]] = {}
-    for host, insecure, ca in (
-        (source.image.registry, source.insecure, source.ca_file),
-        (target.registry, target.insecure, target.ca_file),
-    ):
-        entry = hosts.setdefault(host, {})
+    out: Dict[str, Dict[str, object]] = {}
+    for host, insecure, ca, _ in hosts:
+        entry = out.setdefault(host, {})
         if host in plain_http:
             entry["tls"] = "disabled"
         elif insecure:
             entry["tls"] = "insecure"
         if ca:
             entry["regcert"] = _read(ca).decode("ascii", "replace")
-    return {"hosts": {h: e for h, e in hosts.items() if e}}
+    return {"hosts": {h: e for h, e in out.items() if e}}
 
 
 def display(argv: Sequence[str], scope: Optional[str] = None) -> str:
