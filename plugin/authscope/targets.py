@@ -151,25 +151,31 @@ def _value(node: Any, path: Path, doc: _Doc) -> Any:
 
     doc.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
-        constructor = SafeConstructor()
+        own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
         try:
-            constructor.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+            # YAML merge keys (<<: *anchor): the merged pairs come first in
+            # node.value, so the mapping's own keys override them.
+            SafeConstructor().flatten_mapping(node)
         except ConstructorError as exc:
             doc.problem(path, str(exc.problem))
             return {}
+        first_own = len(node.value) - own
         out: Dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        own_keys = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = _scalar(key_node, path, doc) if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str):
-                doc.problem(path, f"keys must be strings, not {key!r}", key_node.start_mark.line + 1)
+            if not isinstance(key, str) or isinstance(key, Number):
+                doc.problem(path, f"keys must be strings, not {_kind(key)}", key_node.start_mark.line + 1)
                 continue
-            if key in out:
+            if index >= first_own and key in own_keys:
                 doc.problem(
                     path + (key,),
                     f"{key!r} appears twice (line {doc.lines[path + (key,)]} and line {key_node.start_mark.line + 1})",
                     key_node.start_mark.line + 1,
                 )
                 continue
+            if index >= first_own:
+                own_keys.add(key)
             doc.lines[path + (key,)] = key_node.start_mark.line + 1
             out[key] = _value(value_node, path + (key,), doc)
             doc.lines[path + (key,)] = key_node.start_mark.line + 1
@@ -179,11 +185,29 @@ def _value(node: Any, path: Path, doc: _Doc) -> Any:
     return _scalar(node, path, doc)
 
 
+class Number(str):
+    """A YAML number, kept as written: a tag ``1.10`` must not become ``1.1``.
+
+    Where a number is expected, ``.number`` has its value.
+    """
+
+    number: Any
+
+
+def _unwrap(value: Any) -> Any:
+    return value.number if isinstance(value, Number) else value
+
+
 def _scalar(node: Any, path: Path, doc: _Doc) -> Any:
     from yaml.constructor import ConstructorError, SafeConstructor
 
     try:
-        return SafeConstructor().construct_object(node)
+        value = SafeConstructor().construct_object(node)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            written = Number(node.value)
+            written.number = value
+            return written
+        return value
     except (ConstructorError, ValueError) as exc:
         doc.problem(path, f"cannot read this value: {exc}", node.start_mark.line + 1)
         return None
@@ -278,21 +302,24 @@ class _Checker:
             if required:
                 self.doc.problem(where + (key,) if key in mapping else where, f"{key}: is required")
             return None
-        value = mapping[key]
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.doc.problem(where + (key,), f"must be a string, not {_kind(value)}")
+        return self.text(mapping[key], where + (key,), expand)
+
+    def text(self, value: Any, where: Path, expand: bool = True) -> Optional[str]:
+        """A string value, expanded; None (with a problem noted) when unusable."""
+        if not isinstance(value, str):  # numbers arrive as Number, a str
+            self.doc.problem(where, f"must be a string, not {_kind(value)}")
             return None
         text = str(value)
         if expand:
-            expanded = self.expand(text, where + (key,))
+            expanded = self.expand(text, where)
             if expanded is None:
                 return None
             text = expanded
         if not text.strip():
-            self.doc.problem(where + (key,), "is empty" + (f" after expanding {value!r}" if text != value else ""))
+            self.doc.problem(where, "is empty" + (f" after expanding {value!r}" if text != value else ""))
             return None
         if len(text) > 4096:
-            self.doc.problem(where + (key,), f"is {len(text)} characters long; the limit is 4096")
+            self.doc.problem(where, f"is {len(text)} characters long; the limit is 4096")
             return None
         return text
 
@@ -301,18 +328,20 @@ class _Checker:
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.doc.problem(where + (key,), f"must be true or false, not {value!r}")
+            self.doc.problem(where + (key,), f"must be true or false, not {_kind(value)}")
             return default
         return value
 
     def number(
         self, mapping: Dict[str, Any], key: str, where: Path, default: float, lo: float, hi: float, integer: bool
     ) -> float:
-        value = mapping.get(key, default)
+        value = _unwrap(mapping.get(key, default))
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-            self.doc.problem(where + (key,), f"must be {'a whole number' if integer else 'a number'}, not {value!r}")
+            self.doc.problem(
+                where + (key,), f"must be {'a whole number' if integer else 'a number'}, not {_kind(value)}"
+            )
             return default
         if not lo <= value <= hi:
             self.doc.problem(where + (key,), f"must be between {lo:g} and {hi:g}, not {value!r}")
@@ -345,14 +374,14 @@ class _Checker:
         if "tags" not in mapping or mapping["tags"] is None:
             return None
         value = mapping["tags"]
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
+        if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
             self.doc.problem(where + ("tags",), f"must be a non-empty list of tags, not {_kind(value)}")
             return None
         tags: List[str] = []
         for i, item in enumerate(value):
-            tag = self.string({"t": item}, "t", where + ("tags", i))
+            tag = self.text(item, where + ("tags", i))
             if tag is None:
                 continue
             if not _TAG.fullmatch(tag):
@@ -368,11 +397,7 @@ class _Checker:
         if mapping.get("command") is None:
             return None
         value = mapping["command"]
-        if (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
-        ):
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
             self.doc.problem(
                 where + ("command",), 'must be a list of strings, e.g. ["crane", "copy", "{source}", "{destination}"]'
             )
@@ -381,7 +406,7 @@ class _Checker:
         for i, item in enumerate(value):
             text = self.expand(str(item), where + ("command", i))
             if text is None:
-                return None
+                continue  # noted; look at the other items too
             for field in PLACEHOLDER.findall(text):
                 if field not in PLACEHOLDERS:
                     self.doc.problem(
@@ -389,10 +414,12 @@ class _Checker:
                         f"unknown placeholder {{{field}}}; known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}",
                     )
             out.append(text)
-        return tuple(out)
+        return tuple(out) if len(out) == len(value) else None
 
 
 def _kind(value: Any) -> str:
+    if isinstance(value, Number):
+        return str(value)
     return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), f"{value!r}")
 
 
@@ -403,7 +430,7 @@ def check(data: Any, doc: _Doc, environ: Mapping[str, str]) -> Optional[Fanout]:
         doc.problem((), f"the file must be a mapping with source: and targets:, not {_kind(data)}")
         return None
     c.keys(data, TOP_KEYS, ())
-    version = data.get("version", 1)
+    version = _unwrap(data.get("version", 1))
     if version != 1:
         doc.problem(("version",), f"version {version!r} is not supported; this authscope reads version 1")
 
@@ -436,7 +463,7 @@ def check(data: Any, doc: _Doc, environ: Mapping[str, str]) -> Optional[Fanout]:
     targets: List[Target] = []
     names: Dict[str, int] = {}
     for i, raw in enumerate(raw_targets):
-        target = _target(c, raw, (("targets", i)), default_tags, str(tool), command)
+        target = _target(c, raw, ("targets", i), default_tags, str(tool), command, data)
         if target is None:
             continue
         if target.name in names:
@@ -492,7 +519,10 @@ def _target(
     default_tags: Optional[Tuple[str, ...]],
     default_tool: str,
     default_command: Optional[Tuple[str, ...]],
+    top: Dict[str, Any],
 ) -> Optional[Target]:
+    """One target, checked; a file-level key that was given but is broken
+    has already been reported, so its absence is not reported again here."""
     from .dockerconfig import registry_key
     from .errors import UsageError
 
@@ -515,13 +545,13 @@ def _target(
     if repository is not None and not _REPOSITORY.fullmatch(repository):
         doc.problem(where + ("repository",), f"{repository!r} is not a repository path (lowercase, e.g. release/app)")
     tags = c.tags(raw, where) or default_tags
-    if tags is None:
+    if tags is None and raw.get("tags") is None and top.get("tags") is None:
         doc.problem(where, "no tags: set tags: on the file or on this target")
     tool = raw.get("tool", default_tool)
     if tool not in TOOLS:
         doc.problem(where + ("tool",), f"{tool!r} is not one of {', '.join(TOOLS)}")
     command = c.command(raw, where) or default_command
-    if tool == "custom" and command is None:
+    if tool == "custom" and command is None and raw.get("command") is None and top.get("command") is None:
         doc.problem(where, "tool: custom needs command: (on the target or the file)")
     username = c.string(raw, "username", where, expand=False)  # literal: robot$x+y
     username_env = c.env_name(raw, "username_env", where)
@@ -538,9 +568,8 @@ def _target(
         password_file = os.path.join(c.base_dir, password_file)
     insecure = c.boolean(raw, "insecure", where)
     ca_file = c.path(raw, "ca_file", where)
-    if len(doc.problems) > before:
-        return None
-    assert name and registry and repository and tags
+    if len(doc.problems) > before or not (name and registry and repository and tags):
+        return None  # reported here, or (a broken file-level key) above
     return Target(
         name,
         registry,
