@@ -320,3 +320,23 @@ def test_many_scopes_and_writers_at_once(logged_in: Path, env: Dict[str, str], t
 def test_parse_error_is_not_a_guard_crash(logged_in: Path) -> None:
     with pytest.raises(ConfigError):
         dc.parse_config(b"{", str(logged_in))
+
+
+def test_guard_narrows_a_widened_mode_and_restores_privately(logged_in: Path) -> None:
+    b, snap = _snap_and_base(logged_in)
+    logged_in.chmod(0o644)  # content untouched, permissions widened
+    damage = b.check(snap)
+    assert [d.what for d in damage] == ["mode"] and "0644" in damage[0].describe()
+    assert logged_in.stat().st_mode & 0o777 == 0o600
+    # A tool that recreates the file world-readable and empty: the login comes
+    # back, in a file only the owner can read.
+    logged_in.unlink()
+    old = os.umask(0o022)
+    try:
+        logged_in.write_text('{"auths": {}}')
+    finally:
+        os.umask(old)
+    assert logged_in.stat().st_mode & 0o777 == 0o644
+    assert b.check(snap)
+    assert "gitlab.local:4567" in read_json(logged_in)["auths"]
+    assert logged_in.stat().st_mode & 0o777 == 0o600

@@ -42,6 +42,7 @@ class Snapshot(NamedTuple):
     generation: int
     config: dc.Config
     values: Dict[EntryPath, str]
+    mode: Optional[int] = None  # the file's permission bits; None when there was no file
 
 
 class Damage(NamedTuple):
@@ -53,6 +54,8 @@ class Damage(NamedTuple):
     restorable: bool
 
     def describe(self) -> str:
+        if self.what == "mode":
+            return f"the file's permissions were widened to {self.path[1]} by a tool outside its scope; restored to {self.restore}"
         section, key = self.path
         name = f"{section} entry {key!r}" if section else f"top-level key {key!r}"
         return {
@@ -178,7 +181,11 @@ class Base:
     def snapshot(self) -> Snapshot:
         journal = self.read_journal()  # first: see the module docstring
         _, cfg = dc.read_config(self.path)
-        return Snapshot(journal.generation, cfg, flatten(cfg))
+        try:
+            mode: Optional[int] = os.stat(self.path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = None
+        return Snapshot(journal.generation, cfg, flatten(cfg), mode)
 
     # -- writing ---------------------------------------------------------------
 
@@ -206,9 +213,9 @@ class Base:
             except OSError as exc:
                 raise BaseWriteError(directory, exc.strerror or str(exc)) from None
 
-    def _commit(self, old: dc.Config, new: dc.Config, journal: Journal) -> None:
+    def _commit(self, old: dc.Config, new: dc.Config, journal: Journal, mode: Optional[int] = None) -> None:
         """Write ``new`` and then the journal; the caller holds the lock."""
-        dc.write_atomic(self.path, dc.serialize(new), dc.file_mode(self.path))
+        dc.write_atomic(self.path, dc.serialize(new), dc.file_mode(self.path) if mode is None else mode)
         before, after = flatten(old), flatten(new)
         generation = journal.generation + 1
         entries = dict(journal.entries)
@@ -258,7 +265,7 @@ class Base:
         write.
         """
         _, cfg, _ = self._current()
-        if not find_damage(snap, flatten(cfg), self.read_journal(), leaks):
+        if not find_damage(snap, flatten(cfg), self.read_journal(), leaks) and not self._widened(snap):
             return []
         self._ensure_directory()
         with self._locked():
@@ -266,6 +273,10 @@ class Base:
             journal = self.read_journal()
             damage = find_damage(snap, flatten(cfg), journal, leaks)
             fixes = [d for d in damage if d.restorable]
+            # A restored secret must not land in a file a tool made readable
+            # to others: the base keeps the mode it had when the scope opened.
+            mode = snap.mode if snap.mode is not None else 0o600
+            widened = self._widened(snap)
             if fixes:
                 if not parsed and raw is not None:
                     # Keep what the tool left, for forensics; nothing is lost.
@@ -274,8 +285,22 @@ class Base:
                 new = cfg
                 for d in fixes:
                     new = apply(new, d.path, d.restore)
-                self._commit(cfg, new, journal)
+                self._commit(cfg, new, journal, mode)
+            elif widened:
+                os.chmod(self.path, mode)
+            if widened:
+                damage.append(Damage(("", f"{widened:04o}"), "mode", f"{mode:04o}", True))
             return damage
+
+    def _widened(self, snap: Snapshot) -> int:
+        """The file's mode now, when it grants bits the snapshot's did not (else 0)."""
+        if snap.mode is None:
+            return 0
+        try:
+            now = os.stat(self.path).st_mode & 0o7777
+        except FileNotFoundError:
+            return 0
+        return now if now & ~snap.mode else 0
 
 
 def login(directory: str, registry: str, entry: Dict[str, Any]) -> bool:

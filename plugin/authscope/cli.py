@@ -500,25 +500,20 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             if final.pull is not None:
                 fanout.pull_source(final, base, environ, scope_dir=a.scope_dir, source_plain_http=plain_http)
         except RegistryError as exc:
+            # Nothing was copied: every target fails with the source's problem,
+            # or is interrupted when a signal is what stopped the pull.
+            signal = run_signal()
+            status, error = (R.INTERRUPTED, f"interrupted: {exc}") if signal else (R.FAILED, str(exc))
             failed = tuple(
                 R.Result(
-                    t.name,
-                    t.registry,
-                    t.repository,
-                    t.tool,
-                    t.tags,
-                    R.FAILED,
-                    error=str(exc),
-                    hint="fix the source; no target was copied",
+                    t.name, t.registry, t.repository, t.tool, t.tags, status, error=error, hint="no target was copied"
                 )
                 for t in (tp.target for tp in draft.targets)
             )
-            _publish(
-                R.Report(source, None, spec.tool, failed, started, time.monotonic() - clock, error=str(exc)),
-                a.junit,
-                a.dotenv,
-                a.json,
-            )
+            report = R.Report(source, None, spec.tool, failed, started, time.monotonic() - clock, signal, error)
+            _publish(report, a.junit, a.dotenv, a.json)
+            if signal:
+                return _fanout_exit(report)
             raise
         say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
         results = fanout.execute(
