@@ -30,6 +30,7 @@ from .errors import (
     BaseWriteError,
     CommandNotFound,
     ConfigError,
+    GitLabError,
     HelperError,
     Interrupted,
     LockTimeout,
@@ -50,6 +51,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_RESTORED = 3
+EXIT_GITLAB = 4
 EXIT_INTERNAL = 70  # an unexpected error: a bug, reported with its traceback
 EXIT_CODES = (
     (UsageError, EXIT_USAGE),
@@ -62,6 +64,7 @@ EXIT_CODES = (
     (RegistryError, EXIT_FAILED),
     (BaseWriteError, EXIT_FAILED),
     (LockTimeout, EXIT_FAILED),
+    (GitLabError, EXIT_GITLAB),
 )
 
 EPILOG = """\
@@ -69,6 +72,7 @@ exit codes:
   0    done            1  failed (a target, a registry, a write)
   2    usage or config error: nothing ran
   3    the base had to be restored: a tool wrote outside its scope
+  4    fanout: every target is accounted for, but a GitLab release/deployment step failed
   130  interrupted (128 + signal number for other signals)
 
 Secrets are never taken on the command line: use --password-env VAR,
@@ -269,6 +273,22 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report (artifacts: reports: junit)")
     p.add_argument("--dotenv", metavar="PATH", help="write a dotenv report (artifacts: reports: dotenv)")
     p.add_argument("--json", metavar="PATH", help="write a versioned JSON report")
+    p.add_argument(
+        "--gitlab-release",
+        action="store_true",
+        help="after the fan-out, give the release of $CI_COMMIT_TAG one image link per landed target and tag, "
+        "pinned to the digest (created or updated in place; never duplicated)",
+    )
+    p.add_argument(
+        "--gitlab-deployments",
+        action="store_true",
+        help="after the fan-out, record one deployment per target in environment registry/<target>",
+    )
+    p.add_argument(
+        "--gitlab-token-env",
+        metavar="VAR",
+        help="a variable holding a project/personal access token (api scope) to use instead of CI_JOB_TOKEN",
+    )
     _add_base(p)
     p.add_argument(
         "--scope-dir",
@@ -485,6 +505,13 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
 
     draft = make_plan()
+    publishing = a.gitlab_release or a.gitlab_deployments
+    if publishing:  # every missing CI variable is reported now, before anything runs
+        from . import gitlab
+
+        settings = gitlab.settings_from_env(
+            environ, a.gitlab_token_env, release=a.gitlab_release, deployments=a.gitlab_deployments
+        )
     if a.dry_run:
         print(plan.render(draft, environ), flush=True)
         fanout.resolve_credentials(spec, environ, a.target)  # missing secrets: exit 2
@@ -528,7 +555,36 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
     report = R.Report(source, digest, spec.tool, results, started, time.monotonic() - clock, signal=run_signal())
     _publish(report, a.junit, a.dotenv, a.json)
-    return _fanout_exit(report)
+    code = _fanout_exit(report)
+    # After the reports: a GitLab failure never hides what landed where.
+    published = (
+        not publishing
+        or report.signal is not None
+        or _publish_to_gitlab(settings, report, a.gitlab_release, a.gitlab_deployments)
+    )
+    return code or (EXIT_OK if published else EXIT_GITLAB)
+
+
+def _publish_to_gitlab(settings: Any, report: R.Report, release: bool, deployments: bool) -> bool:
+    """Release links and deployments; False when a GitLab step failed."""
+    from . import gitlab
+
+    steps = [(release, gitlab.publish_release_links), (deployments, gitlab.publish_deployments)]
+    ok = True
+    for wanted, step in steps:
+        if not wanted:
+            continue
+        try:
+            lines = step(settings, report)
+        except GitLabError as exc:
+            lines, ok = list(exc.done), False
+            for line in lines:
+                say(f"gitlab: {line}")
+            say(f"error: {exc}")
+            continue
+        for line in lines:
+            say(f"gitlab: {line}")
+    return ok
 
 
 @contextmanager

@@ -7,7 +7,7 @@ else prints errors or chooses exit codes.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional, Tuple
 
 
 class AuthscopeError(Exception):
@@ -110,6 +110,26 @@ class RegistryError(AuthscopeError):
         self.registry = registry
         self.reason = reason
         super().__init__(f"{registry}: {reason}")
+
+
+class GitLabError(AuthscopeError):
+    """Raised when GitLab refuses, or does not answer, a release or deployment request.
+
+    Carries the HTTP ``status`` (None when GitLab could not be reached), the
+    ``operation`` that failed, GitLab's own message (``detail``) and a ``hint``
+    that explains the status in GitLab's terms. ``done`` lists what the step had
+    already done when it failed (the lines it would have returned).
+    """
+
+    def __init__(self, operation: str, status: Optional[int], detail: str, hint: str) -> None:
+        self.operation = operation
+        self.status = status
+        self.detail = detail
+        self.hint = hint
+        self.done: Tuple[str, ...] = ()
+        answer = f"HTTP {status}" if status is not None else "no answer"
+        said = f" ({detail})" if detail else ""
+        super().__init__(f"GitLab: {operation}: {answer}{said}. {hint[:1].upper()}{hint[1:]}")
 
 
 class CommandNotFound(AuthscopeError):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Dict, Iterator, List, Mappin
 
 from . import __version__
 from . import report as R
-from .errors import AuthscopeError, UsageError
+from .errors import GitLabError, UsageError
 
 if TYPE_CHECKING:
     import gitlab
@@ -53,26 +53,6 @@ class GitLabSettingsError(UsageError):
         self.variables = tuple(variables)
         self.problems = tuple(problems)
         super().__init__("; ".join(problems))
-
-
-class GitLabError(AuthscopeError):
-    """Raised when GitLab refuses, or does not answer, a release or deployment request.
-
-    Carries the HTTP ``status`` (None when GitLab could not be reached), the
-    ``operation`` that failed, GitLab's own message (``detail``) and a ``hint``
-    that explains the status in GitLab's terms. ``done`` lists what the step had
-    already done when it failed (the lines it would have returned).
-    """
-
-    def __init__(self, operation: str, status: Optional[int], detail: str, hint: str) -> None:
-        self.operation = operation
-        self.status = status
-        self.detail = detail
-        self.hint = hint
-        self.done: Tuple[str, ...] = ()
-        answer = f"HTTP {status}" if status is not None else "no answer"
-        said = f" ({detail})" if detail else ""
-        super().__init__(f"GitLab: {operation}: {answer}{said}. {hint}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +186,8 @@ def link_name(result: R.Result, tag: str) -> str:
 def manifest_url(registry: str, repository: str, digest: str) -> str:
     # The distribution API's manifest URL, which pins the digest. Always https:
     # a link is for people and tools outside this job, not for an insecure hop.
-    host = "registry-1.docker.io" if registry in _DOCKER_HUB else registry
+    host = re.sub(r"^https?://", "", registry).split("/")[0]  # "https://index.docker.io/v1/" too
+    host = "registry-1.docker.io" if host in _DOCKER_HUB else host
     return f"https://{host}/v2/{repository}/manifests/{digest}"
 
 
