@@ -60,7 +60,7 @@ targets:
     return {"env": env, "file": targets, "good": good, "source": source_image, "tmp": tmp_path}
 
 
-def fanout(release: Dict[str, object], *extra: str) -> "subprocess.CompletedProcess[str]":
+def fanout(release: Dict[str, object], *extra: str) -> subprocess.CompletedProcess[str]:
     args = AUTHSCOPE + ["fanout", "-f", str(release["file"]), "--json", str(release["tmp"] / "report.json"), *extra]  # type: ignore[operator]
     return subprocess.run(args, env=release["env"], capture_output=True, text=True, timeout=240)  # type: ignore[arg-type]
 
