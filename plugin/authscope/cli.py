@@ -418,13 +418,7 @@ def _cmd_login(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if a.verify:
         from .registry import verify
 
-        verify(
-            key if key != dockerconfig.DOCKER_HUB_KEY else "registry-1.docker.io",
-            user,
-            secret,
-            ca_file=a.ca_file,
-            insecure=a.insecure,
-        )
+        verify(key, user, secret, ca_file=a.ca_file, insecure=a.insecure)
     directory = _base_dir(a.config_dir, environ)
     changed = base.login(directory, key, dockerconfig.auth_entry(user, secret))
     say(
@@ -525,7 +519,14 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             digest, plain_http = fanout.resolve_source(spec, base, environ)
             final = make_plan(source_digest=digest, layout=layout)
             if final.pull is not None:
-                fanout.pull_source(final, base, environ, scope_dir=a.scope_dir, source_plain_http=plain_http)
+                fanout.pull_source(
+                    final,
+                    base,
+                    environ,
+                    scope_dir=a.scope_dir,
+                    source_plain_http=plain_http,
+                    extra_secrets=fanout.all_secrets(credentials),
+                )
         except RegistryError as exc:
             # Nothing was copied: every target fails with the source's problem,
             # or is interrupted when a signal is what stopped the pull.

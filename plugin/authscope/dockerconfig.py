@@ -80,6 +80,18 @@ def registry_key(name: str) -> str:
     return host
 
 
+def ref_host(name: str) -> str:
+    """host[:port] as image references spell it: Docker Hub is ``docker.io``."""
+    key = registry_key(name)
+    return "docker.io" if key == DOCKER_HUB_KEY else key
+
+
+def api_host(name: str) -> str:
+    """Where a registry's /v2/ API answers: Docker Hub's is registry-1.docker.io."""
+    key = registry_key(name)
+    return "registry-1.docker.io" if key == DOCKER_HUB_KEY else key
+
+
 def same_registry(key: str, registry: str) -> bool:
     """True when the auths key ``key`` names the same registry as ``registry``.
 

@@ -39,6 +39,16 @@ class Credentials:
     username: str
     password: str
 
+    def secrets(self) -> List[str]:
+        """The password and its base64 ``auth`` form, for masking."""
+        return [self.password, dc.encode_auth(self.username, self.password)]
+
+
+def all_secrets(credentials: Mapping[str, Credentials]) -> List[str]:
+    """Every target's secrets: each tool's environment holds every password
+    variable, so a target's output must not show another target's either."""
+    return [secret for creds in credentials.values() for secret in creds.secrets()]
+
 
 def resolve_credentials(fanout: Fanout, environ: Mapping[str, str], only: Sequence[str] = ()) -> Dict[str, Credentials]:
     """Every chosen target's credentials, read now; every missing one reported at once."""
@@ -118,7 +128,7 @@ _TLS = re.compile(r"x509|certificate (signed by unknown|verify failed|is not val
 _HTTP = re.compile(
     r"server gave HTTP response to HTTPS client|first record does not look like a TLS handshake", re.IGNORECASE
 )
-_NOT_FOUND = re.compile(r"manifest unknown|name unknown|not found|\b404\b", re.IGNORECASE)
+_NOT_FOUND = re.compile(r"manifest[ _]unknown|name[ _]unknown|not found|\b404\b", re.IGNORECASE)
 
 
 def diagnose(output: Sequence[str], target: Target, source_registry: str) -> Tuple[bool, str]:
@@ -182,6 +192,7 @@ class _Context:
     log: _Log
     plain_http: Tuple[str, ...]
     failed: threading.Event
+    secrets: Tuple[str, ...]
 
 
 class _Failure(Exception):
@@ -228,7 +239,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         ) as (scope, secrets):
             env = scope.env(ctx.environ)
             env.update(tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None))
-            masker = run.Masker(secrets)
+            masker = run.Masker([*secrets, *ctx.secrets])
             attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
             digests = _verify(tp, ctx, session, deadline)
         restored = tuple(d.describe() for d in scope.damage)
@@ -273,7 +284,13 @@ def _retrying(what: str, t: Target, deadline: float, retries: int, action, log: 
 
 def _preflight(t: Target, creds: Credentials, ctx: _Context) -> Session:
     """Check the target's credentials at /v2/ before any tool runs."""
-    session = Session(t.registry, (creds.username, creds.password), ca_file=t.ca_file, insecure=t.insecure)
+    session = Session(
+        t.registry,
+        (creds.username, creds.password),
+        ca_file=t.ca_file,
+        insecure=t.insecure,
+        timeout=min(30.0, ctx.plan.timeout),
+    )
     deadline = time.monotonic() + ctx.plan.timeout
 
     def ping(_attempt: int) -> int:
@@ -422,6 +439,7 @@ def pull_source(
     *,
     scope_dir: Optional[str],
     source_plain_http: bool,
+    extra_secrets: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
 ) -> None:
     """pull_once: fetch the source into ``plan.layout`` once, in a scope of its own."""
@@ -444,7 +462,7 @@ def pull_source(
             argv = tools.fill_scope(plan.pull.argv, scope.path)
             log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
             log(f"authscope: $ {tools.display(plan.pull.argv)}")
-            code, timed_out = run.run_captured(argv, env, run.Masker(secrets), line, deadline)
+            code, timed_out = run.run_captured(argv, env, run.Masker([*secrets, *extra_secrets]), line, deadline)
             if code == 0 and not timed_out:
                 return
             transient, hint = _source_diagnosis(list(output), src.image.registry)
@@ -482,7 +500,19 @@ def execute(
     """Run every target of ``plan``; a Result for each, in plan order."""
     log = _Log(stream)
     plain = (plan.source.image.registry,) if source_plain_http else ()
-    ctx = _Context(plan, source_digest, credentials, base, environ, scope_dir, fail_fast, log, plain, threading.Event())
+    ctx = _Context(
+        plan,
+        source_digest,
+        credentials,
+        base,
+        environ,
+        scope_dir,
+        fail_fast,
+        log,
+        plain,
+        threading.Event(),
+        tuple(all_secrets(credentials)),
+    )
     results: Dict[str, R.Result] = {}
     with ThreadPoolExecutor(
         max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope"

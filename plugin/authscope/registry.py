@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Dict, List, Optional, Tuple
 
+from .dockerconfig import api_host
 from .errors import RegistryError
 
 TIMEOUT = 30.0
@@ -81,8 +82,11 @@ class Session:
         *,
         ca_file: Optional[str] = None,
         insecure: bool = False,
+        timeout: float = TIMEOUT,
     ) -> None:
         self.registry = registry
+        self.host = api_host(registry)  # Docker Hub's API is not at docker.io
+        self.timeout = timeout
         self.auth = auth
         self.ctx = ssl.create_default_context(cafile=ca_file)
         if insecure:
@@ -90,7 +94,7 @@ class Session:
             self.ctx.verify_mode = ssl.CERT_NONE
         # HTTPS first; plain HTTP only for --insecure or a loopback registry,
         # as the docker CLI does for registries it treats as insecure.
-        self.schemes: List[str] = ["https", "http"] if insecure or is_loopback(registry) else ["https"]
+        self.schemes: List[str] = ["https", "http"] if insecure or is_loopback(self.host) else ["https"]
         self.authorization: Optional[str] = None
 
     def _basic(self) -> Optional[str]:
@@ -102,7 +106,7 @@ class Session:
     def _send(self, method: str, url: str, headers: Dict[str, str]) -> Tuple[int, Dict[str, str], bytes]:
         request = urllib.request.Request(url, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT, context=self.ctx) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ctx) as response:
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
             with exc:
@@ -114,7 +118,7 @@ class Session:
         """``method`` on ``path``, answering an auth challenge once."""
         last = ""
         for scheme in list(self.schemes):
-            url = f"{scheme}://{self.registry}{path}"
+            url = f"{scheme}://{self.host}{path}"
             try:
                 result = self._request(method, url, dict(headers or {}), scope)
             except urllib.error.URLError as exc:

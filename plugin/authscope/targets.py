@@ -523,7 +523,7 @@ def _target(
 ) -> Optional[Target]:
     """One target, checked; a file-level key that was given but is broken
     has already been reported, so its absence is not reported again here."""
-    from .dockerconfig import registry_key
+    from .dockerconfig import ref_host
     from .errors import UsageError
 
     doc = c.doc
@@ -538,7 +538,7 @@ def _target(
     registry = c.string(raw, "registry", where, required=True)
     if registry is not None:
         try:
-            registry = registry_key(registry)
+            registry = ref_host(registry)
         except UsageError as exc:
             doc.problem(where + ("registry",), str(exc))
     repository = c.string(raw, "repository", where, required=True)
