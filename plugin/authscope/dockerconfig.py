@@ -92,6 +92,11 @@ def api_host(name: str) -> str:
     return "registry-1.docker.io" if key == DOCKER_HUB_KEY else key
 
 
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name in ("localhost", "[::1]") or name.startswith("127.")
+
+
 def same_registry(key: str, registry: str) -> bool:
     """True when the auths key ``key`` names the same registry as ``registry``.
 

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from typing import Dict, List, Optional, Tuple
 
-from .dockerconfig import api_host
+from .dockerconfig import api_host, is_loopback
 from .errors import RegistryError
 
 TIMEOUT = 30.0
@@ -58,11 +58,6 @@ def parse_challenge(header: str) -> Tuple[str, Dict[str, str]]:
     """('bearer', {'realm': ..., 'service': ...}) from a WWW-Authenticate value."""
     scheme, _, rest = header.strip().partition(" ")
     return scheme.lower(), dict(_PARAM.findall(rest))
-
-
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return name in ("localhost", "[::1]") or name.startswith("127.")
 
 
 def _header(headers: Dict[str, str], name: str) -> str:

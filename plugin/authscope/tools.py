@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .dockerconfig import is_loopback
 from .targets import PLACEHOLDER, Source, Target
 
 SCOPE = "{scope}"
@@ -136,7 +137,11 @@ def steps_for(source: Source, target: Target, source_ref: str, layout: Optional[
     if layout is not None:
         return push_steps(target, layout, destinations)
     if target.tool == "crane":
-        return crane_steps(source_ref, destinations, source.insecure or target.insecure)
+        # crane's --insecure covers both ends: don't let an insecure source
+        # switch off verification of a TLS target when crane doesn't need it
+        # (it speaks plain HTTP to loopback registries on its own).
+        source_needs_flag = source.insecure and not is_loopback(source.image.registry)
+        return crane_steps(source_ref, destinations, target.insecure or source_needs_flag)
     if target.tool == "skopeo":
         return skopeo_steps(source_ref, destinations, source, target)
     if target.tool == "regctl":
