@@ -49,4 +49,6 @@ if command -v go >/dev/null 2>&1; then
 else
   echo "go not found: crane and regctl are not installed (their e2e tests skip locally, fail under CI=true)" >&2
 fi
+# gitlab-ci-local and check-jsonschema: the CI/CD component tests.
+./scripts/install-ci-tools.sh
 say "dependencies ready"

@@ -332,11 +332,15 @@ def _define_pipeline(p: argparse.ArgumentParser) -> None:
         "--install",
         default=None,
         metavar="CMD",
-        help="the shell line that installs authscope in a job (default: pip install authscope)",
+        help="the shell line that installs authscope in a job (default: pip install authscope==VERSION)",
     )
     p.add_argument("--stage", default="fanout", metavar="NAME", help="the jobs' stage (default: fanout)")
     p.add_argument("--jobs", type=_positive_int, metavar="N", help="--jobs for each generated job")
     p.add_argument("--fail-fast", action="store_true", help="--fail-fast for each generated job")
+    p.add_argument("--pull-once", action="store_true", help="--pull-once for each generated job")
+    p.add_argument("--gitlab-release", action="store_true", help="--gitlab-release for each generated job")
+    p.add_argument("--gitlab-deployments", action="store_true", help="--gitlab-deployments for each generated job")
+    p.add_argument("--gitlab-token-env", metavar="VAR", help="--gitlab-token-env VAR for each generated job")
     p.add_argument("--no-registry-login", action="store_true", help="don't log in to $CI_REGISTRY in before_script")
     p.set_defaults(run=_cmd_pipeline)
 
@@ -658,11 +662,15 @@ def _cmd_pipeline(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = pipeline.JobSettings(
         targets_file=a.file,
         image=a.image or pipeline.DEFAULT_IMAGE,
-        install=a.install or "pip install authscope",
+        install=a.install or pipeline.DEFAULT_INSTALL,
         stage=a.stage,
         registry_login=not a.no_registry_login,
         jobs=a.jobs or 0,
         fail_fast=a.fail_fast,
+        pull_once=a.pull_once,
+        gitlab_release=a.gitlab_release,
+        gitlab_deployments=a.gitlab_deployments,
+        gitlab_token_env=a.gitlab_token_env or "",
     )
     print(pipeline.render(pipeline.child_pipeline(spec, settings, a.slices or 0)), end="", flush=True)
     return EXIT_OK

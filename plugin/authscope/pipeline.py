@@ -7,20 +7,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
 
+from . import __version__
 from .targets import Fanout
 
 DEFAULT_IMAGE = "python:3.12-slim"
+DEFAULT_INSTALL = f"pip install authscope=={__version__}"
 
 
 @dataclass(frozen=True)
 class JobSettings:
     targets_file: str
     image: str = DEFAULT_IMAGE
-    install: str = "pip install authscope"
+    install: str = DEFAULT_INSTALL
     stage: str = "fanout"
     registry_login: bool = True
     jobs: int = 0  # --jobs for each job; 0: the file's
     fail_fast: bool = False
+    pull_once: bool = False
+    gitlab_release: bool = False
+    gitlab_deployments: bool = False
+    gitlab_token_env: str = ""
 
 
 def slices(names: Sequence[str], count: int) -> List[List[str]]:
@@ -41,8 +47,16 @@ def _job(names: Sequence[str], settings: JobSettings, slug: str) -> Dict[str, An
         command += ["--target", name]
     if settings.jobs:
         command += ["--jobs", str(settings.jobs)]
-    if settings.fail_fast:
-        command.append("--fail-fast")
+    for wanted, flag in (
+        (settings.fail_fast, "--fail-fast"),
+        (settings.pull_once, "--pull-once"),
+        (settings.gitlab_release, "--gitlab-release"),
+        (settings.gitlab_deployments, "--gitlab-deployments"),
+    ):
+        if wanted:
+            command.append(flag)
+    if settings.gitlab_token_env:
+        command += ["--gitlab-token-env", settings.gitlab_token_env]
     command += [
         "--junit",
         f"authscope-{slug}.xml",
