@@ -106,6 +106,14 @@ def _add_base(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scope_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scope-dir",
+        metavar="DIR",
+        help="where to make scopes (default: $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm, $TMPDIR)",
+    )
+
+
 def _add_user(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("-u", "--username", metavar="USER", help="username, taken literally (robot$x+y needs no escaping)")
@@ -180,11 +188,7 @@ def _define_exec(p: argparse.ArgumentParser) -> None:
     _add_user(p)
     _add_password(p, stdin=False)
     _add_base(p)
-    p.add_argument(
-        "--scope-dir",
-        metavar="DIR",
-        help="where to make the scope (default: $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm, $TMPDIR)",
-    )
+    _add_scope_dir(p)
     p.add_argument(
         "--source-registry",
         metavar="HOST",
@@ -290,11 +294,7 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
         help="a variable holding a project/personal access token (api scope) to use instead of CI_JOB_TOKEN",
     )
     _add_base(p)
-    p.add_argument(
-        "--scope-dir",
-        metavar="DIR",
-        help="where to make scopes (default: $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm, $TMPDIR)",
-    )
+    _add_scope_dir(p)
     p.set_defaults(run=_cmd_fanout)
 
 
