@@ -49,11 +49,19 @@ class Damage(NamedTuple):
     """One base entry a tool outside its scope changed, removed or leaked into."""
 
     path: EntryPath
-    what: str  # "removed", "changed", "leaked", "lost"
+    what: str  # "removed", "changed", "leaked", "lost", "mode"
     restore: Optional[str]  # canonical JSON to put back; None: remove the entry
     restorable: bool
+    failed: str = ""  # why the restore could not be written (a full disk)
 
     def describe(self) -> str:
+        if self.failed:
+            section, key = self.path
+            name = f"{section} entry {key!r}" if section else f"top-level key {key!r}"
+            return (
+                f"{name} was {self.what} by a tool outside its scope and could NOT be restored "
+                f"({self.failed}): free the space, then run `authscope login` again"
+            )
         if self.what == "mode":
             return f"the file's permissions were widened to {self.path[1]} by a tool outside its scope; restored to {self.restore}"
         section, key = self.path
@@ -239,6 +247,7 @@ class Base:
         """
         self._ensure_directory()
         with self._locked():
+            dc.remove_stale_temps(self.path)
             _, cfg = dc.read_config(self.path)
             new = change(cfg)
             if new == cfg:
@@ -281,11 +290,18 @@ class Base:
                 if not parsed and raw is not None:
                     # Keep what the tool left, for forensics; nothing is lost.
                     stamp = time.strftime("%Y%m%dT%H%M%S")
-                    dc.write_atomic(f"{self.path}.corrupt-{stamp}-{os.getpid()}", raw, 0o600)
+                    try:
+                        dc.write_atomic(f"{self.path}.corrupt-{stamp}-{os.getpid()}", raw, 0o600)
+                    except BaseWriteError:
+                        pass  # no room for the copy: restoring the logins matters more
                 new = cfg
                 for d in fixes:
                     new = apply(new, d.path, d.restore)
-                self._commit(cfg, new, journal, mode)
+                try:
+                    self._commit(cfg, new, journal, mode)
+                except BaseWriteError as exc:
+                    # Say what was lost, entry by entry, rather than only that a write failed.
+                    return [d._replace(failed=exc.reason) if d.restorable else d for d in damage]
             elif widened:
                 os.chmod(self.path, mode)
             if widened:

@@ -636,6 +636,10 @@ def _publish(report: R.Report, junit: Optional[str], dotenv: Optional[str], json
 def _fanout_exit(report: R.Report) -> int:
     from . import report as R
 
+    late = run_signal()
+    if report.signal is None and late is not None:  # came while the reports were written
+        say(f"interrupted by signal {late} while writing the reports; every target had finished")
+        return 128 + late
     if report.signal is not None:
         say(
             f"interrupted by signal {report.signal}: {report.count(R.INTERRUPTED)} target(s) interrupted; scopes removed"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import BaseWriteError, ConfigError, UsageError
 
@@ -112,6 +112,21 @@ def same_registry(key: str, registry: str) -> bool:
 # -- parsing ------------------------------------------------------------------
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_config(data: bytes, path: str) -> Config:
     """Parse and shape-check a Docker config; raise ConfigError naming ``path``."""
     if data.startswith(b"\xef\xbb\xbf"):
@@ -123,9 +138,15 @@ def parse_config(data: bytes, path: str) -> Config:
     if not text.strip():
         return {}
     try:
-        cfg = json.loads(text)
+        cfg = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         raise ConfigError(path, f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except _DuplicateKey as exc:
+        # Go's decoder merges duplicated objects and tools disagree on which
+        # one wins; a write would keep only one. Refuse rather than lose one.
+        raise ConfigError(path, f"has the key {exc.key!r} twice in one object; merge them by hand") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise ConfigError(path, f"is not valid JSON: {exc}") from None
     except RecursionError:
         raise ConfigError(path, "is not valid JSON: nested too deeply") from None
     if not isinstance(cfg, dict):
@@ -301,6 +322,29 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
             raise BaseWriteError(path, exc.strerror or str(exc)) from None
         raise
     fsync_dir(directory)
+
+
+def remove_stale_temps(path: str) -> None:
+    """Remove temp files write_atomic left beside ``path`` in processes that
+    were killed mid-write (their pid is gone). Call with the lock held."""
+    if not os.path.isdir("/proc/self"):
+        return  # no way to tell a live writer from a dead one here
+    directory, name = os.path.split(path)
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory or ".")
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid = entry[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        try:
+            os.unlink(os.path.join(directory, entry))
+        except OSError:
+            pass
 
 
 def file_mode(path: str, default: int = 0o600) -> int:

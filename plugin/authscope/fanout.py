@@ -25,7 +25,7 @@ from . import dockerconfig as dc
 from . import report as R
 from . import run, tools
 from .base import Base
-from .errors import AuthscopeError, Problem, RegistryError, TargetsFileError
+from .errors import AuthscopeError, ConfigError, Problem, RegistryError, TargetsFileError
 from .plan import Plan, TargetPlan
 from .registry import RegistryHTTPError, RegistryUnreachable, Session
 from .scope import Scope, open_scope
@@ -101,12 +101,22 @@ def resolve_credentials(fanout: Fanout, environ: Mapping[str, str], only: Sequen
     return out
 
 
-def source_credentials(cfg: dc.Config, registry: str, environ: Mapping[str, str]) -> Optional[Tuple[str, str]]:
+def source_credentials(
+    cfg: dc.Config, registry: str, environ: Mapping[str, str], path: str = "config.json"
+) -> Optional[Tuple[str, str]]:
     """The base's login for the source registry (inline or via its helper)."""
     key = dc.registry_key(registry)
     for name, entry in cfg.get("auths", {}).items():
         if dc.same_registry(name, key) and entry.get("auth"):
-            user, _, password = base64.b64decode(entry["auth"]).decode("utf-8", "replace").partition(":")
+            try:
+                user, sep, password = base64.b64decode(entry["auth"], validate=True).decode("utf-8").partition(":")
+            except (TypeError, ValueError):  # not a string, not base64, not UTF-8
+                sep = ""
+            if not sep:
+                raise ConfigError(
+                    path,
+                    f'"auths" entry {name!r}: "auth" is not base64 of user:password; log in again with authscope login',
+                )
             return user, password
     helper = dc.helper_for(cfg, key)
     if helper:
@@ -226,22 +236,24 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
             ctx.log(f"[{t.name}] {text}")
 
     try:
-        session = _preflight(t, creds, ctx)
-        plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
-        entry = dc.auth_entry(creds.username, creds.password)
-        with open_scope(
-            ctx.base,
-            t.registry,
-            entry,
-            root=ctx.scope_dir,
-            sources=[ctx.plan.source.image.registry],
-            environ=ctx.environ,
-        ) as (scope, secrets):
-            env = scope.env(ctx.environ)
-            env.update(tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None))
-            masker = run.Masker([*secrets, *ctx.secrets])
-            attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
-            digests = _verify(tp, ctx, session, deadline)
+        with _preflight(t, creds, ctx) as session:
+            plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
+            entry = dc.auth_entry(creds.username, creds.password)
+            with open_scope(
+                ctx.base,
+                t.registry,
+                entry,
+                root=ctx.scope_dir,
+                sources=[ctx.plan.source.image.registry],
+                environ=ctx.environ,
+            ) as (scope, secrets):
+                env = scope.env(ctx.environ)
+                env.update(
+                    tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None)
+                )
+                masker = run.Masker([*secrets, *ctx.secrets])
+                attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
+                digests = _verify(tp, ctx, session, deadline)
         restored = tuple(d.describe() for d in scope.damage)
     except _Failure as failure:
         status, error, hint = failure.status, failure.error, failure.hint
@@ -283,7 +295,8 @@ def _retrying(what: str, t: Target, deadline: float, retries: int, action, log: 
 
 
 def _preflight(t: Target, creds: Credentials, ctx: _Context) -> Session:
-    """Check the target's credentials at /v2/ before any tool runs."""
+    """Check the target's credentials at /v2/ before any tool runs; the
+    session (its connection and token) is then reused to verify digests."""
     session = Session(
         t.registry,
         (creds.username, creds.password),
@@ -291,12 +304,20 @@ def _preflight(t: Target, creds: Credentials, ctx: _Context) -> Session:
         insecure=t.insecure,
         timeout=min(30.0, ctx.plan.timeout),
     )
-    deadline = time.monotonic() + ctx.plan.timeout
+    try:
+        _check_credentials(t, session, ctx)
+    except BaseException:
+        session.close()
+        raise
+    return session
 
+
+def _check_credentials(t: Target, session: Session, ctx: _Context) -> None:
     def ping(_attempt: int) -> int:
         status, _, _ = session.request("GET", "/v2/")
         return status
 
+    deadline = time.monotonic() + ctx.plan.timeout
     try:
         status = _retrying("checking credentials", t, deadline, ctx.plan.retries, ping, ctx.log)
     except RegistryUnreachable as exc:
@@ -307,14 +328,12 @@ def _preflight(t: Target, creds: Credentials, ctx: _Context) -> Session:
         raise _Failure(str(exc), "check the registry address") from None
     if status in (401, 403):
         raise _Failure(
-            f"{t.registry} rejected the credentials (HTTP {status})",
-            f"check {t.username_ref} and {t.password_ref}",
+            f"{t.registry} rejected the credentials (HTTP {status})", f"check {t.username_ref} and {t.password_ref}"
         )
     if status != 200:
         raise _Failure(
             f"{t.registry}/v2/ answered HTTP {status}", "is this a container registry (the distribution API at /v2/)?"
         )
-    return session
 
 
 def _reach_hint(t: Target, reason: str) -> str:
@@ -417,11 +436,11 @@ def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> Tu
     """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
     src = fanout.source
     cfg = base.snapshot().config
-    auth = source_credentials(cfg, src.image.registry, environ)
-    session = Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure)
+    auth = source_credentials(cfg, src.image.registry, environ, base.path)
     try:
-        digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
-        return digest, session.schemes == ["http"]
+        with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
+            digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
+            return digest, session.schemes == ["http"]
     except RegistryError as exc:
         hint = ""
         if isinstance(exc, RegistryHTTPError) and exc.status in (401, 403):

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import re
 import ssl
-import urllib.error
+import threading
 import urllib.parse
-import urllib.request
 from typing import Dict, List, Optional, Tuple
 
+from . import __version__
 from .dockerconfig import api_host, is_loopback
 from .errors import RegistryError
 
 TIMEOUT = 30.0
+USER_AGENT = f"authscope/{__version__}"
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 MANIFEST_TYPES = ", ".join(
     (
@@ -67,8 +69,35 @@ def _header(headers: Dict[str, str], name: str) -> str:
     return ""
 
 
+# What a process learns about a registry holds for every session with it: which
+# scheme answers, and which challenge it sends. A fan-out's targets, verifier
+# and source reader then skip the probing round trips (each costs a full RTT
+# on a WAN link).
+_SCHEME: Dict[str, str] = {}
+_CHALLENGE: Dict[str, Tuple[str, Dict[str, str]]] = {}
+_CONTEXTS: Dict[Tuple[Optional[str], bool], ssl.SSLContext] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def _context(ca_file: Optional[str], insecure: bool) -> ssl.SSLContext:
+    """One SSL context per trust setting: loading the CA store is not free."""
+    with _CONTEXTS_LOCK:
+        ctx = _CONTEXTS.get((ca_file, insecure))
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=ca_file)
+            if insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            _CONTEXTS[(ca_file, insecure)] = ctx
+        return ctx
+
+
+Answer = Tuple[int, Dict[str, str], bytes]
+
+
 class Session:
-    """One registry, one identity: follows challenges and caches the token."""
+    """One registry, one identity: follows challenges, caches the token, and
+    keeps its connections open (http.client, keep-alive)."""
 
     def __init__(
         self,
@@ -83,14 +112,32 @@ class Session:
         self.host = api_host(registry)  # Docker Hub's API is not at docker.io
         self.timeout = timeout
         self.auth = auth
-        self.ctx = ssl.create_default_context(cafile=ca_file)
-        if insecure:
-            self.ctx.check_hostname = False
-            self.ctx.verify_mode = ssl.CERT_NONE
+        self.ctx = _context(ca_file, insecure)
         # HTTPS first; plain HTTP only for --insecure or a loopback registry,
         # as the docker CLI does for registries it treats as insecure.
         self.schemes: List[str] = ["https", "http"] if insecure or is_loopback(self.host) else ["https"]
+        if _SCHEME.get(self.host) in self.schemes:
+            self.schemes = [_SCHEME[self.host]]
         self.authorization: Optional[str] = None
+        self.token_scope: Optional[str] = None
+        self._connections: Dict[Tuple[str, str], http.client.HTTPConnection] = {}
+
+    def close(self) -> None:
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit, modules may be half gone
+            pass
 
     def _basic(self) -> Optional[str]:
         if self.auth is None:
@@ -98,49 +145,84 @@ class Session:
         user, password = self.auth
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
-    def _send(self, method: str, url: str, headers: Dict[str, str]) -> Tuple[int, Dict[str, str], bytes]:
-        request = urllib.request.Request(url, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.ctx) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, dict(exc.headers), exc.read()
+    def _send(self, method: str, url: str, headers: Dict[str, str]) -> Answer:
+        parts = urllib.parse.urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        headers = {"User-Agent": USER_AGENT, **headers}
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        for attempt in (1, 2):
+            conn = self._connections.get(key)
+            if conn is None:
+                if parts.scheme == "https":
+                    conn = http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=self.ctx)
+                else:
+                    conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+                self._connections[key] = conn
+            try:
+                conn.request(method, target, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                if response.will_close:
+                    conn.close()
+                    del self._connections[key]
+                return response.status, dict(response.getheaders()), body
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A kept-alive connection the server closed meanwhile: once more, fresh.
+                conn.close()
+                self._connections.pop(key, None)
+                if attempt == 2:
+                    raise
+            except BaseException:
+                conn.close()
+                self._connections.pop(key, None)
+                raise
+        raise AssertionError("unreachable")
 
-    def request(
-        self, method: str, path: str, headers: Optional[Dict[str, str]] = None, scope: str = ""
-    ) -> Tuple[int, Dict[str, str], bytes]:
+    def request(self, method: str, path: str, headers: Optional[Dict[str, str]] = None, scope: str = "") -> Answer:
         """``method`` on ``path``, answering an auth challenge once."""
         last = ""
         for scheme in list(self.schemes):
             url = f"{scheme}://{self.host}{path}"
             try:
                 result = self._request(method, url, dict(headers or {}), scope)
-            except urllib.error.URLError as exc:
-                last = f"{scheme}: {exc.reason}"
-                continue
-            except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeout
                 last = f"{scheme}: {exc}"
                 continue
             self.schemes = [scheme]  # stick to what worked
+            _SCHEME[self.host] = scheme
             return result
         raise RegistryUnreachable(self.registry, f"cannot reach {path} ({last})")
 
-    def _request(self, method: str, url: str, headers: Dict[str, str], scope: str) -> Tuple[int, Dict[str, str], bytes]:
+    def _request(self, method: str, url: str, headers: Dict[str, str], scope: str) -> Answer:
+        known = _CHALLENGE.get(self.host)
+        if self.authorization is None and known is not None and self.auth is not None:
+            # Answer the challenge this registry is known to send before it is sent.
+            self._authorize(*known, scope)
+        elif (
+            known is not None and known[0] == "bearer" and scope and scope != self.token_scope and self.auth is not None
+        ):
+            self._authorize(*known, scope)  # a token for another scope
         if self.authorization:
             headers["Authorization"] = self.authorization
         status, answer, body = self._send(method, url, headers)
         if status != 401:
             return status, answer, body
         challenge, params = parse_challenge(_header(answer, "WWW-Authenticate"))
-        if challenge == "basic" and self.auth is not None:
-            self.authorization = self._basic()
-        elif challenge == "bearer" and params.get("realm"):
-            self.authorization = "Bearer " + self._token(params, scope)
-        else:
+        if challenge not in ("basic", "bearer") or (challenge == "basic" and self.auth is None):
             return status, answer, body
+        if challenge == "bearer" and not params.get("realm"):
+            return status, answer, body
+        _CHALLENGE[self.host] = (challenge, params)
+        self._authorize(challenge, params, scope)
         headers["Authorization"] = self.authorization or ""
         return self._send(method, url, headers)
+
+    def _authorize(self, challenge: str, params: Dict[str, str], scope: str) -> None:
+        if challenge == "basic":
+            self.authorization = self._basic()
+        else:
+            self.authorization = "Bearer " + self._token(params, scope)
+            self.token_scope = scope
 
     def _token(self, params: Dict[str, str], scope: str) -> str:
         query = {"service": params["service"]} if params.get("service") else {}
@@ -188,9 +270,9 @@ def verify(
     registry: str, username: str, password: str, *, ca_file: Optional[str] = None, insecure: bool = False
 ) -> None:
     """Raise RegistryError unless ``registry`` accepts the credentials at /v2/."""
-    session = Session(registry, (username, password), ca_file=ca_file, insecure=insecure)
     try:
-        status, _, _ = session.request("GET", "/v2/")
+        with Session(registry, (username, password), ca_file=ca_file, insecure=insecure) as session:
+            status, _, _ = session.request("GET", "/v2/")
     except RegistryHTTPError as exc:  # the token service refused
         status = exc.status
     if status == 200:

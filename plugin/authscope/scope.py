@@ -103,8 +103,10 @@ def check_root(root: str) -> str:
         # Without the sticky bit, any user could rename our scope away and
         # put a directory of theirs in its place.
         raise ScopeError(real, "is world-writable without the sticky bit; choose another --scope-dir")
-    if st.st_uid not in (os.geteuid(), 0) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ScopeError(real, "belongs to another user who can write to it; choose another --scope-dir")
+    if st.st_uid not in (os.geteuid(), 0):
+        # Its owner could rename our scope away and put a directory of theirs
+        # in its place, whatever the mode says.
+        raise ScopeError(real, f"belongs to another user (uid {st.st_uid}); choose another --scope-dir")
     return real
 
 
@@ -193,7 +195,10 @@ class Scope:
             os.unlink(self.config_file)  # never write through what a command left there
         except FileNotFoundError:
             pass
-        write_private(self.config_file, self.config)
+        try:
+            write_private(self.config_file, self.config)
+        except OSError as exc:
+            raise ScopeError(self.path, f"cannot lay config.json afresh: {exc.strerror or exc}") from None
 
     def env(self, environ: Mapping[str, str]) -> Dict[str, str]:
         env = dict(environ)
@@ -265,7 +270,10 @@ def open_scope(
     path = make_scope_dir(choose_root(root, environ))
     scope = Scope(path, isolate_home, dc.serialize(cfg))
     try:
-        _populate(scope, base.directory)
+        try:
+            _populate(scope, base.directory)
+        except OSError as exc:  # a full or read-only file system
+            raise ScopeError(path, f"cannot be filled: {exc.strerror or exc}") from None
         yield scope, secrets
     finally:
         remove_tree(path)

@@ -369,7 +369,7 @@ def python_401s(registry: Registry) -> int:
     return sum(
         1
         for line in registry.log_path.read_text(errors="replace").splitlines()
-        if '"GET /v2/ HTTP/1.1" 401' in line and "Python-urllib" in line
+        if '"GET /v2/ HTTP/1.1" 401' in line and "authscope/" in line
     )
 
 

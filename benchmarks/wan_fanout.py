@@ -1,0 +1,158 @@
+"""Fan-out at WAN latency: `authscope fanout --jobs N` against the serial shell loop.
+
+One source and up to 16 target registries (docker-registry, htpasswd auth,
+plain HTTP on 127.0.0.1), each behind benchmarks/wanproxy.py adding
+--delay-ms each way (default 25 ms: a 50 ms round trip, one more for each new
+connection). An image of --layers layers totalling --image-mb MB is copied to
+N targets, N = 1, 2, 4, 8, 16, two ways, with the same tool:
+
+  serial loop   what a release job does without authscope: in one shared
+                Docker config, per target `TOOL login --password-stdin`,
+                `TOOL copy`, `TOOL logout` (crane auth login/copy/logout;
+                skopeo login/copy/logout)
+  authscope     `authscope fanout --jobs N` with a generated authscope.yml
+                (tool: crane / skopeo); per target a scope, a /v2/ credential
+                check, the copy, and a digest read-back
+
+Each run starts from a fresh isolated HOME / DOCKER_CONFIG, has the source
+login done beforehand (not timed), and copies into repositories new to every
+target registry, so nothing is skipped as already there. Every target's
+digest is checked after every run. Passwords reach the tools through
+environment variables and stdin only.
+
+Everything runs on this machine: the registries' and the proxies' CPU is
+shared with the clients, which a real WAN fan-out to remote registries does
+not do. So each run also reports the CPU it used, by whom, and the "CPU
+floor" (all CPU seconds / cpus) below which no run can go here.
+
+Goal (issue: performance): authscope at least 5x faster than the loop at N = 8.
+
+  python3 benchmarks/wan_fanout.py                 # the full set, 3 runs per cell (~10 minutes)
+  python3 benchmarks/wan_fanout.py --quick         # smoke: N = 1, 2, a 2 MB image
+  python3 benchmarks/wan_fanout.py --tools crane --targets 8 --repeat 5
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Tuple
+
+import _harness as H
+
+
+def main() -> int:
+    p = H.base_parser(__doc__)
+    p.add_argument("--targets", default="1,2,4,8,16", help="values of N, comma-separated (default 1,2,4,8,16)")
+    p.add_argument("--tools", default="crane,skopeo", help="comma-separated: crane, skopeo (default both)")
+    p.add_argument("--image-mb", type=float, default=24.0, help="image size in MB (default 24)")
+    p.add_argument("--layers", type=int, default=4, help="layers (default 4)")
+    p.add_argument("--delay-ms", type=float, default=25.0, help="one-way WAN delay (default 25: 50 ms RTT)")
+    p.add_argument("--registries", type=int, default=0, help="target registries (default: the largest N)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown (default 3)")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: N = 1, 2; 2 MB in 2 layers; 10 ms; 2 registries; 1 run"
+    )
+    a = p.parse_args()
+    if a.quick:
+        a.targets, a.image_mb, a.layers, a.delay_ms, a.registries, a.repeat = "1,2", 2.0, 2, 10.0, 2, 1
+    ns = sorted({int(x) for x in a.targets.split(",") if x.strip()})
+    tools = [t.strip() for t in a.tools.split(",") if t.strip()]
+    for tool in tools:
+        if tool not in H.SERIAL_LOOP:
+            p.error(f"--tools: {tool!r} is not one of {', '.join(H.SERIAL_LOOP)}")
+    registries = a.registries or max(ns)
+
+    H.header("wan_fanout: authscope fanout --jobs N vs the serial login/copy/logout loop", tools)
+    H.require(*tools)
+    print(
+        f"N = {', '.join(map(str, ns))}; {a.repeat} run(s) per cell (median); targets spread over "
+        f"{registries} target registr{'y' if registries == 1 else 'ies'}"
+        + (" (several repositories per registry)" if registries < max(ns) else " (one registry per target)"),
+        flush=True,
+    )
+
+    for tool in tools:
+        print(f"\nserial loop ({tool}), run as: bash loop.sh 'HOST/REPO:1.0 PASSWORD_VARIABLE'...")
+        print("\n".join("  | " + line for line in H.SERIAL_LOOP[tool].strip().splitlines()))
+    print("authscope, run as: python -m authscope fanout -f authscope.yml --jobs N, with an authscope.yml like")
+    print("  | " + "\n  | ".join(H.SAMPLE_FILE.format(tool=" / ".join(tools)).splitlines()))
+    print(flush=True)
+
+    # (tool, n, way) -> outcomes
+    cells: Dict[Tuple[str, int, str], List[H.Outcome]] = {}
+    with H.lab(
+        registries=registries, image_mb=a.image_mb, layers=a.layers, delay_ms=a.delay_ms, workdir=a.workdir
+    ) as lab:
+        for rep in range(a.repeat):
+            for n in ns:
+                for tool in tools:
+                    ways = ("loop", "authscope") if rep % 2 == 0 else ("authscope", "loop")
+                    for way in ways:
+                        targets = lab.pick(n, f"{way}-{tool}")
+                        run = H.serial_loop if way == "loop" else H.authscope_fanout
+                        cells.setdefault((tool, n, way), []).append(run(lab, targets, tool))
+                    print(
+                        f"  run {rep + 1}: {tool:6} N={n:<2}  loop {cells[(tool, n, 'loop')][-1].seconds:6.2f}s  "
+                        f"authscope {cells[(tool, n, 'authscope')][-1].seconds:6.2f}s",
+                        flush=True,
+                    )
+        image = lab.image_bytes
+
+    cpus = os.cpu_count() or 1
+    print()
+    verdicts = []
+    for tool in tools:
+        rows, cpu_rows, loop_t, ours_t = [], [], [], []
+        for n in ns:
+            loop = H.median([o.seconds for o in cells[(tool, n, "loop")]])
+            ours = H.median([o.seconds for o in cells[(tool, n, "authscope")]])
+            loop_t.append(loop)
+            ours_t.append(ours)
+            rows.append(
+                [str(n), f"{loop:.2f}", f"{ours:.2f}", f"{loop / ours:.1f}x", f"{loop / n:.2f}", f"{ours / n:.2f}"]
+            )
+            if n == 8:
+                verdicts.append((tool, loop / ours))
+            for way in ("loop", "authscope"):
+                cpu = {
+                    k: H.median([o.cpu[k] for o in cells[(tool, n, way)]]) for k in ("registries", "proxies", "clients")
+                }
+                total = sum(cpu.values())
+                wall = loop if way == "loop" else ours
+                cpu_rows.append(
+                    [
+                        str(n),
+                        way,
+                        f"{wall:.2f}",
+                        f"{cpu['registries']:.2f}",
+                        f"{cpu['proxies']:.2f}",
+                        f"{cpu['clients']:.2f}",
+                        f"{total:.2f}",
+                        f"{total / cpus:.2f}",
+                    ]
+                )
+        print(f"wall time in seconds, tool {tool} (image {image / H.MB:.1f} MB, {2 * a.delay_ms:g} ms RTT)")
+        print(H.table(["N", "serial loop", "authscope", "speed-up", "loop s/target", "authscope s/target"], rows))
+        la, lb = H.fit(ns, loop_t)
+        oa, ob = H.fit(ns, ours_t)
+        print(
+            f"growth (least squares): serial loop {la:.2f} s + {lb:.2f} s x N;  authscope {oa:.2f} s + {ob:.2f} s x N"
+        )
+        print()
+        print(f"CPU seconds used during each run, tool {tool}: everything runs on this machine's {cpus} cpus, so a run")
+        print("cannot take less wall time than all CPU used / cpus ('CPU floor'), however little latency is left")
+        print(
+            H.table(["N", "run", "wall", "registries", "WAN proxies", "authscope+tools", "all", "CPU floor"], cpu_rows)
+        )
+        print()
+    for tool, speedup in verdicts:
+        print(
+            f"goal: authscope >= 5x faster than the serial {tool} loop at N = 8: {speedup:.1f}x -> "
+            + ("met" if speedup >= 5 else "NOT met")
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(H.run_main(main))

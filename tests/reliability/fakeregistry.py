@@ -1,0 +1,115 @@
+"""A fake registry that can hold a request until the test releases it.
+
+It answers just what a fan-out's own HTTP calls need: ``GET /v2/`` (the
+credentials check) and ``HEAD``/``GET`` of a manifest (resolving the source,
+verifying destinations), with Basic auth. The copies themselves are made by
+``tool: custom`` commands, so no blobs are served.
+
+``hold(phase)`` makes the next requests of that phase wait: ``"source"`` (the
+source's manifest), ``"ping"`` (a target's ``/v2/``), ``"verify"`` (a
+destination's manifest). ``arrived(phase)`` tells when one is waiting, and
+``release(phase)`` lets them go.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, List, Optional, Tuple
+
+MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
+DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+PHASES = ("source", "ping", "verify")
+_MANIFEST_PATH = re.compile(r"^/v2/(?P<repo>.+)/manifests/(?P<ref>[^/]+)$")
+
+
+class FakeRegistry:
+    def __init__(self, username: str, password: str, source_repository: str = "app") -> None:
+        self.username = username
+        self.password = password
+        self.source_repository = source_repository
+        self.requests: List[Tuple[str, str]] = []
+        self._held = {phase: False for phase in PHASES}
+        self._arrived = {phase: threading.Event() for phase in PHASES}
+        self._release = {phase: threading.Event() for phase in PHASES}
+        self._closed = threading.Event()
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> None:
+                self.send_response(code)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _authorized(self) -> bool:
+                expected = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
+                return self.headers.get("Authorization", "") == f"Basic {expected}"
+
+            def _serve(self) -> None:
+                registry.requests.append((self.command, self.path))
+                if not self._authorized():
+                    self._send(401, b"{}", {"WWW-Authenticate": 'Basic realm="fake"'})
+                    return
+                if self.path == "/v2/":
+                    registry._wait("ping")
+                    self._send(200, b"{}", {"Content-Type": "application/json"})
+                    return
+                match = _MANIFEST_PATH.match(self.path)
+                if match is None:
+                    self._send(404, b"{}")
+                    return
+                registry._wait("source" if match.group("repo") == registry.source_repository else "verify")
+                self._send(
+                    200,
+                    MANIFEST,
+                    {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Docker-Content-Digest": DIGEST},
+                )
+
+            do_GET = _serve  # noqa: N815 - http.server's naming
+            do_HEAD = _serve  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def _wait(self, phase: str) -> None:
+        if self._held[phase]:
+            self._arrived[phase].set()
+            self._release[phase].wait(timeout=120)
+
+    def hold(self, phase: str) -> None:
+        self._held[phase] = True
+
+    def arrived(self, phase: str, timeout: float = 30.0) -> bool:
+        return self._arrived[phase].wait(timeout)
+
+    def release(self, phase: str) -> None:
+        self._held[phase] = False
+        self._release[phase].set()
+
+    def close(self) -> None:
+        for phase in PHASES:
+            self.release(phase)
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FakeRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,141 @@
+"""Smoke test of benchmarks/: every script runs with tiny parameters and prints its figures.
+
+Not a timed test: nothing here compares a figure with a goal (the figures of
+a --quick run on a busy test machine mean nothing). It checks that each
+script still runs against the current CLI, prints its table, and leaves no
+process or directory behind. The scripts that need real registries are
+e2e: a missing tool skips them locally and fails them under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+TOOLS_BIN = REPO / ".tools" / "bin"
+REGISTRY_TOOLS = ("docker-registry", "htpasswd", "skopeo", "crane")
+
+
+def _require(*tools: str) -> None:
+    search = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    missing = [t for t in tools if shutil.which(t, path=search) is None]
+    if not missing:
+        return
+    message = f"benchmark tools not found: {', '.join(missing)} (./scripts/install-deps.sh)"
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(message + "; CI=true, so the benchmark smoke test must run", pytrace=False)
+    pytest.skip(message)
+
+
+def _run(script: str, *args: str, timeout: float = 240) -> str:
+    env = dict(os.environ, PATH=f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("AUTHSCOPE_SCOPE_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{out[-4000:]}"
+    # Every report starts with the machine and the exact command line.
+    assert re.search(r"^machine: \d+ cpus", proc.stdout, re.M), out
+    assert re.search(
+        rf"^command: \S*python\S* \S*{re.escape(script)} {re.escape(' '.join(args))}$", proc.stdout, re.M
+    ), out
+    # Every directory a run made (it names them) is gone.
+    made = re.findall(r"work directory (/\S+)", proc.stdout)
+    assert made, out
+    left = [d for d in made if os.path.exists(d)]
+    assert not left, f"{script} left {left} behind"
+    return proc.stdout
+
+
+def _table_rows(out: str, first_header: str) -> List[List[str]]:
+    """The rows of the (first) table whose header line starts with `first_header`."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.strip() or line.startswith("growth"):
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_scope_lifecycle_prints_median_and_floor() -> None:
+    out = _run("scope_lifecycle.py", "--quick")
+    assert re.search(r"^open_scope \+ close\s+\d+\s+\d+\s+\d+$", out, re.M), out
+    assert re.search(r"^floor: mkdtemp \+ write \+ rmtree\s+\d+", out, re.M), out
+    assert re.search(r"^ratio \(medians\): [\d.]+x the floor", out, re.M), out
+
+
+def test_startup_prints_ratio() -> None:
+    if shutil.which("authscope") is None:
+        pytest.skip("authscope is not installed as a console script (pip install -e .)")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "startup.py"), "3"],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^ratio\s+[\d.]+x", proc.stdout, re.M), proc.stdout
+
+
+@pytest.mark.e2e
+def test_wan_fanout_prints_a_table_per_tool() -> None:
+    _require(*REGISTRY_TOOLS)
+    out = _run("wan_fanout.py", "--quick")
+    for tool in ("crane", "skopeo"):
+        assert f"wall time in seconds, tool {tool}" in out, out
+    rows = _table_rows(out, "N  serial loop")
+    assert [r[0] for r in rows] == ["1", "2"], out
+    assert all(r[3].endswith("x") and float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out
+    assert re.search(r"^growth \(least squares\): serial loop", out, re.M), out
+    assert "CPU floor" in out, out
+
+
+@pytest.mark.e2e
+def test_source_egress_counts_bytes_per_mode() -> None:
+    _require(*REGISTRY_TOOLS)
+    out = _run("source_egress.py", "--quick", "--tools", "crane")
+    image = int(re.search(r"^image: ([\d,]+) bytes", out, re.M).group(1).replace(",", ""))  # type: ignore[union-attr]
+    rows = {(r[0], r[1]): r for r in _table_rows(out, "tool  ")}
+    normal = int(rows[("crane", "normal")][3].replace(",", ""))
+    once = int(rows[("crane", "pull-once")][3].replace(",", ""))
+    # Counting works: a copy per target reads the image per target (N = 2); pull-once reads it once.
+    assert normal >= 2 * image > once >= image, out
+    assert re.search(r"^goal: pull-once reads <= 1.1x", out, re.M), out
+
+
+@pytest.mark.e2e
+def test_fanout_memory_reports_authscope_own_peak() -> None:
+    _require(*REGISTRY_TOOLS)
+    out = _run("fanout_memory.py", "--quick")
+    rows: Dict[str, Tuple[float, ...]] = {}
+    for line in out.splitlines():
+        m = re.match(
+            r"^(--dry-run \(baseline\)|fanout --jobs 2 \((?:normal|pull-once)\))\s+([\d.]+)\s+([\d.]+)\s+(\d+)", line
+        )
+        if m:
+            rows[m.group(1)] = (float(m.group(2)), float(m.group(3)), float(m.group(4)))
+    assert set(rows) == {"--dry-run (baseline)", "fanout --jobs 2 (normal)", "fanout --jobs 2 (pull-once)"}, out
+    # A real reading of a Python process: more than the interpreter's few MiB.
+    assert all(peak > 5 for _, peak, _ in rows.values()), out
