@@ -518,7 +518,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     base = Base(_base_dir(a.config_dir, environ))
     started, clock = time.time(), time.monotonic()
     source = spec.source.image.with_tag(spec.source.image.tag) if spec.source.image.tag else spec.source.image.pinned
-    with _layout_dir(draft.layout is not None) as layout:
+    with _layout_dir(draft.layout is not None) as layout, fanout.Preflights(draft, credentials) as checks:
         try:
             digest, plain_http = fanout.resolve_source(spec, base, environ)
             final = make_plan(source_digest=digest, layout=layout)
@@ -557,6 +557,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             scope_dir=a.scope_dir,
             fail_fast=a.fail_fast,
             source_plain_http=plain_http,
+            preflights=checks,
         )
     report = R.Report(source, digest, spec.tool, results, started, time.monotonic() - clock, signal=run_signal())
     _publish(report, a.junit, a.dotenv, a.json)

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import dockerconfig as dc
 from . import report as R
@@ -177,15 +177,17 @@ def diagnose(output: Sequence[str], target: Target, source_registry: str) -> Tup
 # -- running one target ---------------------------------------------------------------
 
 
+_LOG_LOCK = threading.Lock()  # one for every _Log: lines never interleave
+
+
 class _Log:
     """Thread-safe line output for the CI log."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
-        self.lock = threading.Lock()
 
     def __call__(self, text: str) -> None:
-        with self.lock:
+        with _LOG_LOCK:
             self.stream.write(text + "\n")
             self.stream.flush()
 
@@ -203,6 +205,7 @@ class _Context:
     plain_http: Tuple[str, ...]
     failed: threading.Event
     secrets: Tuple[str, ...]
+    preflights: Optional[Preflights] = None
 
 
 class _Failure(Exception):
@@ -236,7 +239,12 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
             ctx.log(f"[{t.name}] {text}")
 
     try:
-        with _preflight(t, creds, ctx) as session:
+        checked = (
+            ctx.preflights.take(t.name)
+            if ctx.preflights
+            else _preflight(t, creds, ctx.plan.timeout, ctx.plan.retries, ctx.log)
+        )
+        with checked as session:
             plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
             entry = dc.auth_entry(creds.username, creds.password)
             with open_scope(
@@ -294,7 +302,7 @@ def _retrying(what: str, t: Target, deadline: float, retries: int, action, log: 
     raise AssertionError("unreachable")
 
 
-def _preflight(t: Target, creds: Credentials, ctx: _Context) -> Session:
+def _preflight(t: Target, creds: Credentials, timeout: float, retries: int, log: _Log) -> Session:
     """Check the target's credentials at /v2/ before any tool runs; the
     session (its connection and token) is then reused to verify digests."""
     session = Session(
@@ -302,24 +310,58 @@ def _preflight(t: Target, creds: Credentials, ctx: _Context) -> Session:
         (creds.username, creds.password),
         ca_file=t.ca_file,
         insecure=t.insecure,
-        timeout=min(30.0, ctx.plan.timeout),
+        timeout=min(30.0, timeout),
     )
     try:
-        _check_credentials(t, session, ctx)
+        _check_credentials(t, session, timeout, retries, log)
     except BaseException:
         session.close()
         raise
     return session
 
 
-def _check_credentials(t: Target, session: Session, ctx: _Context) -> None:
+class Preflights:
+    """Every target's credential check, started before the source is read:
+    they don't depend on it, so their round trips overlap with its."""
+
+    def __init__(self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout) -> None:
+        log = _Log(stream)
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope-check"
+        )
+        self.futures: Dict[str, Future[Session]] = {
+            tp.target.name: self.pool.submit(
+                _preflight, tp.target, credentials[tp.target.name], plan.timeout, plan.retries, log
+            )
+            for tp in plan.targets
+        }
+        self.taken: Set[str] = set()
+
+    def take(self, name: str) -> Session:
+        """The checked session of one target (raises its _Failure)."""
+        self.taken.add(name)
+        return self.futures[name].result()
+
+    def __enter__(self) -> Preflights:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self.futures.values():
+            future.cancel()
+        self.pool.shutdown(wait=True)
+        for name, future in self.futures.items():
+            if name not in self.taken and not future.cancelled() and future.exception() is None:
+                future.result().close()
+
+
+def _check_credentials(t: Target, session: Session, timeout: float, retries: int, log: _Log) -> None:
     def ping(_attempt: int) -> int:
         status, _, _ = session.request("GET", "/v2/")
         return status
 
-    deadline = time.monotonic() + ctx.plan.timeout
+    deadline = time.monotonic() + timeout
     try:
-        status = _retrying("checking credentials", t, deadline, ctx.plan.retries, ping, ctx.log)
+        status = _retrying("checking credentials", t, deadline, retries, ping, log)
     except RegistryUnreachable as exc:
         raise _Failure(f"cannot reach {t.registry}: {exc.reason}", _reach_hint(t, exc.reason)) from None
     except RegistryHTTPError as exc:
@@ -514,6 +556,7 @@ def execute(
     scope_dir: Optional[str],
     fail_fast: bool,
     source_plain_http: bool = False,
+    preflights: Optional[Preflights] = None,
     stream: IO[str] = sys.stdout,
 ) -> Tuple[R.Result, ...]:
     """Run every target of ``plan``; a Result for each, in plan order."""
@@ -531,6 +574,7 @@ def execute(
         plain,
         threading.Event(),
         tuple(all_secrets(credentials)),
+        preflights,
     )
     results: Dict[str, R.Result] = {}
     with ThreadPoolExecutor(
