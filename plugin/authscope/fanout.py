@@ -19,7 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from . import dockerconfig as dc
 from . import report as R
@@ -286,7 +286,31 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     return result
 
 
-def _retrying(what: str, t: Target, deadline: float, retries: int, action, log: _Log):  # type: ignore[no-untyped-def]
+def _pause(seconds: float, cancel: Optional[threading.Event]) -> bool:
+    """Sleep; False when a signal, or ``cancel``, cut it short."""
+    if cancel is None:
+        return run.sleep_unless_stopped(seconds)
+    end = time.monotonic() + seconds
+    while not (run.stopping() or cancel.is_set()):
+        left = end - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, 0.05))
+    return False
+
+
+T = TypeVar("T")
+
+
+def _retrying(
+    what: str,
+    t: Target,
+    deadline: float,
+    retries: int,
+    action: Callable[[int], T],
+    log: _Log,
+    cancel: Optional[threading.Event] = None,
+) -> T:
     """Run ``action(attempt)``; retry RegistryError that is transient."""
     for attempt in range(1, retries + 2):
         try:
@@ -297,12 +321,14 @@ def _retrying(what: str, t: Target, deadline: float, retries: int, action, log: 
                 raise
             delay = BACKOFF * 2 ** (attempt - 1)
             log(f"authscope: [{t.name}] {what}: {exc}; retrying in {delay:g}s (attempt {attempt + 1}/{retries + 1})")
-            if not run.sleep_unless_stopped(delay):
+            if not _pause(delay, cancel):
                 raise _Failure(f"{what}: interrupted", "", R.INTERRUPTED) from None
     raise AssertionError("unreachable")
 
 
-def _preflight(t: Target, creds: Credentials, timeout: float, retries: int, log: _Log) -> Session:
+def _preflight(
+    t: Target, creds: Credentials, timeout: float, retries: int, log: _Log, cancel: Optional[threading.Event] = None
+) -> Session:
     """Check the target's credentials at /v2/ before any tool runs; the
     session (its connection and token) is then reused to verify digests."""
     session = Session(
@@ -313,7 +339,7 @@ def _preflight(t: Target, creds: Credentials, timeout: float, retries: int, log:
         timeout=min(30.0, timeout),
     )
     try:
-        _check_credentials(t, session, timeout, retries, log)
+        _check_credentials(t, session, timeout, retries, log, cancel)
     except BaseException:
         session.close()
         raise
@@ -326,12 +352,13 @@ class Preflights:
 
     def __init__(self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout) -> None:
         log = _Log(stream)
+        self.cancel = threading.Event()  # set when the run ends early: stop retrying
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope-check"
         )
         self.futures: Dict[str, Future[Session]] = {
             tp.target.name: self.pool.submit(
-                _preflight, tp.target, credentials[tp.target.name], plan.timeout, plan.retries, log
+                _preflight, tp.target, credentials[tp.target.name], plan.timeout, plan.retries, log, self.cancel
             )
             for tp in plan.targets
         }
@@ -346,6 +373,9 @@ class Preflights:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A source that failed ends the run: checks still queued don't start,
+        # and running ones stop at their next retry instead of sleeping on.
+        self.cancel.set()
         for future in self.futures.values():
             future.cancel()
         self.pool.shutdown(wait=True)
@@ -354,14 +384,16 @@ class Preflights:
                 future.result().close()
 
 
-def _check_credentials(t: Target, session: Session, timeout: float, retries: int, log: _Log) -> None:
+def _check_credentials(
+    t: Target, session: Session, timeout: float, retries: int, log: _Log, cancel: Optional[threading.Event] = None
+) -> None:
     def ping(_attempt: int) -> int:
         status, _, _ = session.request("GET", "/v2/")
         return status
 
     deadline = time.monotonic() + timeout
     try:
-        status = _retrying("checking credentials", t, deadline, retries, ping, log)
+        status = _retrying("checking credentials", t, deadline, retries, ping, log, cancel)
     except RegistryUnreachable as exc:
         raise _Failure(f"cannot reach {t.registry}: {exc.reason}", _reach_hint(t, exc.reason)) from None
     except RegistryHTTPError as exc:
@@ -449,15 +481,12 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
     t = tp.target
     digests: Dict[str, Optional[str]] = {}
     for tag in t.tags:
+
+        def read(_attempt: int, tag: str = tag) -> str:
+            return session.manifest_digest(t.repository, tag)
+
         try:
-            digests[tag] = _retrying(
-                f"verifying {tag}",
-                t,
-                deadline,
-                ctx.plan.retries,
-                lambda _a, tag=tag: session.manifest_digest(t.repository, tag),
-                ctx.log,
-            )
+            digests[tag] = _retrying(f"verifying {tag}", t, deadline, ctx.plan.retries, read, ctx.log)
         except RegistryError as exc:
             raise _Failure(
                 f"could not read back {t.registry}/{t.repository}:{tag}: {exc.reason}",
