@@ -383,7 +383,7 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
-    """The parser; with ``only``, other commands get no arguments (faster start-up)."""
+    """The parser; with ``only``, just that command's (faster start-up)."""
     parser = _Parser(
         prog="authscope",
         description=(
@@ -398,9 +398,10 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (summary, define) in COMMANDS.items():
-        p = sub.add_parser(name, help=summary)
+        # Each sub-parser costs (argparse looks up translations for every
+        # one): with ``only``, the others are never parsed, so never built.
         if only in (None, name):
-            define(p)
+            define(sub.add_parser(name, help=summary))
     return parser
 
 
