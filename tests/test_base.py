@@ -340,3 +340,18 @@ def test_guard_narrows_a_widened_mode_and_restores_privately(logged_in: Path) ->
     assert b.check(snap)
     assert "gitlab.local:4567" in read_json(logged_in)["auths"]
     assert logged_in.stat().st_mode & 0o777 == 0o600
+
+
+def test_next_locked_write_removes_temp_files_of_killed_writers(base: Path, env: Dict[str, str]) -> None:
+    path = write_config(base, {"auths": {}})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [base / f".config.json.{dead.pid}.{'a' * 12}.tmp", base / f".config.json.authscope.{dead.pid}.{'b' * 12}.tmp"]
+    live = base / f".config.json.{os.getpid()}.{'c' * 12}.tmp"  # ours: a write under way
+    other = base / ".config.json.notes.tmp"  # not a temp file of write_atomic
+    for f in [*stale, live, other]:
+        f.write_text("partial")
+    B.login(str(base), "x.example", {"auth": "eDp5"})
+    assert not any(f.exists() for f in stale)
+    assert live.exists() and other.exists()
+    assert "x.example" in read_json(path)["auths"]

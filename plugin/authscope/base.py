@@ -248,6 +248,7 @@ class Base:
         self._ensure_directory()
         with self._locked():
             dc.remove_stale_temps(self.path)
+            dc.remove_stale_temps(self.journal_path)
             _, cfg = dc.read_config(self.path)
             new = change(cfg)
             if new == cfg:

@@ -648,9 +648,9 @@ def _fanout_exit(report: R.Report) -> int:
         )
         return 128 + report.signal
     if report.restored:
-        say(
-            "BASE INTEGRITY: a tool wrote the base config outside its scope; the entries were restored (see the targets' sections)"
-        )
+        unrestored = any("could NOT be restored" in note for r in report.results for note in r.restored)
+        outcome = "some entries could NOT be restored: log in again" if unrestored else "the entries were restored"
+        say(f"BASE INTEGRITY: a tool wrote the base config outside its scope; {outcome} (see the targets' sections)")
         return EXIT_RESTORED
     failed = len(report.results) - report.count(R.OK)
     if failed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import BaseWriteError, ConfigError, UsageError
@@ -330,16 +331,14 @@ def remove_stale_temps(path: str) -> None:
     if not os.path.isdir("/proc/self"):
         return  # no way to tell a live writer from a dead one here
     directory, name = os.path.split(path)
-    prefix = f".{name}."
+    stale = re.compile(re.escape(f".{name}.") + r"(\d+)\.[0-9a-f]{12}\.tmp")
     try:
         entries = os.listdir(directory or ".")
     except OSError:
         return
     for entry in entries:
-        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
-            continue
-        pid = entry[len(prefix) :].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+        match = stale.fullmatch(entry)
+        if not match or int(match.group(1)) == os.getpid() or os.path.exists(f"/proc/{match.group(1)}"):
             continue
         try:
             os.unlink(os.path.join(directory, entry))
