@@ -537,12 +537,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             # or is interrupted when a signal is what stopped the pull.
             signal = run_signal()
             status, error = (R.INTERRUPTED, f"interrupted: {exc}") if signal else (R.FAILED, str(exc))
-            failed = tuple(
-                R.Result(
-                    t.name, t.registry, t.repository, t.tool, t.tags, status, error=error, hint="no target was copied"
-                )
-                for t in (tp.target for tp in draft.targets)
-            )
+            failed = fanout.none_copied(draft, status, error)
             report = R.Report(source, None, spec.tool, failed, started, time.monotonic() - clock, signal, error)
             _publish(report, a.junit, a.dotenv, a.json)
             if signal:

@@ -503,6 +503,14 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
 # -- the whole fan-out ----------------------------------------------------------------
 
 
+def none_copied(plan: Plan, status: str, error: str) -> Tuple[R.Result, ...]:
+    """A Result per target when the run ended before any copy (the source failed)."""
+    return tuple(
+        R.Result(t.name, t.registry, t.repository, t.tool, t.tags, status, error=error, hint="no target was copied")
+        for t in (tp.target for tp in plan.targets)
+    )
+
+
 def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> Tuple[str, bool]:
     """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
     src = fanout.source
