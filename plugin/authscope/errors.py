@@ -36,11 +36,8 @@ class Problem(NamedTuple):
     message: str
 
     def __str__(self) -> str:
-        return (
-            f"{self.file}:{self.line}: {self.where}: {self.message}"
-            if self.where
-            else f"{self.file}:{self.line}: {self.message}"
-        )
+        place = f"{self.file}:{self.line}" if self.line else self.file  # line 0: the whole file
+        return f"{place}: {self.where}: {self.message}" if self.where else f"{place}: {self.message}"
 
 
 class TargetsFileError(AuthscopeError):
@@ -49,6 +46,9 @@ class TargetsFileError(AuthscopeError):
     def __init__(self, path: str, problems: List[Problem]) -> None:
         self.path = path
         self.problems = problems
+        if len(problems) == 1 and not problems[0].line:  # the file itself: missing, unreadable
+            super().__init__(f"{problems[0]}; nothing ran")
+            return
         lines = "\n".join(f"  {p}" for p in problems)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(f"{path}: {count}; nothing ran:\n{lines}")
