@@ -489,6 +489,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import fanout, plan, targets
     from . import report as R
     from .base import Base
+    from .run import received_signal
 
     spec = targets.load(a.file, environ)
 
@@ -535,7 +536,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         except RegistryError as exc:
             # Nothing was copied: every target fails with the source's problem,
             # or is interrupted when a signal is what stopped the pull.
-            signal = run_signal()
+            signal = received_signal()
             status, error = (R.INTERRUPTED, f"interrupted: {exc}") if signal else (R.FAILED, str(exc))
             failed = fanout.none_copied(draft, status, error)
             report = R.Report(source, None, spec.tool, failed, started, time.monotonic() - clock, signal, error)
@@ -555,7 +556,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             source_plain_http=plain_http,
             preflights=checks,
         )
-    report = R.Report(source, digest, spec.tool, results, started, time.monotonic() - clock, signal=run_signal())
+    report = R.Report(source, digest, spec.tool, results, started, time.monotonic() - clock, signal=received_signal())
     _publish(report, a.junit, a.dotenv, a.json)
     code = _fanout_exit(report)
     # After the reports: a GitLab failure never hides what landed where.
@@ -605,12 +606,6 @@ def _layout_dir(wanted: bool) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def run_signal() -> Optional[int]:
-    from . import run
-
-    return run.received_signal()
-
-
 def _publish(report: R.Report, junit: Optional[str], dotenv: Optional[str], json_path: Optional[str]) -> None:
     """Sections per target, the summary table, and the report files."""
     from . import report as R
@@ -632,8 +627,9 @@ def _publish(report: R.Report, junit: Optional[str], dotenv: Optional[str], json
 
 def _fanout_exit(report: R.Report) -> int:
     from . import report as R
+    from .run import received_signal
 
-    late = run_signal()
+    late = received_signal()
     if report.signal is None and late is not None:  # came while the reports were written
         say(f"interrupted by signal {late} while writing the reports; every target had finished")
         return 128 + late
