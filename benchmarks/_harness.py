@@ -1,6 +1,11 @@
 """Shared machinery of the benchmarks: the machine, a lab of registries behind an
 emulated WAN, timed runs of authscope and of the shell loop it replaces.
 
+The lab speaks plain HTTP by default; `lab(tls=True)` (the scripts' --tls)
+runs every registry over HTTPS with a certificate from one throwaway CA,
+which every client is told to trust (SSL_CERT_FILE, `ca_file:`) and nothing
+runs "insecure".
+
 Nothing here is a test: every script prints its figures and exits 0 unless a
 run failed. Every process it starts is stopped, and every directory it makes
 is removed, also on Ctrl-C or SIGTERM (turned into KeyboardInterrupt).
@@ -35,7 +40,7 @@ for _p in (Path(__file__).resolve().parent, REPO, REPO / "plugin"):  # wanproxy;
 
 from wanproxy import LoopThread, WanProxy  # noqa: E402
 
-from tests.support import Registry, isolated_env, publish_image, start_registry  # noqa: E402
+from tests.support import CA, Registry, isolated_env, publish_image, start_registry  # noqa: E402
 
 AUTHSCOPE = [sys.executable, "-m", "authscope"]
 USER = "ci-user"
@@ -253,6 +258,11 @@ def run(
 # -- the lab: registries behind an emulated WAN ----------------------------------------
 
 
+def transport(tls: bool) -> str:
+    """The lab's transport, as every report names it."""
+    return "TLS (HTTPS)" if tls else "plain HTTP"
+
+
 @dataclass
 class Endpoint:
     registry: Registry
@@ -292,12 +302,16 @@ class Lab:
     image_ref: str = ""  # the current image, through the WAN
     digest: str = ""
     image_bytes: int = 0  # manifest + config + layers
+    ca_file: str = ""  # the lab CA's certificate when the registries speak TLS; "" when plain HTTP
     _seed: int = 0
     _runs: int = 0
     _secrets: Dict[str, str] = field(default_factory=dict)
 
     def new_image(self) -> None:
         """Publish a new image (new blobs) to the source, directly (not through the WAN, not counted).
+
+        With TLS, `publish_image`'s skopeo push verifies the source's certificate
+        against the lab CA (`Registry.cert_dir`).
 
         Every run copies an image no registry has seen: skopeo keeps a blob
         cache (for root, /var/lib/containers/cache) that would otherwise turn
@@ -324,6 +338,10 @@ class Lab:
         self.digest = image.digest
         shutil.rmtree(workdir, ignore_errors=True)  # the registry has it now
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca_file)
+
     def secret_env(self) -> Dict[str, str]:
         """Every password, by variable name: the only way secrets reach a run."""
         return dict(self._secrets)
@@ -341,11 +359,18 @@ class Lab:
         return out
 
     def environment(self, name: str) -> Dict[str, str]:
-        """A fresh isolated HOME / DOCKER_CONFIG / XDG / TMPDIR, tools first on PATH, the secrets set."""
+        """A fresh isolated HOME / DOCKER_CONFIG / XDG / TMPDIR, tools first on PATH, the secrets set.
+
+        With TLS, SSL_CERT_FILE is the lab CA: crane, skopeo and regctl (Go's
+        crypto/x509 on Linux) and Python's default SSL context all trust it,
+        so the loop needs no per-tool CA flag (authscope gets `ca_file:` too).
+        """
         root = self.work / "envs" / f"{name}-{time.monotonic_ns()}"
         env = isolated_env(root)
         env["PATH"] = f"{TOOLS_BIN}{os.pathsep}{env.get('PATH', '')}"
         env["LANG"] = "C.UTF-8"
+        if self.tls:
+            env["SSL_CERT_FILE"] = self.ca_file
         env.update(self.secret_env())
         return env
 
@@ -383,7 +408,8 @@ class Lab:
             _wipe_storage(e.registry)
 
     def verify(self, targets: Sequence[Target]) -> None:
-        """Every target holds the source's digest (read directly, not through the WAN)."""
+        """Every target holds the source's digest (read directly, not through the WAN; with TLS,
+        verifying the registry's certificate against the lab CA: `Registry.request` does)."""
         for t in targets:
             got = t.endpoint.registry.manifest_digest(t.repository, "1.0")
             if got != self.digest:
@@ -400,7 +426,9 @@ def _process_cpu(pid: int) -> float:
 
 
 def _wipe_storage(registry: Registry) -> None:
-    """Remove a registry's blobs and repositories under it (filesystem driver: paths are made again as needed)."""
+    """Remove a registry's blobs and repositories under it (filesystem driver: paths are made again as needed).
+
+    On disk, not over the API: the same with or without TLS."""
     v2 = registry.root / "data" / "docker" / "registry" / "v2"
     for name in ("repositories", "blobs"):
         shutil.rmtree(v2 / name, ignore_errors=True)
@@ -434,22 +462,27 @@ def lab(
     delay_ms: float,
     workdir: Optional[str] = None,
     prefix: str = "authscope-bench-",
+    tls: bool = False,
 ) -> Iterator[Lab]:
     """Start 1 + `registries` docker-registry processes, a WanProxy in front of each, and publish the image.
 
-    Every proxy runs on one event-loop thread of this process.
+    Every proxy runs on one event-loop thread of this process. With `tls`,
+    one CA is made and every registry (source and targets) serves HTTPS with
+    a certificate from it for 127.0.0.1 / localhost; the proxies relay TCP,
+    so TLS passes through them unchanged (and their address is 127.0.0.1 too).
     """
-    require("docker-registry", "htpasswd", "skopeo")
+    require("docker-registry", "htpasswd", "skopeo", *(["openssl"] if tls else []))
     import secrets
 
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
     started: List[Endpoint] = []
     delay = delay_ms / 1000
     loop = LoopThread(lifetime=6 * 3600).start()
+    ca: Optional[CA] = None
 
     def endpoint(name: str) -> Endpoint:
         registry = start_registry(
-            work / "registries", username=USER, password="bench-" + secrets.token_hex(8), name=name
+            work / "registries", username=USER, password="bench-" + secrets.token_hex(8), tls=ca, name=name
         )
         try:
             proxy = WanProxy(registry.host, delay=delay, loop=loop).start()
@@ -462,15 +495,28 @@ def lab(
 
     try:
         t0 = time.perf_counter()
+        if tls:
+            ca = CA.create(work / "ca")
         source = endpoint("source")
         targets = [endpoint(f"target-{i + 1}") for i in range(registries)]
-        built = Lab(work, delay, source, targets, image_mb, layers, _seed=random.randrange(1 << 40))
+        built = Lab(
+            work,
+            delay,
+            source,
+            targets,
+            image_mb,
+            layers,
+            ca_file=str(ca.cert) if ca is not None else "",
+            _seed=random.randrange(1 << 40),
+        )
         built._secrets = {"SOURCE_PASSWORD": source.registry.password}
         for i, e in enumerate(targets, start=1):
             built._secrets[f"TARGET_{i}_PASSWORD"] = e.registry.password
         built.new_image()
         print(
-            f"lab: 1 source + {registries} target docker-registry processes on 127.0.0.1, each behind a WAN proxy "
+            f"lab: 1 source + {registries} target docker-registry processes on 127.0.0.1 over {transport(tls)}"
+            + (", certificates from one throwaway lab CA that every client trusts (nothing insecure)" if tls else "")
+            + ", each behind a WAN proxy "
             f"adding {delay_ms:g} ms each way ({2 * delay_ms:g} ms RTT; a new connection costs one more RTT); "
             f"image {built.image_bytes / MB:.1f} MB in {layers} layers, a new one (new blobs) for every run; "
             f"ready in {time.perf_counter() - t0:.1f}s; work directory {work}",
@@ -488,7 +534,12 @@ def lab(
 # -- the two ways to fan out ----------------------------------------------------------
 
 
-SAMPLE_FILE = """source: {{image: "127.0.0.1:SOURCE_PROXY_PORT/app:rNNN", insecure: true}}
+def tls_key(tls: bool, ca_file: str) -> str:
+    """How authscope.yml reaches a lab registry: plain HTTP (`insecure: true`) or the lab CA (`ca_file:`)."""
+    return f"ca_file: {json.dumps(ca_file)}" if tls else "insecure: true"
+
+
+SAMPLE_FILE = """source: {{image: "127.0.0.1:SOURCE_PROXY_PORT/app:rNNN", {tls_key}}}
 tags: ["1.0"]
 tool: {tool}
 jobs: N
@@ -500,14 +551,21 @@ targets:
     repository: bench/authscope-TOOL-RUN-t1
     username: ci-user
     password_env: TARGET_1_PASSWORD
-    insecure: true
+    {tls_key}
   - ..."""
 
 
+def sample_file(tool: str, tls: bool) -> str:
+    """SAMPLE_FILE as `targets_file` writes it in this mode (the lab CA's path is known only once it runs)."""
+    return SAMPLE_FILE.format(tool=tool, tls_key=tls_key(tls, "LAB_WORK_DIR/ca/ca.crt"))
+
+
 def targets_file(path: Path, lab_: Lab, targets: Sequence[Target], tool: str, jobs: int, pull_once: bool) -> Path:
-    """An authscope.yml for these targets: plain HTTP (insecure), passwords by variable name."""
+    """An authscope.yml for these targets, passwords by variable name: plain HTTP (`insecure: true`),
+    or with TLS the lab CA as `ca_file:` of the source and of every target (nothing insecure)."""
+    tls = tls_key(lab_.tls, lab_.ca_file)
     lines = [
-        f'source: {{image: "{lab_.image_ref}", insecure: true}}',
+        f'source: {{image: "{lab_.image_ref}", {tls}}}',
         'tags: ["1.0"]',
         f"tool: {tool}",
         f"jobs: {jobs}",
@@ -522,7 +580,7 @@ def targets_file(path: Path, lab_: Lab, targets: Sequence[Target], tool: str, jo
             f"    repository: {t.repository}",
             f"    username: {USER}",
             f"    password_env: {t.password_var}",
-            "    insecure: true",
+            f"    {tls}",
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -552,14 +610,15 @@ def authscope_fanout(
 # The release job authscope replaces: one shared Docker config and, per target,
 # login / copy / logout. Arguments: "DESTINATION PASSWORD_VARIABLE" pairs (no
 # secret); the password is piped from that variable (printf is a bash builtin,
-# so it is in no process's argv).
+# so it is in no process's argv). @LOGIN_TLS@ and @COPY_TLS@ are the tools'
+# TLS flags for the lab's transport (LOOP_TLS_FLAGS): `loop_script` fills them.
 SERIAL_LOOP = {
     "crane": r"""
 set -euo pipefail
 for arg in "$@"; do
   dest=${arg% *}; var=${arg#* }; host=${dest%%/*}
   printf '%s' "${!var}" | crane auth login "$host" -u "$USER_NAME" --password-stdin
-  crane copy --insecure "$SRC" "$dest"
+  crane copy@COPY_TLS@ "$SRC" "$dest"
   crane auth logout "$host"
 done
 """,
@@ -567,8 +626,8 @@ done
 set -euo pipefail
 for arg in "$@"; do
   dest=${arg% *}; var=${arg#* }; host=${dest%%/*}
-  printf '%s' "${!var}" | skopeo login --tls-verify=false -u "$USER_NAME" --password-stdin "$host"
-  skopeo copy --all --preserve-digests --src-tls-verify=false --dest-tls-verify=false "docker://$SRC" "docker://$dest"
+  printf '%s' "${!var}" | skopeo login@LOGIN_TLS@ -u "$USER_NAME" --password-stdin "$host"
+  skopeo copy --all --preserve-digests@COPY_TLS@ "docker://$SRC" "docker://$dest"
   skopeo logout "$host"
 done
 """,
@@ -576,8 +635,46 @@ done
 
 SOURCE_LOGIN = {
     "crane": 'printf "%s" "$SOURCE_PASSWORD" | crane auth login "$SRC_HOST" -u "$USER_NAME" --password-stdin',
-    "skopeo": 'printf "%s" "$SOURCE_PASSWORD" | skopeo login --tls-verify=false -u "$USER_NAME" --password-stdin "$SRC_HOST"',
+    "skopeo": 'printf "%s" "$SOURCE_PASSWORD" | skopeo login@LOGIN_TLS@ -u "$USER_NAME" --password-stdin "$SRC_HOST"',
 }
+
+# The loop's TLS flags, by transport (tls?) and tool. Plain HTTP needs each
+# tool's "insecure" switch; with TLS every command verifies certificates and
+# trusts the lab CA through SSL_CERT_FILE (Lab.environment), which crane,
+# skopeo and regctl all honour, so no CA flag is needed (`crane auth login`
+# only writes the config: it contacts nothing).
+LOOP_TLS_FLAGS: Dict[bool, Dict[str, Dict[str, str]]] = {
+    False: {
+        "crane": {"@LOGIN_TLS@": "", "@COPY_TLS@": " --insecure"},
+        "skopeo": {
+            "@LOGIN_TLS@": " --tls-verify=false",
+            "@COPY_TLS@": " --src-tls-verify=false --dest-tls-verify=false",
+        },
+    },
+    True: {
+        "crane": {"@LOGIN_TLS@": "", "@COPY_TLS@": ""},
+        "skopeo": {
+            "@LOGIN_TLS@": " --tls-verify=true",
+            "@COPY_TLS@": " --src-tls-verify=true --dest-tls-verify=true",
+        },
+    },
+}
+
+
+def _fill(template: str, flags: Mapping[str, str]) -> str:
+    for placeholder, value in flags.items():
+        template = template.replace(placeholder, value)
+    return template
+
+
+def loop_script(tool: str, tls: bool) -> str:
+    """The serial loop's script for `tool`, exactly as it runs in a plain-HTTP or a TLS lab."""
+    return _fill(SERIAL_LOOP[tool], LOOP_TLS_FLAGS[tls][tool])
+
+
+def source_login(tool: str, tls: bool) -> str:
+    """The loop's source login (set-up, not timed), exactly as it runs."""
+    return _fill(SOURCE_LOGIN[tool], LOOP_TLS_FLAGS[tls][tool])
 
 
 def serial_loop(lab_: Lab, targets: Sequence[Target], tool: str) -> Outcome:
@@ -588,11 +685,11 @@ def serial_loop(lab_: Lab, targets: Sequence[Target], tool: str) -> Outcome:
     env["REGISTRY_AUTH_FILE"] = str(Path(env["DOCKER_CONFIG"]) / "config.json")
     env.update(USER_NAME=USER, SRC_HOST=lab_.source.host)
     log = work / "loop.log"
-    run(["bash", "-c", SOURCE_LOGIN[tool]], env, log).check(f"{tool} source login")
+    run(["bash", "-c", source_login(tool, lab_.tls)], env, log).check(f"{tool} source login")
     lab_.new_image()
     env["SRC"] = lab_.image_ref
     script = work / "loop.sh"
-    script.write_text(SERIAL_LOOP[tool])
+    script.write_text(loop_script(tool, lab_.tls))
     argv = ["bash", str(script), *(f"{t.destination} {t.password_var}" for t in targets)]
     outcome = lab_.timed(argv, env, log).check(f"{tool} serial loop")
     lab_.verify(targets)
@@ -611,6 +708,12 @@ def base_parser(doc: Optional[str], *, lab_options: bool = True) -> argparse.Arg
             "--workdir",
             default=default_workdir(),
             help="where registries store images (default: /dev/shm when it has room, else $TMPDIR)",
+        )
+        p.add_argument(
+            "--tls",
+            action="store_true",
+            help="run the lab over TLS (HTTPS): every registry gets a certificate from one throwaway CA that "
+            "every client trusts (SSL_CERT_FILE, ca_file:), nothing runs insecure (default: plain HTTP)",
         )
     return p
 

@@ -12,8 +12,15 @@ which is what `resource.getrusage(RUSAGE_CHILDREN)` would have reported.
 Baseline: `authscope fanout --dry-run` on the same file (the interpreter and
 authscope's modules loaded, nothing run).
 
+The lab speaks plain HTTP by default; --tls runs every registry over HTTPS
+with a certificate from one throwaway CA, given to authscope as `ca_file:`
+(nothing insecure), so the figures include authscope's TLS sessions (its
+credential checks and digest reads). The lab line and the table's heading
+name the transport.
+
   python3 benchmarks/fanout_memory.py                # N = 16, crane, normal and pull-once
   python3 benchmarks/fanout_memory.py --quick        # smoke: N = 2, a 2 MB image
+  python3 benchmarks/fanout_memory.py --quick --tls  # the same over TLS (HTTPS)
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def main() -> int:
         layers=a.layers,
         delay_ms=a.delay_ms,
         workdir=a.workdir,
+        tls=a.tls,
     ) as lab:
         # The baseline: the same command line with --dry-run.
         env = lab.environment("dry-run")
@@ -80,7 +88,10 @@ def main() -> int:
         image = lab.image_bytes
 
     print()
-    print(f"N = {a.targets} targets, tool {a.tool}, image {image / H.MB:.1f} MB, {2 * a.delay_ms:g} ms RTT")
+    print(
+        f"N = {a.targets} targets, tool {a.tool}, image {image / H.MB:.1f} MB, {2 * a.delay_ms:g} ms RTT, "
+        f"{H.transport(a.tls)} lab"
+    )
     print(
         H.table(
             ["authscope run", "wall s", "authscope VmHWM MiB", "peak threads", "largest in its tree MiB (wait4)"],

@@ -110,6 +110,21 @@ def test_wan_fanout_prints_a_table_per_tool() -> None:
     assert all(r[3].endswith("x") and float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out
     assert re.search(r"^growth \(least squares\): serial loop", out, re.M), out
     assert "CPU floor" in out, out
+    assert re.search(r"^lab: .* over plain HTTP, ", out, re.M), out
+
+
+@pytest.mark.e2e
+def test_wan_fanout_over_tls_prints_its_table() -> None:
+    _require(*REGISTRY_TOOLS, "openssl")
+    out = _run("wan_fanout.py", "--quick", "--tls", "--tools", "crane")
+    assert re.search(r"^lab: .* over TLS \(HTTPS\), ", out, re.M), out
+    assert "wall time in seconds, tool crane, TLS (HTTPS) lab" in out, out
+    rows = _table_rows(out, "N  serial loop")
+    assert [r[0] for r in rows] == ["1", "2"], out
+    assert all(r[3].endswith("x") and float(r[1]) > 0 and float(r[2]) > 0 for r in rows), out
+    # What ran trusts the lab CA; nothing was told to skip verification or speak plain HTTP.
+    assert 'ca_file: "LAB_WORK_DIR/ca/ca.crt"' in out, out
+    assert "--insecure" not in out and "insecure: true" not in out and "tls-verify=false" not in out, out
 
 
 @pytest.mark.e2e
