@@ -343,8 +343,9 @@ class _PlainProbe:
         """(the open plain-HTTP connection, or None and why not)."""
         self._thread.join(self.timeout + 1)
         with self._lock:
-            if self.conn is None and not self.error:
-                self.error = "timed out"
+            if self.conn is None:
+                self._dropped = True  # a probe that answers after all is closed, not kept
+                self.error = self.error or "timed out"
             return self.conn, self.error
 
 
