@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS_BIN = REPO / ".tools" / "bin"
@@ -715,7 +715,22 @@ def base_parser(doc: Optional[str], *, lab_options: bool = True) -> argparse.Arg
             help="run the lab over TLS (HTTPS): every registry gets a certificate from one throwaway CA that "
             "every client trusts (SSL_CERT_FILE, ca_file:), nothing runs insecure (default: plain HTTP)",
         )
+        p.add_argument("--image-mb", type=float, default=24.0, help="image size in MB (default 24)")
+        p.add_argument("--layers", type=int, default=4, help="layers (default 4)")
+        p.add_argument("--delay-ms", type=float, default=25.0, help="one-way WAN delay (default 25: 50 ms RTT)")
     return p
+
+
+def open_lab(a: argparse.Namespace, registries: int) -> ContextManager[Lab]:
+    """`lab` with the lab options of `base_parser` (image, layers, delay, work directory, TLS)."""
+    return lab(
+        registries=registries,
+        image_mb=a.image_mb,
+        layers=a.layers,
+        delay_ms=a.delay_ms,
+        workdir=a.workdir,
+        tls=a.tls,
+    )
 
 
 def run_main(body: Callable[[], int]) -> int:

@@ -37,9 +37,6 @@ def main() -> int:
     p = H.base_parser(__doc__)
     p.add_argument("--targets", type=int, default=16, help="N (default 16)")
     p.add_argument("--tool", default="crane", choices=("crane", "skopeo", "regctl"), help="default crane")
-    p.add_argument("--image-mb", type=float, default=24.0, help="image size in MB (default 24)")
-    p.add_argument("--layers", type=int, default=4, help="layers (default 4)")
-    p.add_argument("--delay-ms", type=float, default=25.0, help="one-way WAN delay (default 25: 50 ms RTT)")
     p.add_argument("--registries", type=int, default=0, help="target registries (default N)")
     p.add_argument("--quick", action="store_true", help="smoke run: N = 2, 2 MB in 2 layers, 10 ms")
     a = p.parse_args()
@@ -49,14 +46,7 @@ def main() -> int:
     H.header(f"fanout_memory: peak RSS of the authscope process during a {a.targets}-target fan-out", [a.tool])
     H.require(a.tool)
     rows = []
-    with H.lab(
-        registries=a.registries or a.targets,
-        image_mb=a.image_mb,
-        layers=a.layers,
-        delay_ms=a.delay_ms,
-        workdir=a.workdir,
-        tls=a.tls,
-    ) as lab:
+    with H.open_lab(a, a.registries or a.targets) as lab:
         # The baseline: the same command line with --dry-run.
         env = lab.environment("dry-run")
         work = Path(env["HOME"])

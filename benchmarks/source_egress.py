@@ -36,9 +36,6 @@ def main() -> int:
     p.add_argument(
         "--tools", default="crane,skopeo,regctl", help="comma-separated: crane, skopeo, regctl (default all three)"
     )
-    p.add_argument("--image-mb", type=float, default=24.0, help="image size in MB (default 24)")
-    p.add_argument("--layers", type=int, default=4, help="layers (default 4)")
-    p.add_argument("--delay-ms", type=float, default=25.0, help="one-way WAN delay (default 25: 50 ms RTT)")
     p.add_argument("--quick", action="store_true", help="smoke run: N = 2, 2 MB in 2 layers, 10 ms")
     a = p.parse_args()
     if a.quick:
@@ -54,14 +51,7 @@ def main() -> int:
     H.require(*tools)
     rows = []
     verdicts = []
-    with H.lab(
-        registries=a.targets,
-        image_mb=a.image_mb,
-        layers=a.layers,
-        delay_ms=a.delay_ms,
-        workdir=a.workdir,
-        tls=a.tls,
-    ) as lab:
+    with H.open_lab(a, a.targets) as lab:
         for tool in tools:
             for mode, pull_once in MODES:
                 targets = lab.pick(a.targets, f"{mode}-{tool}")

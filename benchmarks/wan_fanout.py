@@ -62,9 +62,6 @@ def main() -> int:
     p = H.base_parser(__doc__)
     p.add_argument("--targets", default="1,2,4,8,16", help="values of N, comma-separated (default 1,2,4,8,16)")
     p.add_argument("--tools", default="crane,skopeo", help="comma-separated: crane, skopeo (default both)")
-    p.add_argument("--image-mb", type=float, default=24.0, help="image size in MB (default 24)")
-    p.add_argument("--layers", type=int, default=4, help="layers (default 4)")
-    p.add_argument("--delay-ms", type=float, default=25.0, help="one-way WAN delay (default 25: 50 ms RTT)")
     p.add_argument("--registries", type=int, default=0, help="target registries (default: the largest N)")
     p.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown (default 3)")
     p.add_argument(
@@ -106,14 +103,7 @@ def main() -> int:
 
     # (tool, n, way) -> outcomes
     cells: Dict[Tuple[str, int, str], List[H.Outcome]] = {}
-    with H.lab(
-        registries=registries,
-        image_mb=a.image_mb,
-        layers=a.layers,
-        delay_ms=a.delay_ms,
-        workdir=a.workdir,
-        tls=a.tls,
-    ) as lab:
+    with H.open_lab(a, registries) as lab:
         for rep in range(a.repeat):
             for n in ns:
                 for tool in tools:
