@@ -223,6 +223,7 @@ def test_dotenv_values() -> None:
         "AUTHSCOPE_TARGETS_FAILED": "harbor-2,slow",
         "AUTHSCOPE_TARGETS_SKIPPED": "staging",
         "AUTHSCOPE_DESTINATIONS": "harbor-1.example:5000/release/app:1.0 harbor-1.example:5000/release/app:latest",
+        "AUTHSCOPE_BASE_RESTORED": "false",
     }
 
 
@@ -249,6 +250,7 @@ def test_dotenv_within_gitlab_limit_with_many_long_names(count: int) -> None:
         "AUTHSCOPE_TARGETS_FAILED",
         "AUTHSCOPE_TARGETS_SKIPPED",
         "AUTHSCOPE_DESTINATIONS",
+        "AUTHSCOPE_BASE_RESTORED",
     ]
     assert env["AUTHSCOPE_DIGEST"] == DIGEST
     assert env["AUTHSCOPE_TARGETS_TOTAL"] == str(count)

@@ -456,18 +456,27 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     secret = credentials.password(a.password_env, a.password_file, False, environ)
     key = dockerconfig.registry_key(a.registry)
     base = Base(_base_dir(a.config_dir, environ))
-    with scope.open_scope(
-        base,
-        key,
-        dockerconfig.auth_entry(user, secret),
-        root=a.scope_dir,
-        sources=a.source_registry,
-        isolate_home=a.isolate_home,
-        environ=environ,
-    ) as (opened, secrets):
-        if not a.quiet:
-            say(f"scope for {key} at {opened.path} (base {base.path})")
-        status = run.run_relayed(argv, opened.env(environ), run.Masker(secrets))
+    opened: scope.Scope | None = None
+    try:
+        with scope.open_scope(
+            base,
+            key,
+            dockerconfig.auth_entry(user, secret),
+            root=a.scope_dir,
+            sources=a.source_registry,
+            isolate_home=a.isolate_home,
+            environ=environ,
+        ) as (opened, secrets):
+            if not a.quiet:
+                say(f"scope for {key} at {opened.path} (base {base.path})")
+            status = run.run_relayed(argv, opened.env(environ), run.Masker(secrets))
+    except (Interrupted, AuthscopeError) as exc:
+        # The guard ran as the scope closed; a restore is reported and exits 3
+        # whatever else ended the command (a signal, a tool that vanished).
+        if opened is None or not opened.damage:
+            raise
+        say(f"interrupted by signal {exc.signum}" if isinstance(exc, Interrupted) else f"error: {exc}")
+        return _report_damage(base.path, opened.damage)
     if opened.damage:
         return _report_damage(base.path, opened.damage)
     if not a.quiet:
@@ -519,6 +528,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     credentials = fanout.resolve_credentials(spec, environ, a.target)
     base = Base(_base_dir(a.config_dir, environ))
     started, clock = time.time(), time.monotonic()
+    guard: List[str] = []  # what the base guard restored outside the targets' scopes
     source = spec.source.image.with_tag(spec.source.image.tag) if spec.source.image.tag else spec.source.image.pinned
     with _layout_dir(draft.layout is not None) as layout, fanout.Preflights(draft, credentials) as checks:
         try:
@@ -532,6 +542,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
                     scope_dir=a.scope_dir,
                     source_plain_http=plain_http,
                     extra_secrets=fanout.all_secrets(credentials),
+                    restored=guard,
                 )
         except RegistryError as exc:
             # Nothing was copied: every target fails with the source's problem,
@@ -539,9 +550,12 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             signal = received_signal()
             status, error = (R.INTERRUPTED, f"interrupted: {exc}") if signal else (R.FAILED, str(exc))
             failed = fanout.none_copied(draft, status, error)
-            report = R.Report(source, None, spec.tool, failed, started, time.monotonic() - clock, signal, error)
+            report = R.Report(
+                source, None, spec.tool, failed, started, time.monotonic() - clock, signal, error, tuple(guard)
+            )
             _publish(report, a.junit, a.dotenv, a.json)
-            if signal:
+            if signal or report.restored:
+                say(f"error: {exc}")
                 return _fanout_exit(report)
             raise
         say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
@@ -556,7 +570,16 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             source_plain_http=plain_http,
             preflights=checks,
         )
-    report = R.Report(source, digest, spec.tool, results, started, time.monotonic() - clock, signal=received_signal())
+    report = R.Report(
+        source,
+        digest,
+        spec.tool,
+        results,
+        started,
+        time.monotonic() - clock,
+        signal=received_signal(),
+        guard=tuple(guard),
+    )
     _publish(report, a.junit, a.dotenv, a.json)
     code = _fanout_exit(report)
     # After the reports: a GitLab failure never hides what landed where.
@@ -632,17 +655,23 @@ def _fanout_exit(report: R.Report) -> int:
     late = received_signal()
     if report.signal is None and late is not None:  # came while the reports were written
         say(f"interrupted by signal {late} while writing the reports; every target had finished")
-        return 128 + late
-    if report.signal is not None:
+    elif report.signal is not None:
         say(
             f"interrupted by signal {report.signal}: {report.count(R.INTERRUPTED)} target(s) interrupted; scopes removed"
         )
-        return 128 + report.signal
+    # A restore outranks everything else, a signal included: whatever ended
+    # the run, the job must not pass for one whose base stayed intact.
     if report.restored:
-        unrestored = any("could NOT be restored" in note for r in report.results for note in r.restored)
+        notes = report.restored_notes()
+        unrestored = any("could NOT be restored" in note for note in notes)
         outcome = "some entries could NOT be restored: log in again" if unrestored else "the entries were restored"
-        say(f"BASE INTEGRITY: a tool wrote the base config outside its scope; {outcome} (see the targets' sections)")
+        say(f"BASE INTEGRITY: a tool wrote the base config outside its scope; {outcome}:")
+        for note in notes:
+            say(f"  - {note}")
         return EXIT_RESTORED
+    signal = report.signal if report.signal is not None else late
+    if signal is not None:
+        return 128 + signal
     failed = len(report.results) - report.count(R.OK)
     if failed:
         say(f"{failed} of {len(report.results)} target(s) did not land")

@@ -231,6 +231,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     error = hint = ""
     status = R.OK
     restored: Tuple[str, ...] = ()
+    opened: Optional[Scope] = None
     deadline = started + ctx.plan.timeout
 
     def line(data: bytes, is_stderr: bool) -> None:
@@ -255,6 +256,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 sources=[ctx.plan.source.image.registry],
                 environ=ctx.environ,
             ) as (scope, secrets):
+                opened = scope
                 env = scope.env(ctx.environ)
                 env.update(
                     tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None)
@@ -262,12 +264,15 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 masker = run.Masker([*secrets, *ctx.secrets])
                 attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
                 digests = _verify(tp, ctx, session, deadline)
-        restored = tuple(d.describe() for d in scope.damage)
     except _Failure as failure:
         status, error, hint = failure.status, failure.error, failure.hint
         attempts = attempts or failure.attempts
     except AuthscopeError as exc:  # a scope or helper problem for this target only
         status, error, hint = R.FAILED, str(exc), "see the error; the other targets are unaffected"
+    if opened is not None:
+        # The guard ran when the scope closed, whatever ended the target (a
+        # failed copy, a retry, a signal): what it restored is always reported.
+        restored = tuple(d.describe() for d in opened.damage)
     if status != R.OK:
         ctx.failed.set()
     result = R.Result(
@@ -539,8 +544,13 @@ def pull_source(
     source_plain_http: bool,
     extra_secrets: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
+    restored: Optional[List[str]] = None,
 ) -> None:
-    """pull_once: fetch the source into ``plan.layout`` once, in a scope of its own."""
+    """pull_once: fetch the source into ``plan.layout`` once, in a scope of its own.
+
+    What the base guard restored when the pull's scope closed is appended to
+    ``restored``, whether the pull succeeded or not.
+    """
     assert plan.pull is not None and plan.layout is not None
     log = _Log(stream)
     src = plan.source
@@ -553,21 +563,30 @@ def pull_source(
 
     deadline = time.monotonic() + plan.timeout
     plain = (src.image.registry,) if source_plain_http else ()
-    with open_scope(base, None, {}, root=scope_dir, sources=[src.image.registry], environ=environ) as (scope, secrets):
-        env = scope.env(environ)
-        env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
-        for attempt in range(1, plan.retries + 2):
-            argv = tools.fill_scope(plan.pull.argv, scope.path)
-            log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
-            log(f"authscope: $ {tools.display(plan.pull.argv)}")
-            code, timed_out = run.run_captured(argv, env, run.Masker([*secrets, *extra_secrets]), line, deadline)
-            if code == 0 and not timed_out:
-                return
-            transient, hint = _source_diagnosis(list(output), src.image.registry)
-            if timed_out or not transient or attempt > plan.retries or run.stopping():
-                break
-            if not run.sleep_unless_stopped(BACKOFF * 2 ** (attempt - 1)):
-                break
+    opened: Optional[Scope] = None
+    try:
+        with open_scope(base, None, {}, root=scope_dir, sources=[src.image.registry], environ=environ) as (
+            scope,
+            secrets,
+        ):
+            opened = scope
+            env = scope.env(environ)
+            env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
+            for attempt in range(1, plan.retries + 2):
+                argv = tools.fill_scope(plan.pull.argv, scope.path)
+                log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
+                log(f"authscope: $ {tools.display(plan.pull.argv)}")
+                code, timed_out = run.run_captured(argv, env, run.Masker([*secrets, *extra_secrets]), line, deadline)
+                if code == 0 and not timed_out:
+                    return
+                transient, hint = _source_diagnosis(list(output), src.image.registry)
+                if timed_out or not transient or attempt > plan.retries or run.stopping():
+                    break
+                if not run.sleep_unless_stopped(BACKOFF * 2 ** (attempt - 1)):
+                    break
+    finally:
+        if opened is not None and restored is not None:
+            restored.extend(f"pull: {d.describe()}" for d in opened.damage)
     raise RegistryError(
         src.image.registry,
         f"could not pull {plan.source_ref}: {plan.pull.argv[0]} exited {code}{' (timed out)' if timed_out else ''}; {hint}",

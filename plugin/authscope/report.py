@@ -50,6 +50,7 @@ class Report:
     duration: float
     signal: Optional[int] = None  # set when interrupted
     error: str = ""  # a problem before any target ran (e.g. the source)
+    guard: Tuple[str, ...] = ()  # what the base guard restored outside any target (the pull_once scope)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -66,7 +67,11 @@ class Report:
 
     @property
     def restored(self) -> bool:
-        return any(r.restored for r in self.results)
+        return bool(self.guard) or any(r.restored for r in self.results)
+
+    def restored_notes(self) -> List[str]:
+        """Every base entry the guard restored during the run, each naming where."""
+        return [*self.guard, *(f"{r.name}: {note}" for r in self.results for note in r.restored)]
 
 
 # -- text -----------------------------------------------------------------------------
@@ -80,7 +85,8 @@ def summary_table(report: Report) -> str:
     rows = [("target", "tags", "digest", "time", "tries", "status")]
     for r in report.results:
         digest = next((d for d in r.digests.values() if d), None)
-        rows.append((r.name, ",".join(r.tags), _short(digest), f"{r.duration:.1f}s", str(r.attempts), r.status.upper()))
+        status = r.status.upper() + (" (BASE RESTORED)" if r.restored else "")
+        rows.append((r.name, ",".join(r.tags), _short(digest), f"{r.duration:.1f}s", str(r.attempts), status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -88,7 +94,8 @@ def summary_table(report: Report) -> str:
         f"fan-out of {report.source} ({_short(report.source_digest)}): {report.status}, "
         f"{report.count(OK)}/{len(report.results)} targets landed in {report.duration:.1f}s"
     )
-    return head + "\n" + "\n".join(lines)
+    guard = [f"BASE INTEGRITY: {note}" for note in report.restored_notes()]
+    return "\n".join([head, *lines, *guard])
 
 
 def section(name: str, header: str, body: str, collapsed: bool, now: Optional[float] = None) -> str:
@@ -128,7 +135,7 @@ def junit(report: Report) -> bytes:
     """One testcase per target; failures say what failed and how to fix it."""
     import xml.etree.ElementTree as ET
 
-    failures = sum(1 for r in report.results if r.status in (FAILED, INTERRUPTED))
+    failures = sum(1 for r in report.results if r.status in (FAILED, INTERRUPTED) or r.restored)
     skipped = report.count(SKIPPED)
     suites = ET.Element(
         "testsuites",
@@ -152,12 +159,17 @@ def junit(report: Report) -> bytes:
         case = ET.SubElement(
             suite, "testcase", classname=f"authscope.{r.registry}", name=r.name, time=f"{r.duration:.3f}"
         )
-        if r.status in (FAILED, INTERRUPTED):
-            message = r.error or r.status
-            text = message + (f"\n\nHow to fix: {r.hint}" if r.hint else "")
+        if r.status in (FAILED, INTERRUPTED) or r.restored:
+            # A restore fails the testcase even when the copy landed: a tool
+            # wrote the base outside its scope, and GitLab's test report must say so.
+            integrity = [f"BASE INTEGRITY: {note}" for note in r.restored]
+            message = r.error or (integrity[0] if integrity else r.status)
+            text = "\n".join([message, *integrity[0 if r.error else 1 :]])
+            text += f"\n\nHow to fix: {r.hint}" if r.hint else ""
             if r.output:
                 text += "\n\nLast lines of output:\n" + "\n".join(r.output)
-            ET.SubElement(case, "failure", message=_xml_safe(message), type=r.status).text = _xml_safe(text)
+            kind = "base-integrity" if r.restored else r.status
+            ET.SubElement(case, "failure", message=_xml_safe(message), type=kind).text = _xml_safe(text)
         elif r.status == SKIPPED:
             ET.SubElement(case, "skipped", message=_xml_safe(r.error or "not started"))
         ET.SubElement(case, "system-out").text = _xml_safe(result_text(r))
@@ -188,6 +200,7 @@ def dotenv(report: Report) -> str:
         ("AUTHSCOPE_TARGETS_FAILED", ",".join(names[FAILED] + names[INTERRUPTED])),
         ("AUTHSCOPE_TARGETS_SKIPPED", ",".join(names[SKIPPED])),
         ("AUTHSCOPE_DESTINATIONS", " ".join(d for r in report.results if r.status == OK for d in r.destinations)),
+        ("AUTHSCOPE_BASE_RESTORED", "true" if report.restored else "false"),
     ]
     lines = [f"{key}={_one_line(value)}" for key, value in values]
     text = "\n".join(lines) + "\n"
@@ -220,6 +233,9 @@ def to_json(report: Report) -> str:
         "signal": report.signal,
         "error": report.error or None,
         "counts": {s: report.count(s) for s in (OK, FAILED, SKIPPED, INTERRUPTED)},
+        # Every entry the base guard restored, each prefixed with the target
+        # (or "pull") in whose scope it happened; [] when the base stayed intact.
+        "restored": report.restored_notes(),
         "targets": [],
     }
     for r in report.results:
