@@ -37,7 +37,7 @@ def base_dir(config_dir: Optional[str], environ: Mapping[str, str]) -> str:
 def config_path(directory: str) -> str:
     """The config.json to read and write for ``directory``.
 
-    Symlink policy (documented in the README): a config.json that is a symlink
+    Symlink policy (documented in docs/design.md): a config.json that is a symlink
     is followed, as the docker CLI does, so a dotfiles-managed or mounted
     config keeps working; writes replace the link's final target atomically
     next to it and the link stays a link. A dangling link is refused rather
