@@ -33,7 +33,8 @@ COMPONENTS = sorted(p.stem for p in TEMPLATES.glob("*.yml"))
 PROJECT_PIPELINE = REPO_ROOT / ".gitlab-ci.yml"
 CONSUMER_PIPELINES = sorted((REPO_ROOT / "tests" / "e2e" / "gitlab_ci_local").glob("*.gitlab-ci.yml"))
 TARGETS_FIXTURE = REPO_ROOT / "tests" / "e2e" / "gitlab_ci_local" / "authscope.yml"
-DOCS = REPO_ROOT / "README.md"
+# The README and the reference pages it links (docs/components.md holds most examples).
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
 INTERPOLATION = re.compile(r"\$\[\[\s*inputs\.([A-Za-z0-9_-]*)\s*(\|[^\]]*)?\]\]")
 KEBAB = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -543,26 +544,26 @@ def test_project_pipeline_covers_lint_tests_packages_and_release() -> None:
         assert job in doc or job == selftest_include()["inputs"]["job-name"]
 
 
-# -- the README ------------------------------------------------------------------
+# -- the README and docs/ ----------------------------------------------------------
 
 
-def doc_pipelines() -> Iterator[Tuple[int, str]]:
-    """Each ```yaml block of the README whose first line is `# .gitlab-ci.yml`."""
-    if not DOCS.exists():
-        return
-    for match in re.finditer(r"^```yaml\n(.*?)^```", DOCS.read_text(), re.MULTILINE | re.DOTALL):
-        block = match.group(1)
-        if block.startswith("# .gitlab-ci.yml"):
-            yield DOCS.read_text()[: match.start()].count("\n") + 1, block
+def doc_pipelines() -> Iterator[Tuple[str, int, str]]:
+    """(doc, line, block) of each ```yaml block of the docs whose first line is `# .gitlab-ci.yml`."""
+    for doc in DOCS:
+        text = doc.read_text()
+        for match in re.finditer(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+            block = match.group(1)
+            if block.startswith("# .gitlab-ci.yml"):
+                yield doc.stem, text[: match.start()].count("\n") + 1, block
 
 
 def test_docs_pipelines_validate(tmp_path: Path) -> None:
     tool = require_check_jsonschema()
     blocks = list(doc_pipelines())
-    assert blocks, "the README shows no pipeline"
+    assert any(doc == "README" for doc, _, _ in blocks), "the README shows no pipeline"
     files = []
-    for line, block in blocks:
-        path = tmp_path / f"line-{line}.yml"
+    for doc, line, block in blocks:
+        path = tmp_path / f"{doc}-line-{line}.yml"
         path.write_text(block)
         files.append(str(path))
     proc = subprocess.run(
@@ -576,7 +577,7 @@ def test_docs_pipelines_validate(tmp_path: Path) -> None:
 
 
 def test_docs_include_forms_name_real_components() -> None:
-    text = DOCS.read_text()
+    text = "\n".join(doc.read_text() for doc in DOCS)
     for name in re.findall(r"/authscope/([a-z-]+)@", text):
         assert name in COMPONENTS, f"docs include a component that does not exist: {name}"
     for name in re.findall(r"templates/([a-z-]+)\.yml", text):
