@@ -178,7 +178,12 @@ class _Bounded(io.RawIOBase):
             self._sock.settimeout(left)
             self._shortened = True
         view = memoryview(buffer)
-        n = self._raw.readinto(view[: self._left] if len(view) > self._left else view) or 0
+        try:
+            n = self._raw.readinto(view[: self._left] if len(view) > self._left else view) or 0
+        except TimeoutError:
+            if self._shortened:  # the deadline's timeout, not one read's
+                raise TimeoutError(f"the answer did not end within {self._seconds:g}s") from None
+            raise
         self._left -= n
         return n
 
@@ -203,6 +208,22 @@ class _Answer(http.client.HTTPResponse):
         super().__init__(sock, debuglevel, method, url)
         self.fp.close()  # the plain reader http.client made; nothing was read from it
         self.fp = io.BufferedReader(_Bounded(sock, sock.gettimeout() or TIMEOUT, self.limit))
+
+    def begin(self) -> None:
+        super().begin()
+        if self.length is not None and self.length > self.limit:  # refused before a byte of it is read
+            raise _TooLarge(self.limit)
+
+    def read_all(self) -> bytes:
+        """The body, read in small pieces: ``read()`` would allocate what a
+        hostile Content-Length or chunk size announces before `_Bounded` can
+        say no."""
+        parts: List[bytes] = []
+        while True:
+            part = self.read(1 << 16)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
 
 
 class _ProbeAnswer(_Answer):
@@ -347,7 +368,8 @@ class Session:
             try:
                 conn.request(method, target, headers=headers)
                 response = conn.getresponse()
-                body = response.read()
+                assert isinstance(response, _Answer)
+                body = response.read_all()
                 if response.will_close:
                     conn.close()
                     del self._connections[key]
@@ -560,7 +582,8 @@ class _PlainProbe:
         try:
             conn.request("GET", "/v2/", headers={"User-Agent": USER_AGENT})
             response = conn.getresponse()
-            response.read()
+            assert isinstance(response, _Answer)
+            response.read_all()
             if response.status == 401:
                 challenge, params = parse_challenge(response.getheader("WWW-Authenticate") or "")
                 if challenge == "basic" or (challenge == "bearer" and params.get("realm")):
