@@ -587,6 +587,29 @@ def test_a_bad_token_answer_is_a_clear_error(
     assert [r.path for r in server.seen if r.authorization] == ["/token?service=hostile"]
 
 
+def test_a_header_http_client_refuses_is_an_error_that_does_not_quote_it(
+    hostile: Callable[..., Hostile],
+    ca: str,
+    main: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Guards the second layer (_Unsendable in Session._send): with the token
+    check switched off, http.client's ValueError, which quotes the header,
+    becomes exit 1 with a message that does not."""
+    monkeypatch.setattr(registry, "_VISIBLE", registry.re.compile(r"(?s).+"))
+    server = hostile()
+    server.respond = bearer(
+        server, f"https://{server.host}/token", token_json({"token": "leaky-0005\r\nX-Injected: 1"})
+    )
+    assert login_verify(main, server.host, "--ca-file", ca) == 1
+    err = capsys.readouterr().err
+    assert f"the request to https://{server.host}/v2/ holds characters HTTP does not allow" in err, err
+    assert_no_secret(err, "leaky-0005", "X-Injected")
+    assert_not_internal(err)
+    assert all("x-injected" not in r.headers for r in server.seen)
+
+
 def test_control_http_client_rejects_a_crlf_header_with_a_valueerror_that_shows_it() -> None:
     """What the token check spares: http.client refuses the header with a
     ValueError whose message holds the token (exit 70 and a leak before)."""

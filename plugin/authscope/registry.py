@@ -144,6 +144,11 @@ class _TooLarge(Exception):
     """An answer went over its byte limit (raised from inside http.client)."""
 
 
+class _Unsendable(Exception):
+    """http.client refused to send a header or URL (CR/LF, non-Latin-1): its
+    ValueError quotes the header, which may be a credential."""
+
+
 class _Bounded(io.RawIOBase):
     """The socket an answer is read from, with a byte limit and a deadline.
 
@@ -248,7 +253,7 @@ def _malformed(exc: BaseException, where: str) -> str:
     timeout. Quotes nothing the server sent: a status line may echo the
     request's Authorization header."""
     if isinstance(exc, _TooLarge):
-        return f"{where} sent an answer of more than {exc.args[0] // 1024} KiB; it was cut off there"
+        return f"{where} sent an answer of more than {exc.args[0] // 1024} KiB, the limit for one answer"
     if isinstance(exc, http.client.LineTooLong):  # "got more than 65536 bytes when reading header line"
         return f"{where} sent a line that is too long ({exc})"
     if type(exc) is http.client.HTTPException:  # "got more than 100 headers"
@@ -257,7 +262,7 @@ def _malformed(exc: BaseException, where: str) -> str:
         return f"{where} answered with a status line that is not HTTP"
     if isinstance(exc, http.client.UnknownProtocol):
         return f"{where} answered in an HTTP version that is not HTTP/1.x"
-    if isinstance(exc, ValueError):  # http.client's check of what is sent: its message shows the header
+    if isinstance(exc, _Unsendable):
         return f"the request to {where} holds characters HTTP does not allow in a header or the URL; it was not sent"
     return ""
 
@@ -366,7 +371,10 @@ class Session:
                 conn = _connection(parts.scheme, parts.netloc, self.timeout, self.ctx)
                 self._connections[key] = conn
             try:
-                conn.request(method, target, headers=headers)
+                try:
+                    conn.request(method, target, headers=headers)
+                except ValueError:  # never shown: http.client's message quotes the header
+                    raise _Unsendable() from None
                 response = conn.getresponse()
                 assert isinstance(response, _Answer)
                 body = response.read_all()
@@ -590,7 +598,7 @@ class _PlainProbe:
                     self.challenge = (challenge, params)
             if response.will_close:
                 conn.close()  # http.client reconnects on the next request
-        except (OSError, http.client.HTTPException, _TooLarge, ValueError) as exc:
+        except (OSError, http.client.HTTPException, _TooLarge) as exc:
             conn.close()
             self.error = _malformed(exc, f"http://{self.host}/v2/") or str(exc) or type(exc).__name__
             return
