@@ -220,12 +220,15 @@ class _Answer(http.client.HTTPResponse):
             raise _TooLarge(self.limit)
 
     def read_all(self) -> bytes:
-        """The body, read in small pieces: ``read()`` would allocate what a
-        hostile Content-Length or chunk size announces before `_Bounded` can
+        """The body. With a Content-Length (at most ``limit``: see `begin`), in
+        one read; chunked or until EOF, in pieces, since ``read()`` would
+        allocate what a hostile chunk size announces before `_Bounded` can
         say no."""
+        if self.length is not None:
+            return self.read()
         parts: List[bytes] = []
         while True:
-            part = self.read(1 << 16)
+            part = self.read(1 << 20)
             if not part:
                 return b"".join(parts)
             parts.append(part)
