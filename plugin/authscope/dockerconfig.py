@@ -94,8 +94,32 @@ def api_host(name: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    return name in ("localhost", "[::1]") or name.startswith("127.")
+    """True when ``host`` (host[:port]) names this machine: ``localhost``, an
+    IP literal in 127.0.0.0/8, or ``::1`` (``[::1]:5000`` with a port).
+
+    Only literals count: ``127.attacker.example``, ``127.0.0.1.nip.io`` and
+    ``localhost.evil.com`` resolve wherever their owner wants, and a loopback
+    registry gets plain HTTP (the registry client's fallback, crane's).
+    """
+    name = host.strip()
+    if name.startswith("["):  # [::1] or [::1]:5000
+        name, bracket, rest = name[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+    elif name.count(":") == 1:  # host:port; more colons: a bare IPv6 literal
+        name = name.partition(":")[0]
+    if name.lower() == "localhost":
+        return True
+    if not name or not (name[0].isdigit() or ":" in name):
+        return False  # not an IP literal: spare the import
+    import ipaddress  # ~2 ms, and only for names that may be literals
+
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    # Not IPv6's is_loopback: from Python 3.13 it also takes ::ffff:127.x.
+    return address.is_loopback if address.version == 4 else address.compressed == "::1"
 
 
 def same_registry(key: str, registry: str) -> bool:

@@ -27,7 +27,7 @@ from . import run, tools
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, TargetsFileError
 from .plan import Plan, TargetPlan
-from .registry import RegistryHTTPError, RegistryUnreachable, Session
+from .registry import RealmRefused, RegistryAnswerError, RegistryHTTPError, RegistryUnreachable, Session
 from .scope import Scope, open_scope
 from .targets import Fanout, Target
 
@@ -403,6 +403,8 @@ def _check_credentials(
         raise _Failure(f"cannot reach {t.registry}: {exc.reason}", _reach_hint(t, exc.reason)) from None
     except RegistryHTTPError as exc:
         status = exc.status
+    except (RealmRefused, RegistryAnswerError) as exc:  # a hostile or broken registry: say which
+        raise _Failure(str(exc), exc.hint) from None
     except RegistryError as exc:
         raise _Failure(str(exc), "check the registry address") from None
     if status in (401, 403):
@@ -495,7 +497,9 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
         except RegistryError as exc:
             raise _Failure(
                 f"could not read back {t.registry}/{t.repository}:{tag}: {exc.reason}",
-                "the copy reported success but the tag can't be read: check pull permission",
+                exc.hint
+                if isinstance(exc, (RealmRefused, RegistryAnswerError))
+                else "the copy reported success but the tag can't be read: check pull permission",
             ) from None
         if digests[tag] != ctx.source_digest:
             raise _Failure(

@@ -5,6 +5,12 @@ Follows the spec's challenges: ``Basic`` is answered directly; ``Bearer
 realm=...,service=...`` fetches a token from the realm with Basic auth and
 retries with it. Only the standard library is used, so nothing heavy is
 imported unless these paths run.
+
+A registry is not trusted to be well-behaved (issue 12, items 6 and 8): the
+credentials go to a token realm only over a scheme no weaker than the
+registry's own (`check_realm`); every answer is bounded in bytes and in time
+(`_Answer`); and whatever a registry sends that is not usable HTTP or not the
+API's answer ends in a `RegistryAnswerError` that quotes nothing secret.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import io
 import json
 import re
+import socket
 import ssl
 import threading
+import time
 import urllib.parse
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
 from .dockerconfig import api_host, is_loopback
@@ -26,6 +35,14 @@ from .errors import RegistryError
 TIMEOUT = 30.0
 USER_AGENT = f"authscope/{__version__}"
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
+# What one answer may take, status line and headers included: the
+# distribution registry's own manifest limit (4 MiB) and room for headers. A
+# registry that streams forever stops here, or at the session's timeout,
+# which bounds the whole answer and not just each read.
+MAX_ANSWER = (4 << 20) + (256 << 10)
+MAX_PROBE_ANSWER = 64 << 10  # a bare /v2/ answer is a few bytes
+_VISIBLE = re.compile(r"[\x21-\x7e]+")  # what a token or a realm may hold: no space, no control, ASCII
+_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")  # the OCI spec's digest grammar
 MANIFEST_TYPES = ", ".join(
     (
         "application/vnd.oci.image.index.v1+json",
@@ -54,6 +71,203 @@ class RegistryUnreachable(RegistryError):
     """Raised when no scheme reached the registry (connection, TLS, DNS)."""
 
     transient = True
+
+
+class RealmRefused(RegistryError):
+    """Raised when a Bearer challenge names a token realm the credentials must
+    not go to: plain HTTP from a registry reached over HTTPS, a scheme other
+    than http/https, no host. Nothing was sent to it."""
+
+    hint = (
+        "the registry (or a proxy in front of it) advertises a token service authscope will not send "
+        "credentials to: its Bearer realm must be an https URL (http only for a registry reached over plain HTTP)"
+    )
+
+    def __init__(self, registry: str, realm: str, why: str) -> None:
+        self.realm = realm
+        super().__init__(
+            registry, f"refused the token realm {realm} of its Bearer challenge: {why}; nothing was sent to it"
+        )
+
+
+class RegistryAnswerError(RegistryError):
+    """Raised when a registry or its token service answers with something that
+    is not usable HTTP, or not the API's answer: a garbage status line, too
+    many or too long headers, an answer over MAX_ANSWER, a challenge that
+    can't be answered, a token that is not one. Never quotes a secret."""
+
+    hint = (
+        "the registry (or a proxy in front of it) sent an answer authscope cannot use: "
+        "check that registry: names the container registry itself (the distribution API at /v2/)"
+    )
+
+
+def check_realm(registry: str, realm: str, over: str, shown: str = "") -> None:
+    """Raise RealmRefused unless the credentials may go to ``realm``, the token
+    service of a registry reached over ``over`` ("https" or "http").
+
+    The rule is about the scheme, not the host: Docker Hub's and GitLab's
+    token services live on another host than their registries. What it stops
+    is a registry reached over HTTPS (loopback ones too) sending the Basic
+    credentials to a clear-text or non-HTTP realm. ``shown``: the realm as
+    the message quotes it (default: `_shown`).
+    """
+    why = ""
+    parts: Optional[urllib.parse.SplitResult] = None
+    if not _VISIBLE.fullmatch(realm):
+        why = "it holds spaces, control characters or non-ASCII"  # urlsplit would drop some silently
+    else:
+        try:
+            parts = urllib.parse.urlsplit(realm)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+        except ValueError:
+            why = "it is not a URL"
+    if parts is not None and not why:
+        if parts.scheme not in ("https", "http"):
+            why = f"its scheme is {parts.scheme + ':' if parts.scheme else 'missing'}, not https:"
+        elif not parts.hostname:
+            why = "it names no host"
+        elif "@" in parts.netloc:
+            why = "it holds user info"
+        elif parts.scheme == "http" and over != "http":
+            why = "it is plain http while the registry was reached over https, so the credentials would travel in clear"
+    if why:
+        raise RealmRefused(registry, shown or _shown(realm), why)
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """A value a server sent, fit for a message: quoted, escaped, cut short."""
+    return ascii(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+class _TooLarge(Exception):
+    """An answer went over its byte limit (raised from inside http.client)."""
+
+
+class _Unsendable(Exception):
+    """http.client refused to send a header or URL (CR/LF, non-Latin-1): its
+    ValueError quotes the header, which may be a credential."""
+
+
+class _Bounded(io.RawIOBase):
+    """The socket an answer is read from, with a byte limit and a deadline.
+
+    http.client bounds a header line (64 KiB) and the number of headers
+    (100) but not the body, the chunked trailer, nor the time: each read has
+    the socket's timeout, so a registry trickling a byte at a time is never
+    cut off. Here every read counts against ``limit`` and shortens the
+    socket's timeout to what is left of ``seconds``.
+    """
+
+    def __init__(self, sock: socket.socket, seconds: float, limit: int) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)  # holds a reference: the socket stays open while read
+        self._timeout = sock.gettimeout()
+        self._seconds = seconds
+        self._deadline = time.monotonic() + seconds
+        self._left = limit
+        self._limit = limit
+        self._shortened = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            raise _TooLarge(self._limit)
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the answer did not end within {self._seconds:g}s")
+        if self._timeout is None or left < self._timeout:
+            self._sock.settimeout(left)
+            self._shortened = True
+        view = memoryview(buffer)
+        try:
+            n = self._raw.readinto(view[: self._left] if len(view) > self._left else view) or 0
+        except TimeoutError:
+            if self._shortened:  # the deadline's timeout, not one read's
+                raise TimeoutError(f"the answer did not end within {self._seconds:g}s") from None
+            raise
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._shortened:
+                try:
+                    self._sock.settimeout(self._timeout)  # the next request on a kept-alive connection
+                except OSError:
+                    pass
+            self._raw.close()
+        super().close()
+
+
+class _Answer(http.client.HTTPResponse):
+    """An HTTPResponse read through `_Bounded`: at most ``limit`` bytes, within
+    the socket's timeout for the whole answer."""
+
+    limit = MAX_ANSWER
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: Optional[str] = None, url: Any = None) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        self.fp.close()  # the plain reader http.client made; nothing was read from it
+        self.fp = io.BufferedReader(_Bounded(sock, sock.gettimeout() or TIMEOUT, self.limit))
+
+    def begin(self) -> None:
+        super().begin()
+        if self.length is not None and self.length > self.limit:  # refused before a byte of it is read
+            raise _TooLarge(self.limit)
+
+    def read_all(self) -> bytes:
+        """The body. With a Content-Length (at most ``limit``: see `begin`), in
+        one read; chunked or until EOF, in pieces, since ``read()`` would
+        allocate what a hostile chunk size announces before `_Bounded` can
+        say no."""
+        if self.length is not None:
+            return self.read()
+        parts: List[bytes] = []
+        while True:
+            part = self.read(1 << 20)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+
+
+class _ProbeAnswer(_Answer):
+    limit = MAX_PROBE_ANSWER
+
+
+def _connection(
+    scheme: str, netloc: str, timeout: float, ctx: Optional[ssl.SSLContext], answer: type[_Answer] = _Answer
+) -> http.client.HTTPConnection:
+    conn = (
+        http.client.HTTPSConnection(netloc, timeout=timeout, context=ctx)
+        if scheme == "https"
+        else http.client.HTTPConnection(netloc, timeout=timeout)
+    )
+    conn.response_class = answer
+    return conn
+
+
+def _malformed(exc: BaseException, where: str) -> str:
+    """What was wrong with the exchange with ``where``, when ``exc`` says the
+    answer (or the request) could not be HTTP; "" for a network error or a
+    timeout. Quotes nothing the server sent: a status line may echo the
+    request's Authorization header."""
+    if isinstance(exc, _TooLarge):
+        return f"{where} sent an answer of more than {exc.args[0] // 1024} KiB, the limit for one answer"
+    if isinstance(exc, http.client.LineTooLong):  # "got more than 65536 bytes when reading header line"
+        return f"{where} sent a line that is too long ({exc})"
+    if type(exc) is http.client.HTTPException:  # "got more than 100 headers"
+        return f"{where} sent a malformed answer ({exc})"
+    if isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, http.client.RemoteDisconnected):
+        return f"{where} answered with a status line that is not HTTP"
+    if isinstance(exc, http.client.UnknownProtocol):
+        return f"{where} answered in an HTTP version that is not HTTP/1.x"
+    if isinstance(exc, _Unsendable):
+        return f"the request to {where} holds characters HTTP does not allow in a header or the URL; it was not sent"
+    return ""
 
 
 def parse_challenge(header: str) -> Tuple[str, Dict[str, str]]:
@@ -157,15 +371,16 @@ class Session:
         for attempt in (1, 2):
             conn = self._connections.get(key)
             if conn is None:
-                if parts.scheme == "https":
-                    conn = http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=self.ctx)
-                else:
-                    conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+                conn = _connection(parts.scheme, parts.netloc, self.timeout, self.ctx)
                 self._connections[key] = conn
             try:
-                conn.request(method, target, headers=headers)
+                try:
+                    conn.request(method, target, headers=headers)
+                except ValueError:  # never shown: http.client's message quotes the header
+                    raise _Unsendable() from None
                 response = conn.getresponse()
-                body = response.read()
+                assert isinstance(response, _Answer)
+                body = response.read_all()
                 if response.will_close:
                     conn.close()
                     del self._connections[key]
@@ -176,9 +391,12 @@ class Session:
                 self._connections.pop(key, None)
                 if attempt == 2:
                     raise
-            except BaseException:
+            except BaseException as exc:
                 conn.close()
                 self._connections.pop(key, None)
+                bad = _malformed(exc, f"{parts.scheme}://{parts.netloc}{parts.path}")
+                if bad:
+                    raise RegistryAnswerError(self.registry, bad) from None
                 raise
         raise AssertionError("unreachable")
 
@@ -207,6 +425,9 @@ class Session:
             result = self._request(method, f"https://{self.host}{path}", dict(headers), scope)
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeout
             https_error = f"https: {exc}"
+        except BaseException:  # HTTPS answered, but not usably: no fallback to clear text
+            probe.drop()
+            raise
         else:
             probe.drop()
             self.schemes = ["https"]  # stick to what worked
@@ -226,53 +447,105 @@ class Session:
             raise RegistryUnreachable(self.registry, f"cannot reach {path} ({https_error}; http: {exc})") from None
 
     def _request(self, method: str, url: str, headers: Dict[str, str], scope: str) -> Answer:
+        over = url.partition(":")[0]  # the scheme the registry is reached over, for check_realm
         known = _CHALLENGE.get(self.host)
         if self.authorization is None and known is not None and self.auth is not None:
             # Answer the challenge this registry is known to send before it is sent.
-            self._authorize(*known, scope)
+            self._authorize(*known, scope, over)
         elif (
             known is not None and known[0] == "bearer" and scope and scope != self.token_scope and self.auth is not None
         ):
-            self._authorize(*known, scope)  # a token for another scope
+            self._authorize(*known, scope, over)  # a token for another scope
         if self.authorization:
             headers["Authorization"] = self.authorization
         status, answer, body = self._send(method, url, headers)
         if status != 401:
             return status, answer, body
-        challenge, params = parse_challenge(_header(answer, "WWW-Authenticate"))
-        if challenge not in ("basic", "bearer") or (challenge == "basic" and self.auth is None):
-            return status, answer, body
-        if challenge == "bearer" and not params.get("realm"):
+        value = _header(answer, "WWW-Authenticate")
+        challenge, params = parse_challenge(value)
+        usable = challenge == "basic" or (challenge == "bearer" and bool(params.get("realm")))
+        if not usable and self.auth is not None and "Authorization" not in headers:
+            # Not a refusal of credentials never sent: a challenge that can't be answered.
+            raise RegistryAnswerError(
+                self.registry,
+                f"{url.partition('?')[0]} answered HTTP 401 "
+                + (
+                    f"with a WWW-Authenticate challenge authscope cannot answer: {self._shown(value)} "
+                    '(it answers Basic, and Bearer with realm="...")'
+                    if value.strip()
+                    else "with no WWW-Authenticate challenge"
+                ),
+            )
+        if not usable or (challenge == "basic" and self.auth is None):
             return status, answer, body
         _CHALLENGE[self.host] = (challenge, params)
-        self._authorize(challenge, params, scope)
+        self._authorize(challenge, params, scope, over)
         headers["Authorization"] = self.authorization or ""
         return self._send(method, url, headers)
 
-    def _authorize(self, challenge: str, params: Dict[str, str], scope: str) -> None:
+    def _authorize(self, challenge: str, params: Dict[str, str], scope: str, over: str) -> None:
         if challenge == "basic":
             self.authorization = self._basic()
         else:
-            self.authorization = "Bearer " + self._token(params, scope)
+            self.authorization = "Bearer " + self._token(params, scope, over)
             self.token_scope = scope
 
-    def _token(self, params: Dict[str, str], scope: str) -> str:
+    def _shown(self, text: str) -> str:
+        """`_shown`, with this session's secrets masked first: a hostile
+        registry that has seen them could echo them back."""
+        for secret in self._secrets():
+            text = text.replace(secret, "[MASKED]")
+        return _shown(text)
+
+    def _secrets(self) -> List[str]:
+        found = [self.auth[1]] if self.auth and self.auth[1] else []
+        basic = self._basic()
+        if basic:
+            found.append(basic.partition(" ")[2])
+        if self.authorization:
+            found.append(self.authorization.partition(" ")[2])
+        return [s for s in found if s]
+
+    def _token(self, params: Dict[str, str], scope: str, over: str) -> str:
+        realm = params["realm"]
+        shown = self._shown(realm)
+        check_realm(self.registry, realm, over, shown)  # before anything is sent: the credentials go with it
         query = {"service": params["service"]} if params.get("service") else {}
         if scope or params.get("scope"):
             query["scope"] = scope or params["scope"]
-        url = params["realm"] + ("?" + urllib.parse.urlencode(query) if query else "")
+        url = realm + (("&" if "?" in realm else "?") + urllib.parse.urlencode(query) if query else "")
         basic = self._basic()
-        status, _, body = self._send("GET", url, {"Authorization": basic} if basic else {})
+        try:
+            status, _, body = self._send("GET", url, {"Authorization": basic} if basic else {})
+        except (OSError, http.client.HTTPException) as exc:  # the registry answered; its token service did not
+            raise RegistryUnreachable(self.registry, f"cannot reach its token service {shown} ({exc})") from None
         if status != 200:
-            raise RegistryHTTPError(self.registry, status, params["realm"], "the token service refused")
+            raise RegistryHTTPError(self.registry, status, shown, "the token service refused")
         try:
             answer = json.loads(body)
-            token = answer.get("token") or answer.get("access_token")
-        except ValueError:
-            token = None
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
+            raise RegistryAnswerError(
+                self.registry, f"the token service {shown} answered with something that is not JSON"
+            ) from None
+        if not isinstance(answer, dict):
+            raise RegistryAnswerError(
+                self.registry, f"the token service {shown} answered with a JSON {type(answer).__name__}, not an object"
+            )
+        token = answer.get("token") or answer.get("access_token")
         if not token:
-            raise RegistryError(self.registry, f"the token service {params['realm']} gave no token")
-        return str(token)
+            raise RegistryAnswerError(self.registry, f"the token service {shown} gave no token")
+        if not isinstance(token, str):
+            raise RegistryAnswerError(
+                self.registry,
+                f"the token service {shown} gave a token that is a JSON {type(token).__name__}, not a string",
+            )
+        if not _VISIBLE.fullmatch(token):  # never shown: it is a credential
+            raise RegistryAnswerError(
+                self.registry,
+                f"the token service {shown} gave a token that cannot go in an HTTP header "
+                "(it holds spaces, control characters such as CR/LF, or non-ASCII)",
+            )
+        return token
 
     def manifest_digest(self, repository: str, reference: str) -> str:
         """The digest of ``repository:reference`` (a tag or a digest)."""
@@ -282,6 +555,12 @@ class Session:
         status, headers, _ = self.request("HEAD", path, accept, scope)
         digest = _header(headers, "Docker-Content-Digest")
         if status == 200 and digest:
+            if not _DIGEST.fullmatch(digest):  # it goes into reports, logs and the tools' argv
+                raise RegistryAnswerError(
+                    self.registry,
+                    f"{self.registry}/{repository}:{reference} has a Docker-Content-Digest that is not a digest: "
+                    f"{self._shown(digest)}",
+                )
             return digest
         if status == 200 or status == 405:  # no digest header / no HEAD: hash the body
             status, headers, body = self.request("GET", path, accept, scope)
@@ -310,20 +589,21 @@ class _PlainProbe:
         self._thread.start()
 
     def _run(self) -> None:
-        conn = http.client.HTTPConnection(self.host, timeout=self.timeout)
+        conn = _connection("http", self.host, self.timeout, None, _ProbeAnswer)
         try:
             conn.request("GET", "/v2/", headers={"User-Agent": USER_AGENT})
             response = conn.getresponse()
-            response.read()
+            assert isinstance(response, _Answer)
+            response.read_all()
             if response.status == 401:
                 challenge, params = parse_challenge(response.getheader("WWW-Authenticate") or "")
                 if challenge == "basic" or (challenge == "bearer" and params.get("realm")):
                     self.challenge = (challenge, params)
             if response.will_close:
                 conn.close()  # http.client reconnects on the next request
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, _TooLarge) as exc:
             conn.close()
-            self.error = str(exc) or type(exc).__name__
+            self.error = _malformed(exc, f"http://{self.host}/v2/") or str(exc) or type(exc).__name__
             return
         with self._lock:
             if self._dropped:
