@@ -232,6 +232,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     status = R.OK
     restored: Tuple[str, ...] = ()
     deadline = started + ctx.plan.timeout
+    scope: Optional[Scope] = None
 
     def line(data: bytes, is_stderr: bool) -> None:
         for text in data.decode("utf-8", "replace").splitlines():
@@ -268,6 +269,12 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         attempts = attempts or failure.attempts
     except AuthscopeError as exc:  # a scope or helper problem for this target only
         status, error, hint = R.FAILED, str(exc), "see the error; the other targets are unaffected"
+    if scope is not None and scope.left_behind:
+        for left in scope.left_behind:
+            ctx.log(f"authscope: [{t.name}] warning: could not remove {left}")
+        if status == R.OK:  # it landed, but the target's login may still be on disk
+            status, error = R.FAILED, f"landed, but its scope could not be removed fully: {scope.left_behind[0]}"
+            hint = "free what is left (chattr -i, umount), then run `authscope sweep`"
     if status != R.OK:
         ctx.failed.set()
     result = R.Result(
@@ -553,7 +560,15 @@ def pull_source(
 
     deadline = time.monotonic() + plan.timeout
     plain = (src.image.registry,) if source_plain_http else ()
-    with open_scope(base, None, {}, root=scope_dir, sources=[src.image.registry], environ=environ) as (scope, secrets):
+    with open_scope(
+        base,
+        None,
+        {},
+        root=scope_dir,
+        sources=[src.image.registry],
+        environ=environ,
+        warn=lambda left: log(f"authscope: [pull] warning: could not remove {left}"),
+    ) as (scope, secrets):
         env = scope.env(environ)
         env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
         for attempt in range(1, plan.retries + 2):
