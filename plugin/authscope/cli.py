@@ -693,7 +693,8 @@ def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     )
     swept = scope.sweep_report(roots)
     for path in swept.removed:
-        say(f"removed stale scope {path}")
+        ended = swept.ended.get(path)
+        say(f"removed stale scope {path}" + (f" (ended {ended} process(es) still pointing at it)" if ended else ""))
     for line in swept.left:
         _warn_left_behind(line)
     say(f"sweep: {len(swept.removed)} stale scope(s) removed from {', '.join(roots) or '(no scope directories)'}")

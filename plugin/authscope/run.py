@@ -283,30 +283,38 @@ def _proc_stat(pid: int) -> Optional[Tuple[bytes, int, int]]:
         return None
 
 
+def _ppid_map() -> Dict[int, List[int]]:
+    """Every process's children, from a scan of all of /proc."""
+    kids: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = _proc_stat(int(entry))
+            if info is not None:
+                kids.setdefault(info[1], []).append(int(entry))
+    return kids
+
+
 def _child_pids(pid: int) -> List[int]:
     global _have_children_files
     if _have_children_files is None:
         _have_children_files = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
     if not _have_children_files:  # a kernel without CONFIG_PROC_CHILDREN: scan every process
-        out = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                info = _proc_stat(int(entry))
-                if info is not None and info[1] == pid:
-                    out.append(int(entry))
-        return out
+        return _ppid_map().get(pid, [])
     try:
         tasks = os.listdir(f"/proc/{pid}/task")  # children belong to the thread that forked them
     except OSError:
         return []
-    out = []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out.extend(int(child) for child in f.read().split())
-        except (OSError, ValueError):
-            pass
-    return out
+    # The kernel lists children by position: one exiting meanwhile (another
+    # target's tool, in fanout) can make a read skip one. Two reads, united.
+    out: Set[int] = set()
+    for _ in range(2 if pid == os.getpid() else 1):
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    out.update(int(child) for child in f.read().split())
+            except (OSError, ValueError):
+                pass
+    return sorted(out)
 
 
 def _descendants(pid: int) -> List[int]:
@@ -343,15 +351,20 @@ def _kill(pid: int, start: Optional[int], signum: int) -> None:
         pass
 
 
-def _leftovers(marker: bytes, root: int) -> Dict[int, int]:
-    """Live processes the command ``root`` left: pid -> start time."""
+def _leftovers(marker: bytes, root: int, scan: bool = False) -> Dict[int, int]:
+    """Live processes the command ``root`` left: pid -> start time.
+    ``scan``: follow parents from a scan of all of /proc, not the children files."""
     with _children_lock:
         others = {child.pid for child in _children if child.pid != root}
+    children = _child_pids
+    if scan:
+        kids = _ppid_map()
+        children = lambda pid: kids.get(pid, [])  # noqa: E731
     roots = [os.getpid()]
     if not _subreaper:  # orphans went to init: look at every process
         roots = [1] if os.path.isdir("/proc/1") else roots
     found: Dict[int, int] = {}
-    stack = [(pid, pid == root) for root_pid in roots for pid in _child_pids(root_pid)]
+    stack = [(pid, pid == root) for root_pid in roots for pid in children(root_pid)]
     seen: Set[int] = set()
     while stack:
         pid, inherited = stack.pop()
@@ -364,7 +377,7 @@ def _leftovers(marker: bytes, root: int) -> Dict[int, int]:
         mine = inherited or (bool(marker) and _environ_has(pid, marker))
         if mine and pid != root:
             found[pid] = info[2]
-        stack.extend((child, mine) for child in _child_pids(pid))
+        stack.extend((child, mine) for child in children(pid))
     return found
 
 
@@ -386,7 +399,16 @@ def _end_tree(marker: bytes, root: int) -> int:
     found = _leftovers(marker, root)
     if not found:
         return 0
+    count = _end_found(marker, root, found)
+    # It left something: make sure with a scan of all of /proc, which no
+    # concurrent exit can make skip a process (it costs ~10 ms, only here).
+    again = _leftovers(marker, root, scan=True)
+    return count + (_end_found(marker, root, again) if again else 0)
+
+
+def _end_found(marker: bytes, root: int, found: Dict[int, int]) -> int:
     ended = dict(found)
+    count = len(found)
     for pid, start in found.items():
         _kill(pid, start, signal.SIGTERM)
     deadline = time.monotonic() + LEFTOVER_GRACE
@@ -399,6 +421,7 @@ def _end_tree(marker: bytes, root: int) -> int:
         for pid, start in found.items():
             if pid not in ended:  # forked meanwhile: it gets its SIGTERM too
                 ended[pid] = start
+                count += 1
                 _kill(pid, start, signal.SIGTERM)
     for _ in range(100):  # those that ignored SIGTERM; stopped first, so none forks meanwhile
         if not found:
@@ -406,6 +429,7 @@ def _end_tree(marker: bytes, root: int) -> int:
         for pid, start in found.items():
             _kill(pid, start, signal.SIGSTOP)
         found.update(_leftovers(marker, root))
+        count += len(set(found) - set(ended))
         ended.update(found)
         for pid, start in found.items():
             _kill(pid, start, signal.SIGKILL)
@@ -413,7 +437,7 @@ def _end_tree(marker: bytes, root: int) -> int:
         _reap(ended)
         found = _leftovers(marker, root)
     _reap(ended)
-    return len(ended)
+    return count
 
 
 def _end_group(pgid: int) -> None:
@@ -443,6 +467,47 @@ def end_leftovers(child: subprocess.Popen, own_group: bool, marker: bytes) -> No
             _end_group(child.pid)
     except OSError:
         pass
+
+
+def end_processes_in(scopes: Sequence[str]) -> Dict[str, int]:
+    """For ``sweep``: end every process of this user whose environment says it
+    runs in one of ``scopes`` (AUTHSCOPE_SCOPE=path), TERM then KILL; how many
+    per scope. Reaches what a group kill missed (a tool that made its own
+    session) once its authscope is gone. A scan of all of /proc: not for exec."""
+    if not os.path.isdir("/proc/self"):
+        return {}
+    wanted = {b"\0AUTHSCOPE_SCOPE=" + os.fsencode(path) + b"\0": path for path in scopes}
+    found: Dict[int, Tuple[int, str]] = {}
+    me, uid = os.getpid(), os.geteuid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = b"\0" + f.read()
+        except OSError:
+            continue
+        info = _proc_stat(int(entry))
+        for marker, path in wanted.items():
+            if info is not None and info[0] != b"Z" and marker in environ:
+                found[int(entry)] = (info[2], path)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid, (start, _) in found.items():
+            _kill(pid, start, signum)
+        deadline = time.monotonic() + (LEFTOVER_GRACE if signum == signal.SIGTERM else 1.0)
+        while time.monotonic() < deadline and any(_alive(pid, start) for pid, (start, _) in found.items()):
+            time.sleep(0.02)
+    counts: Dict[str, int] = {}
+    for _, path in found.values():
+        counts[path] = counts.get(path, 0) + 1
+    return counts
+
+
+def _alive(pid: int, start: int) -> bool:
+    info = _proc_stat(pid)
+    return info is not None and info[2] == start and info[0] != b"Z"
 
 
 # -- running --------------------------------------------------------------------

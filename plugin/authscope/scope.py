@@ -463,6 +463,7 @@ def _close(
 class Swept(NamedTuple):
     removed: List[str]  # scopes removed
     left: List[str]  # "path: reason" of what could not be removed
+    ended: Dict[str, int]  # scope -> processes still running in it that were ended
 
 
 def sweep(roots: Sequence[str]) -> List[str]:
@@ -480,6 +481,7 @@ def sweep_report(roots: Sequence[str]) -> Swept:
     """
     removed: List[str] = []
     left: List[str] = []
+    dead: List[str] = []
     uid, namespace = os.geteuid(), pid_namespace()
     for root in roots:
         try:
@@ -499,9 +501,18 @@ def sweep_report(roots: Sequence[str]) -> Swept:
             pid, start, ns = (int(g) for g in match.groups())
             if ns != namespace or process_alive(pid, start):
                 continue
-            problems = remove_tree(entry.path)
-            if problems:
-                left.extend(problems)
-            elif not os.path.lexists(entry.path) and entry.path not in removed:
-                removed.append(entry.path)
-    return Swept(removed, left)
+            dead.append(entry.path)
+    ended: Dict[str, int] = {}
+    if dead:
+        from .run import end_processes_in
+
+        # Its owner is gone, but a tool that left the owner's process group
+        # (setsid) may still run in it, with the target's login at hand.
+        ended = end_processes_in(dead)
+    for path in dead:
+        problems = remove_tree(path)
+        if problems:
+            left.extend(problems)
+        elif not os.path.lexists(path):
+            removed.append(path)
+    return Swept(removed, left, ended)
