@@ -471,8 +471,7 @@ def test_fanout_signalled_while_targets_clean_up(tmp_path: Path) -> None:
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         try:
-            read_until(proc, b"made ", 120)
-            time.sleep(0.05)
+            read_until(proc, b"] made ", 300)  # the command's own line, not the logged `$ ... echo made`
             files = sum(len(f) for _, _, f in os.walk(scopes))
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=120)
@@ -481,7 +480,7 @@ def test_fanout_signalled_while_targets_clean_up(tmp_path: Path) -> None:
                 proc.kill()
                 proc.communicate()
         print(f"fanout: {files} scope files left when SIGTERM came; exit {proc.returncode}")
-        assert files > 0
+        assert files > 1000, "the signal came after the removal: nothing measured"
         assert proc.returncode == 143, err.decode()
         assert not list(scopes.iterdir())
         assert (base / "config.json").read_bytes() == before
