@@ -69,7 +69,7 @@ EXIT_CODES = (
 
 EPILOG = """\
 exit codes:
-  0    done            1  failed (a target, a registry, a write)
+  0    done            1  failed (a target, a registry, a write, a scope that could not be removed)
   2    usage or config error: nothing ran
   3    the base had to be restored: a tool wrote outside its scope
   4    fanout: every target is accounted for, but a GitLab release/deployment step failed
@@ -217,7 +217,10 @@ def _define_sweep(p: argparse.ArgumentParser) -> None:
         description=(
             "Remove scope directories whose owning process is gone. Scopes of live "
             "processes, other users' and anything not named like a scope are never touched, "
-            "so this is safe while other jobs on the runner are mid-flight."
+            "so this is safe while other jobs on the runner are mid-flight. Processes of "
+            "this user still running in a dead scope (a tool that left its job's process "
+            "group) are ended first. A scope that cannot be removed fully is named, the "
+            "sweep goes on, and exits 1."
         ),
         epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope sweep",
     )
