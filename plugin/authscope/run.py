@@ -243,6 +243,10 @@ def sleep_unless_stopped(seconds: float) -> bool:
 # Not chosen: PR_SET_PDEATHSIG (it only reaches direct children, and fires
 # when the *thread* that forked them ends: fanout forks from pool threads);
 # sessions of their own (what a group kill misses).
+# Consequences: a tool's `kill 0` now reaches authscope and the job's shell, as
+# it would without authscope. A tool that made its own session escapes a
+# group kill (nothing but cgroups could stop that); once authscope is gone,
+# `authscope sweep` (after_script) ends it: its AUTHSCOPE_SCOPE names a dead scope.
 # Known limit: a process that leaves the command's tree and also erases the
 # scope's path from its environment (re-exec with `env -i`) is not found.
 # Elsewhere (no /proc), the former way: each tool leads its own process
