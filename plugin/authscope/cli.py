@@ -69,7 +69,7 @@ EXIT_CODES = (
 
 EPILOG = """\
 exit codes:
-  0    done            1  failed (a target, a registry, a write)
+  0    done            1  failed (a target, a registry, a write, a scope that could not be removed)
   2    usage or config error: nothing ran
   3    the base had to be restored: a tool wrote outside its scope
   4    fanout: every target is accounted for, but a GitLab release/deployment step failed
@@ -173,7 +173,9 @@ def _define_exec(p: argparse.ArgumentParser) -> None:
             "Whatever CMD does to that config (logout, wipe, delete) is thrown away with "
             "the scope. When the scope closes, base entries a tool changed outside its "
             "scope are restored and authscope exits 3. CMD's output is relayed with every "
-            "known secret replaced by [MASKED]. The exit code is CMD's."
+            "known secret replaced by [MASKED]. The exit code is CMD's; 3 when the base was "
+            "restored; 1 when CMD succeeded but its scope could not be removed fully (what is "
+            "left is named); 128+N when a signal N came, even during the cleanup."
         ),
         epilog=(
             "example (one fan-out target):\n"
@@ -215,7 +217,10 @@ def _define_sweep(p: argparse.ArgumentParser) -> None:
         description=(
             "Remove scope directories whose owning process is gone. Scopes of live "
             "processes, other users' and anything not named like a scope are never touched, "
-            "so this is safe while other jobs on the runner are mid-flight."
+            "so this is safe while other jobs on the runner are mid-flight. Processes of "
+            "this user still running in a dead scope (a tool that left its job's process "
+            "group) are ended first. A scope that cannot be removed fully is named, the "
+            "sweep goes on, and exits 1."
         ),
         epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope sweep",
     )
@@ -466,6 +471,7 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             sources=a.source_registry,
             isolate_home=a.isolate_home,
             environ=environ,
+            warn=_warn_left_behind,
         ) as (opened, secrets):
             if not a.quiet:
                 say(f"scope for {key} at {opened.path} (base {base.path})")
@@ -479,9 +485,18 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return _report_damage(base.path, opened.damage)
     if opened.damage:
         return _report_damage(base.path, opened.damage)
+    if opened.left_behind and status == EXIT_OK:
+        # The command succeeded, but a part of its scope (with the target's
+        # login in it, maybe) is still on disk: that is not a success.
+        say(f"the scope {opened.path} could not be removed fully (see above); what is left may hold the target's login: free it (chattr -i, umount), then run `authscope sweep`")
+        return EXIT_FAILED
     if not a.quiet:
         say(f"scope removed; base {base.path} intact; {argv[0]} exited {status}")
     return status
+
+
+def _warn_left_behind(line: str) -> None:
+    say(f"warning: could not remove {line}")
 
 
 def _report_damage(path: str, damage: Sequence[Damage]) -> int:
@@ -708,10 +723,16 @@ def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     roots = a.scope_dir or (
         [environ["AUTHSCOPE_SCOPE_DIR"]] if environ.get("AUTHSCOPE_SCOPE_DIR") else scope.default_roots(environ)
     )
-    removed = scope.sweep(roots)
-    for path in removed:
-        say(f"removed stale scope {path}")
-    say(f"sweep: {len(removed)} stale scope(s) removed from {', '.join(roots) or '(no scope directories)'}")
+    swept = scope.sweep_report(roots)
+    for path in swept.removed:
+        ended = swept.ended.get(path)
+        say(f"removed stale scope {path}" + (f" (ended {ended} process(es) still pointing at it)" if ended else ""))
+    for line in swept.left:
+        _warn_left_behind(line)
+    say(f"sweep: {len(swept.removed)} stale scope(s) removed from {', '.join(roots) or '(no scope directories)'}")
+    if swept.left:
+        say(f"sweep: {len(swept.left)} entr{'y' if len(swept.left) == 1 else 'ies'} could not be removed (see above)")
+        return EXIT_FAILED
     return EXIT_OK
 
 

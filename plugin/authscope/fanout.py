@@ -231,8 +231,8 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     error = hint = ""
     status = R.OK
     restored: Tuple[str, ...] = ()
-    opened: Optional[Scope] = None
     deadline = started + ctx.plan.timeout
+    scope: Optional[Scope] = None
 
     def line(data: bytes, is_stderr: bool) -> None:
         for text in data.decode("utf-8", "replace").splitlines():
@@ -256,7 +256,6 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 sources=[ctx.plan.source.image.registry],
                 environ=ctx.environ,
             ) as (scope, secrets):
-                opened = scope
                 env = scope.env(ctx.environ)
                 env.update(
                     tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None)
@@ -269,10 +268,16 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         attempts = attempts or failure.attempts
     except AuthscopeError as exc:  # a scope or helper problem for this target only
         status, error, hint = R.FAILED, str(exc), "see the error; the other targets are unaffected"
-    if opened is not None:
+    if scope is not None:
         # The guard ran when the scope closed, whatever ended the target (a
         # failed copy, a retry, a signal): what it restored is always reported.
-        restored = tuple(d.describe() for d in opened.damage)
+        restored = tuple(d.describe() for d in scope.damage)
+    if scope is not None and scope.left_behind:
+        for left in scope.left_behind:
+            ctx.log(f"authscope: [{t.name}] warning: could not remove {left}")
+        if status == R.OK:  # it landed, but the target's login may still be on disk
+            status, error = R.FAILED, f"landed, but its scope could not be removed fully: {scope.left_behind[0]}"
+            hint = "free what is left (chattr -i, umount), then run `authscope sweep`"
     if status != R.OK:
         ctx.failed.set()
     result = R.Result(
@@ -569,10 +574,15 @@ def pull_source(
     plain = (src.image.registry,) if source_plain_http else ()
     opened: Optional[Scope] = None
     try:
-        with open_scope(base, None, {}, root=scope_dir, sources=[src.image.registry], environ=environ) as (
-            scope,
-            secrets,
-        ):
+        with open_scope(
+            base,
+            None,
+            {},
+            root=scope_dir,
+            sources=[src.image.registry],
+            environ=environ,
+            warn=lambda left: log(f"authscope: [pull] warning: could not remove {left}"),
+        ) as (scope, secrets):
             opened = scope
             env = scope.env(environ)
             env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import IO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
 
 from .errors import CommandNotFound, HelperError, Interrupted
 
@@ -93,13 +93,22 @@ class LineRelay:
 # with whether it leads its own process group; a signal is forwarded to all of
 # them. With no child running, ``exec`` wants to unwind at once (raise
 # ``Interrupted``), while ``fanout``'s main thread polls ``stopping()``.
+# A cleanup (scope removal, the base guard, ending what a command left) runs
+# inside ``uninterrupted()``: a signal then only records itself, and takes
+# effect once the cleanup is done.
 
 _children: Dict[subprocess.Popen, bool] = {}  # type: ignore[type-arg]
-_children_lock = threading.Lock()
+# Reentrant: the handler takes it in the main thread, which may hold it
+# already (registering a child) when the signal lands; a Lock would deadlock.
+_children_lock = threading.RLock()
 _received: List[int] = []
 _stop = threading.Event()
 _raise_when_idle = True
 _starting = 0  # children being started: a signal now is forwarded once they exist
+_cleaning = 0  # cleanups under way (uninterrupted()): a signal only records itself
+_deferred: List[int] = []  # a signal that would have unwound exec during a cleanup
+
+T = TypeVar("T")
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -110,9 +119,52 @@ def _on_signal(signum: int, frame: object) -> None:
     for child, group in children:
         _forward(child, group, signum)
     if _raise_when_idle and not children and not _starting and len(_received) == 1:
+        if _cleaning:
+            # Raising now would stop a scope's removal or the base guard
+            # half-way: uninterrupted() raises it once the cleanup is done.
+            _deferred.append(signum)
+            return
         # No child running: unwind through the cleanup handlers. A second
         # signal only records itself, so it cannot break a cleanup under way.
         raise Interrupted(signum)
+
+
+def uninterrupted(work: Callable[[], T]) -> T:
+    """Run the cleanup ``work`` once, to its end, whatever signal comes meanwhile.
+
+    While it runs, SIGINT/SIGTERM/SIGHUP are still forwarded to children but
+    never raise; one that would have unwound ``exec`` raises ``Interrupted``
+    after ``work`` is done (so the exit code is still 128 + N). One that lands
+    in the instant before the cleanup is marked as under way is caught here,
+    and raised after ``work`` too.
+    """
+    global _cleaning
+    caught: Optional[Interrupted] = None
+    started = False
+    result: Optional[T] = None
+    while True:
+        try:
+            with _children_lock:
+                _cleaning += 1
+            try:
+                if not started:
+                    started = True
+                    result = work()
+            finally:
+                with _children_lock:
+                    _cleaning -= 1
+            break
+        except Interrupted as exc:  # it came before _cleaning was up, or after it fell
+            caught = caught or exc
+            if started:
+                break
+    if caught is not None:
+        raise caught
+    if _deferred and not _cleaning and threading.current_thread() is threading.main_thread():
+        signum = _deferred[0]
+        del _deferred[:]
+        raise Interrupted(signum)
+    return result  # type: ignore[return-value]
 
 
 def _forward(child: subprocess.Popen, group: bool, signum: int) -> None:  # type: ignore[type-arg]
@@ -121,10 +173,15 @@ def _forward(child: subprocess.Popen, group: bool, signum: int) -> None:  # type
     try:
         if group:
             os.killpg(child.pid, signum)
-        else:
-            os.kill(child.pid, signum)
+            return
+        os.kill(child.pid, signum)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    if _TREE:
+        # The child is in our process group (see "processes a command
+        # leaves behind"): reach the rest of its tree, e.g. a `sh -c` pipeline.
+        for pid in _descendants(child.pid):
+            _kill(pid, None, signum)
 
 
 @contextmanager
@@ -134,6 +191,7 @@ def signals_handled(raise_when_idle: bool = True) -> Iterator[None]:
     the previous handlers come back afterwards."""
     global _raise_when_idle
     del _received[:]
+    del _deferred[:]
     _stop.clear()
     _raise_when_idle = raise_when_idle
     try:
@@ -161,6 +219,301 @@ def sleep_unless_stopped(seconds: float) -> bool:
     return not _stop.wait(seconds)
 
 
+# -- processes a command leaves behind -------------------------------------------
+#
+# Threat: a command run in a scope leaves processes behind it -- `sleep 1000 &`,
+# a child that ignores SIGTERM, one that made its own session (setsid), a
+# double-forked daemon -- each holding the target's password in its
+# environment and DOCKER_CONFIG pointing at a scope about to be removed. And a
+# runner that cancels a job kills authscope's process group (kill -KILL
+# -PGID): a tool in a session of its own is not in that group, and survives.
+#
+# Choice, on Linux: tools stay in authscope's process group, so a group kill
+# takes them along; authscope makes itself a child subreaper
+# (PR_SET_CHILD_SUBREAPER), so a process orphaned below it (its parent
+# exited: a daemon's double fork, `sleep &` in a shell that is done) is
+# re-parented to authscope instead of to init and stays in reach of a walk of
+# /proc/<pid>/task/*/children. When a command ends, every process below
+# authscope whose environment names the command's scope (AUTHSCOPE_SCOPE,
+# DOCKER_CONFIG, REGISTRY_AUTH_FILE all hold its path), and everything below
+# such a process, gets SIGTERM, then SIGKILL after LEFTOVER_GRACE; other
+# commands' tools (fanout) and their trees are never touched. A forwarded
+# signal goes to the command and to each process of its tree, which reaches
+# a whole `sh -c` pipeline without a process group of its own.
+# Not chosen: PR_SET_PDEATHSIG (it only reaches direct children, and fires
+# when the *thread* that forked them ends: fanout forks from pool threads);
+# sessions of their own (what a group kill misses).
+# Consequences: a tool's `kill 0` now reaches authscope and the job's shell, as
+# it would without authscope. A tool that made its own session escapes a
+# group kill (nothing but cgroups could stop that); once authscope is gone,
+# `authscope sweep` (after_script) ends it: its AUTHSCOPE_SCOPE names a dead scope.
+# Known limit: a process that leaves the command's tree and also erases the
+# scope's path from its environment (re-exec with `env -i`) is not found.
+# Elsewhere (no /proc), the former way: each tool leads its own process
+# group (without a terminal), and signals and the final TERM/KILL go to it.
+
+LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for what a command left
+PR_SET_CHILD_SUBREAPER = 36
+_TREE = sys.platform.startswith("linux") and os.path.isdir("/proc/self/task")
+_subreaper: Optional[bool] = None  # None: not tried yet
+_have_children_files: Optional[bool] = None
+
+
+def _become_subreaper() -> bool:
+    global _subreaper
+    if _subreaper is None:
+        _subreaper = False
+        try:
+            import ctypes  # here, not at import: only a command that starts a child pays
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        except (ImportError, OSError, AttributeError):
+            pass  # orphans then go to init: found by a scan of all of /proc
+    return _subreaper
+
+
+def _proc_stat(pid: int) -> Optional[Tuple[bytes, int, int]]:
+    """(state, ppid, start time) of ``pid``; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return fields[0], int(fields[1]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _ppid_map() -> Dict[int, List[int]]:
+    """Every process's children, from a scan of all of /proc."""
+    kids: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = _proc_stat(int(entry))
+            if info is not None:
+                kids.setdefault(info[1], []).append(int(entry))
+    return kids
+
+
+def _child_pids(pid: int) -> List[int]:
+    global _have_children_files
+    if _have_children_files is None:
+        _have_children_files = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+    if not _have_children_files:  # a kernel without CONFIG_PROC_CHILDREN: scan every process
+        return _ppid_map().get(pid, [])
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")  # children belong to the thread that forked them
+    except OSError:
+        return []
+    # The kernel lists children by position: one exiting meanwhile (another
+    # target's tool, in fanout) can make a read skip one. Two reads, united.
+    out: Set[int] = set()
+    for _ in range(2 if pid == os.getpid() else 1):
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    out.update(int(child) for child in f.read().split())
+            except (OSError, ValueError):
+                pass
+    return sorted(out)
+
+
+def _descendants(pid: int) -> List[int]:
+    """Every process below ``pid``, parents first."""
+    out: List[int] = []
+    seen = {pid}
+    queue = _child_pids(pid)
+    while queue:
+        child = queue.pop(0)
+        if child not in seen:
+            seen.add(child)
+            out.append(child)
+            queue.extend(_child_pids(child))
+    return out
+
+
+def _environ_has(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read()
+    except OSError:
+        return False
+
+
+def _kill(pid: int, start: Optional[int], signum: int) -> None:
+    """Signal ``pid``, unless it is gone or (``start`` given) its pid was reused."""
+    if start is not None:
+        info = _proc_stat(pid)
+        if info is None or info[2] != start:
+            return
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _leftovers(marker: bytes, root: int, scan: bool = False) -> Dict[int, int]:
+    """Live processes the command ``root`` left: pid -> start time.
+    ``scan``: follow parents from a scan of all of /proc, not the children files."""
+    with _children_lock:
+        others = {child.pid for child in _children if child.pid != root}
+    children = _child_pids
+    if scan:
+        kids = _ppid_map()
+        children = lambda pid: kids.get(pid, [])  # noqa: E731
+    roots = [os.getpid()]
+    if not _subreaper:  # orphans went to init: look at every process
+        roots = [1] if os.path.isdir("/proc/1") else roots
+    found: Dict[int, int] = {}
+    stack = [(pid, pid == root) for root_pid in roots for pid in children(root_pid)]
+    seen: Set[int] = set()
+    while stack:
+        pid, inherited = stack.pop()
+        if pid in seen or pid in others:  # another command's tool: its tree is its own
+            continue
+        seen.add(pid)
+        info = _proc_stat(pid)
+        if info is None or info[0] == b"Z":
+            continue
+        mine = inherited or (bool(marker) and _environ_has(pid, marker))
+        if mine and pid != root:
+            found[pid] = info[2]
+        stack.extend((child, mine) for child in children(pid))
+    return found
+
+
+def _reap(ended: Dict[int, int]) -> None:
+    """Collect the ones that were re-parented to us, so no zombie is left."""
+    me = os.getpid()
+    for pid, start in list(ended.items()):
+        info = _proc_stat(pid)
+        if info is None:
+            del ended[pid]
+        elif info[1] == me and info[2] == start:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def _end_tree(marker: bytes, root: int) -> int:
+    found = _leftovers(marker, root)
+    if not found:
+        return 0
+    count = _end_found(marker, root, found)
+    # It left something: make sure with a scan of all of /proc, which no
+    # concurrent exit can make skip a process (it costs ~10 ms, only here).
+    again = _leftovers(marker, root, scan=True)
+    return count + (_end_found(marker, root, again) if again else 0)
+
+
+def _end_found(marker: bytes, root: int, found: Dict[int, int]) -> int:
+    ended = dict(found)
+    count = len(found)
+    for pid, start in found.items():
+        _kill(pid, start, signal.SIGTERM)
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    pause = 0.005
+    while found and time.monotonic() < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+        _reap(ended)
+        found = _leftovers(marker, root)
+        for pid, start in found.items():
+            if pid not in ended:  # forked meanwhile: it gets its SIGTERM too
+                ended[pid] = start
+                count += 1
+                _kill(pid, start, signal.SIGTERM)
+    for _ in range(100):  # those that ignored SIGTERM; stopped first, so none forks meanwhile
+        if not found:
+            break
+        for pid, start in found.items():
+            _kill(pid, start, signal.SIGSTOP)
+        found.update(_leftovers(marker, root))
+        count += len(set(found) - set(ended))
+        ended.update(found)
+        for pid, start in found.items():
+            _kill(pid, start, signal.SIGKILL)
+        time.sleep(0.01)
+        _reap(ended)
+        found = _leftovers(marker, root)
+    _reap(ended)
+    return count
+
+
+def _end_group(pgid: int) -> None:
+    """The former way (no /proc): the command's process group, TERM then KILL."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, 0 if signum == signal.SIGTERM else signum)
+        except (ProcessLookupError, PermissionError):
+            return
+        if signum == signal.SIGTERM:
+            os.killpg(pgid, signum)
+            deadline = time.monotonic() + LEFTOVER_GRACE
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
+                try:
+                    os.killpg(pgid, 0)
+                except (ProcessLookupError, PermissionError):
+                    return
+
+
+def end_leftovers(child: subprocess.Popen, own_group: bool, marker: bytes) -> None:  # type: ignore[type-arg]
+    """End every process ``child`` (a command, now done) left behind; never raises."""
+    try:
+        if _TREE:
+            _end_tree(marker, child.pid)
+        elif own_group:
+            _end_group(child.pid)
+    except OSError:
+        pass
+
+
+def end_processes_in(scopes: Sequence[str]) -> Dict[str, int]:
+    """For ``sweep``: end every process of this user whose environment says it
+    runs in one of ``scopes`` (AUTHSCOPE_SCOPE=path), TERM then KILL; how many
+    per scope. Reaches what a group kill missed (a tool that made its own
+    session) once its authscope is gone. A scan of all of /proc: not for exec."""
+    if not os.path.isdir("/proc/self"):
+        return {}
+    wanted = {b"\0AUTHSCOPE_SCOPE=" + os.fsencode(path) + b"\0": path for path in scopes}
+    found: Dict[int, Tuple[int, str]] = {}
+    me, uid = os.getpid(), os.geteuid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = b"\0" + f.read()
+        except OSError:
+            continue
+        info = _proc_stat(int(entry))
+        for marker, path in wanted.items():
+            if info is not None and info[0] != b"Z" and marker in environ:
+                found[int(entry)] = (info[2], path)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid, (start, _) in found.items():
+            _kill(pid, start, signum)
+        deadline = time.monotonic() + (LEFTOVER_GRACE if signum == signal.SIGTERM else 1.0)
+        while time.monotonic() < deadline and any(_alive(pid, start) for pid, (start, _) in found.items()):
+            time.sleep(0.02)
+    counts: Dict[str, int] = {}
+    for _, path in found.values():
+        counts[path] = counts.get(path, 0) + 1
+    return counts
+
+
+def _alive(pid: int, start: int) -> bool:
+    info = _proc_stat(pid)
+    return info is not None and info[2] == start and info[0] != b"Z"
+
+
 # -- running --------------------------------------------------------------------
 
 
@@ -175,6 +528,8 @@ def _spawn(
     argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: Optional[str], stdin: Optional[int]
 ) -> subprocess.Popen:  # type: ignore[type-arg]
     global _starting
+    if _TREE:
+        _become_subreaper()
     with _children_lock:
         _starting += 1
     try:
@@ -215,14 +570,20 @@ def _run(
     """(exit status, timed out)."""
     proc = _spawn(argv, env, own_group, cwd, stdin)
     assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
+    marker = env.get("AUTHSCOPE_SCOPE", "").encode("utf-8", "surrogateescape")
+
+    def leftovers() -> None:
+        uninterrupted(lambda: end_leftovers(proc, own_group, marker))
+
     try:
         streams = {proc.stdout: (LineRelay(masker), sinks[0]), proc.stderr: (LineRelay(masker), sinks[1])}
-        timed_out = _pump(proc, own_group, streams, deadline)
+        timed_out = _pump(proc, own_group, streams, deadline, leftovers)
         returncode = proc.wait()
     finally:
         if proc.returncode is None:  # unwinding on an error of our own
             _forward(proc, own_group, signal.SIGKILL)
             proc.wait()
+        leftovers()  # again: the pipes may close before the child is seen to exit
         with _children_lock:
             _children.pop(proc, None)
     return _exit_status(returncode), timed_out
@@ -245,9 +606,11 @@ def run_relayed(
     out = stdout or sys.stdout.buffer
     err = stderr or sys.stderr.buffer
     # With a terminal, the child stays in our process group: it may prompt,
-    # and the terminal's own Ctrl-C reaches it. Without one (CI), it gets its
-    # own group so a forwarded signal reaches a whole `sh -c` pipeline.
-    own_group = not (sys.stdin is not None and sys.stdin.isatty())
+    # and the terminal's own Ctrl-C reaches it. Without one (CI), on Linux it
+    # stays there too (a runner's group kill must reach it; forwarded signals
+    # walk its tree); elsewhere it gets its own group, so a forwarded signal
+    # reaches a whole `sh -c` pipeline.
+    own_group = not _TREE and not (sys.stdin is not None and sys.stdin.isatty())
     status, _ = _run(argv, env, masker, (_writer(out), _writer(err)), own_group, cwd, None, None)
     if _received:
         raise Interrupted(_received[0])
@@ -262,12 +625,13 @@ def run_captured(
     deadline: Optional[float] = None,
     cwd: Optional[str] = None,
 ) -> Tuple[int, bool]:
-    """Run ``argv`` in its own process group, with no stdin; each masked
-    output line goes to ``line(data, is_stderr)``. Kills it at ``deadline``
-    (time.monotonic()). Returns (exit status, timed out). Safe from threads.
+    """Run ``argv`` with no stdin (in its own process group where there is
+    no /proc to follow its tree); each masked output line goes to
+    ``line(data, is_stderr)``. Kills it at ``deadline`` (time.monotonic()).
+    Returns (exit status, timed out). Safe from threads.
     """
     sinks = (lambda b: line(b, False), lambda b: line(b, True))
-    return _run(argv, env, masker, sinks, True, cwd, deadline, subprocess.DEVNULL)
+    return _run(argv, env, masker, sinks, not _TREE, cwd, deadline, subprocess.DEVNULL)
 
 
 def _writer(stream: IO[bytes]) -> Sink:
@@ -283,8 +647,10 @@ def _pump(
     group: bool,
     streams: Dict[IO[bytes], Tuple[LineRelay, Sink]],
     deadline: Optional[float],
+    on_exit: Callable[[], None] = lambda: None,
 ) -> bool:
-    """Relay until both pipes close; True when ``deadline`` killed the child."""
+    """Relay until both pipes close; True when ``deadline`` killed the child.
+    ``on_exit`` runs once the child has exited (ending what it left holding the pipes)."""
     selector = selectors.DefaultSelector()
     for pipe in streams:
         selector.register(pipe, selectors.EVENT_READ)
@@ -314,7 +680,8 @@ def _pump(
             if alive and signalled_at is not None and now - signalled_at > KILL_GRACE:
                 _forward(proc, group, signal.SIGKILL)
             if drain_until is None and not alive:
-                drain_until = now + DRAIN_GRACE
+                on_exit()
+                drain_until = time.monotonic() + DRAIN_GRACE
             if drain_until is not None and now > drain_until:
                 break  # a grandchild holds the pipe open; don't wait for it
     finally:

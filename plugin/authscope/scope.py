@@ -15,15 +15,15 @@ state and ``trust`` keys start empty in a scope.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
-import shutil
 import stat
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import dockerconfig as dc
-from .base import Base, Damage
+from .base import Base, Damage, Snapshot
 from .errors import ScopeError
 
 PREFIX = "authscope-"
@@ -151,24 +151,180 @@ def write_private(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def remove_tree(path: str) -> None:
-    """Remove a scope whatever its command did to the permissions inside."""
+# At most this many directories are open at once while a scope is removed;
+# a directory found deeper is moved up to the scope's top and removed from
+# there, so a tree of any depth costs neither recursion (shutil.rmtree recurses
+# once per level: a command's 1000-deep tree made it raise RecursionError) nor
+# more than this many file descriptors.
+REMOVE_DEPTH = 32
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
-    def make_writable_and_retry(func, failed, _exc):  # type: ignore[no-untyped-def]
-        parent = os.path.dirname(failed)
+
+def remove_tree(path: str) -> List[str]:
+    """Remove a scope whatever its command did to it; what is left, as one
+    "path: reason" line per entry that could not be removed (empty: all gone).
+
+    Never raises: a cleanup that stops half-way would skip the base guard.
+    Directories are opened relative to their parent with O_NOFOLLOW, so a
+    link planted inside the scope is unlinked, never followed. A directory
+    the command locked (``chmod 000``, a read-only subdirectory) is given
+    back its owner's rwx, which its owner may always do; nothing above the
+    scope is ever chmodded (the scope root may be /dev/shm, which a
+    non-root user may not chmod). What cannot be removed even so (an
+    immutable file, a mount point) is reported and the rest still removed.
+    """
+    left: Dict[str, str] = {}
+    parent, name = os.path.split(path)
+    try:
+        parent_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        return [f"{path}: {_reason(exc)}"]
+    try:
+        _remove_entry(parent_fd, name, path, left)
+    except Exception as exc:  # a bug here must still not cost the job its guard
+        left.setdefault(path, f"unexpected error: {exc!r}")
+    finally:
+        os.close(parent_fd)
+    return [f"{p}: {reason}" for p, reason in left.items()]
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _remove_entry(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        left[path] = _reason(exc)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _unlink(dir_fd, name, path, left)
+        return
+    top = _open_dir(dir_fd, name, path, left)
+    if top is None:
+        return
+    try:
+        while _clear(top, path, left):
+            pass  # entries were moved up from too deep: another pass removes them
+    finally:
+        os.close(top)
+    _rmdir(dir_fd, name, path, left)
+
+
+def _open_dir(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> Optional[int]:
+    """``name`` opened (no link followed), its owner's rwx given back; None when it can't be."""
+    try:
+        fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        # `chmod 000 "$DOCKER_CONFIG"`: it is ours, so we may open it up again.
         try:
-            os.chmod(parent, 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed)
-            else:
-                func(failed)
-        except FileNotFoundError:
-            pass
+            _chmod_no_follow(dir_fd, name)
+            fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+        except OSError as exc:
+            left[path] = _reason(exc)
+            return None
+    except OSError as exc:  # ELOOP/ENOTDIR: replaced by a link or a file meanwhile
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            _unlink(dir_fd, name, path, left)
+        else:
+            left[path] = _reason(exc)
+        return None
+    try:
+        mode = os.fstat(fd).st_mode
+        if mode & 0o700 != 0o700:  # a read-only directory: its entries could not be unlinked
+            os.fchmod(fd, 0o700)
+    except OSError:
+        pass  # not ours (root's scope, another uid's file): what fails is reported below
+    return fd
 
-    # rmtree uses file descriptors on Linux, so a link planted inside the
-    # scope is unlinked, never followed.
-    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+def _chmod_no_follow(dir_fd: int, name: str) -> None:
+    try:
+        os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+    except NotImplementedError:  # no fchmodat(AT_SYMLINK_NOFOLLOW): go through an O_PATH descriptor
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=dir_fd)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+        finally:
+            os.close(fd)
+
+
+def _unlink(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # EPERM: immutable (chattr +i); EROFS: on a read-only mount
+        left[path] = _reason(exc)
+
+
+def _rmdir(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        prefix = path + os.sep
+        if not any(p.startswith(prefix) for p in left):  # else "not empty" only repeats the cause
+            left[path] = _reason(exc)
+
+
+def _clear(top: int, top_path: str, left: Dict[str, str]) -> bool:
+    """Remove everything inside the open directory ``top``, iteratively; True
+    when directories deeper than REMOVE_DEPTH were moved up into ``top``."""
+    moved = False
+    stack: List[Tuple[int, str, Any]] = []  # (fd, path, its scandir iterator)
+    try:
+        stack.append((top, top_path, os.scandir(top)))
+        while stack:
+            fd, path, entries = stack[-1]
+            try:
+                entry = next(entries, None)
+            except OSError as exc:
+                left[path] = _reason(exc)
+                entry = None
+            if entry is None:
+                stack.pop()
+                entries.close()
+                if stack:
+                    os.close(fd)
+                    _rmdir(stack[-1][0], os.path.basename(path), path, left)
+                continue
+            name = entry.name
+            child = os.path.join(path, name)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                _unlink(fd, name, child, left)
+            elif len(stack) >= REMOVE_DEPTH:
+                try:
+                    os.rename(name, f".deep-{os.urandom(6).hex()}", src_dir_fd=fd, dst_dir_fd=top)
+                    moved = True
+                except OSError as exc:
+                    left[child] = _reason(exc)
+            else:
+                sub = _open_dir(fd, name, child, left)
+                if sub is not None:
+                    try:
+                        stack.append((sub, child, os.scandir(sub)))
+                    except OSError as exc:
+                        os.close(sub)
+                        left[child] = _reason(exc)
+    except OSError as exc:
+        left[top_path] = _reason(exc)
+    finally:
+        for fd, _, entries in stack:
+            entries.close()
+            if fd != top:
+                os.close(fd)
+    return moved
 
 
 class Scope:
@@ -180,6 +336,7 @@ class Scope:
         self.isolate_home = isolate_home
         self.config = config  # what config.json holds when the scope opens
         self.damage: List[Damage] = []
+        self.left_behind: List[str] = []  # what could not be removed ("path: reason")
 
     def reset(self) -> None:
         """Lay config.json afresh, for the next command of the same target:
@@ -255,11 +412,14 @@ def open_scope(
     sources: Sequence[str] = (),
     isolate_home: bool = False,
     environ: Mapping[str, str] = os.environ,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> Iterator[Tuple[Scope, List[str]]]:
     """Open a scope for one target; on exit remove it and guard the base.
 
     Yields the scope and the secrets it holds (for masking). After the block,
-    ``scope.damage`` lists what the guard found and restored in the base.
+    ``scope.damage`` lists what the guard found and restored in the base, and
+    ``scope.left_behind`` what of the scope could not be removed (each line
+    also goes to ``warn``, even when the block ends in an exception).
     With ``registry`` None the scope holds only the base (minus helpers).
     """
     snap = base.snapshot()
@@ -276,24 +436,52 @@ def open_scope(
             raise ScopeError(path, f"cannot be filled: {exc.strerror or exc}") from None
         yield scope, secrets
     finally:
-        remove_tree(path)
+        from .run import uninterrupted
+
         # An entry that appears in the base with this target's auth leaked
         # out of the scope; the base's own secrets are not leaks.
         leaks = [entry["auth"]] if "auth" in entry else []
-        scope.damage = base.check(snap, leaks)
+        # No signal stops the removal or the guard half-way; one that comes
+        # meanwhile takes effect once both are done.
+        uninterrupted(lambda: _close(scope, base, snap, leaks, warn))
+
+
+def _close(
+    scope: Scope, base: Base, snap: Snapshot, leaks: Sequence[str], warn: Optional[Callable[[str], None]]
+) -> None:
+    """Remove the scope, then guard the base: the guard runs whatever the removal met."""
+    scope.left_behind = remove_tree(scope.path)
+    if warn:
+        for line in scope.left_behind:
+            warn(line)
+    scope.damage = base.check(snap, leaks)
 
 
 # -- sweep --------------------------------------------------------------------
 
 
+class Swept(NamedTuple):
+    removed: List[str]  # scopes removed
+    left: List[str]  # "path: reason" of what could not be removed
+    ended: Dict[str, int]  # scope -> processes still running in it that were ended
+
+
 def sweep(roots: Sequence[str]) -> List[str]:
-    """Remove scopes whose owner is gone; the paths removed.
+    """Remove scopes whose owner is gone; the paths removed (see sweep_report)."""
+    return sweep_report(roots).removed
+
+
+def sweep_report(roots: Sequence[str]) -> Swept:
+    """Remove scopes whose owner is gone: the paths removed, and what could not be.
 
     Only directories named like a scope, owned by this user, made in this
     pid namespace and whose owner process no longer runs are touched, so a
-    sweep is safe while other jobs' scopes are live.
+    sweep is safe while other jobs' scopes are live. A scope that cannot be
+    removed fully is reported and the sweep goes on with the next one.
     """
-    removed = []
+    removed: List[str] = []
+    left: List[str] = []
+    dead: List[str] = []
     uid, namespace = os.geteuid(), pid_namespace()
     for root in roots:
         try:
@@ -313,9 +501,18 @@ def sweep(roots: Sequence[str]) -> List[str]:
             pid, start, ns = (int(g) for g in match.groups())
             if ns != namespace or process_alive(pid, start):
                 continue
-            try:
-                remove_tree(entry.path)
-            except FileNotFoundError:
-                continue  # another sweep got there first
-            removed.append(entry.path)
-    return removed
+            dead.append(entry.path)
+    ended: Dict[str, int] = {}
+    if dead:
+        from .run import end_processes_in
+
+        # Its owner is gone, but a tool that left the owner's process group
+        # (setsid) may still run in it, with the target's login at hand.
+        ended = end_processes_in(dead)
+    for path in dead:
+        problems = remove_tree(path)
+        if problems:
+            left.extend(problems)
+        elif not os.path.lexists(path):
+            removed.append(path)
+    return Swept(removed, left, ended)
