@@ -847,7 +847,8 @@ def _report_closed(c: Any, what: str) -> int:
 def _sweep_jobs(roots: Sequence[str]) -> int:
     from . import jobscope
 
-    return max([EXIT_OK] + [_report_closed(c, "removed the scope of a job that is over:") for c in jobscope.sweep(roots)])
+    codes = [_report_closed(c, "removed the scope of a job that is over:") for c in jobscope.sweep(roots)]
+    return max([EXIT_OK, *codes])
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:

@@ -228,7 +228,7 @@ def auth_config(environ: Mapping[str, str]) -> Tuple[dc.Config, List[str]]:
         cfg = dc.parse_config(data, "DOCKER_AUTH_CONFIG")
     except ConfigError as exc:
         raise SecretSourceError(
-            "DOCKER_AUTH_CONFIG", f"{exc.reason}; it must hold a Docker config.json, e.g. {{\"auths\": {{...}}}}"
+            "DOCKER_AUTH_CONFIG", f'{exc.reason}; it must hold a Docker config.json, e.g. {{"auths": {{...}}}}'
         ) from None
     notes = []
     helpers = sorted(cfg.get("credHelpers", {}))
@@ -336,7 +336,9 @@ def _reopened(path: str, job: Job, environ: Mapping[str, str]) -> Opened:
     except (OSError, ValueError, KeyError) as exc:
         raise ScopeError(path, f"is this job's scope, but its {STATE} cannot be read ({exc})") from None
     scope = S.Scope(os.path.join(path, SCOPE), bool(doc.get("isolate_home")))
-    return Opened(job, path, scope, os.path.join(base_dir, dc.CONFIG_NAME), _exports(scope, base_dir, environ), [], [], True)
+    return Opened(
+        job, path, scope, os.path.join(base_dir, dc.CONFIG_NAME), _exports(scope, base_dir, environ), [], [], True
+    )
 
 
 def open_job(
