@@ -422,6 +422,13 @@ def _dead_shell() -> int:
     return proc.pid
 
 
+def _age_marker(job_dir: str | Path) -> None:
+    """As if the sweep that noted the job's shell gone ran GRACE seconds ago."""
+    marker = Path(job_dir) / J.OVER_SINCE
+    past = marker.stat().st_mtime - J.GRACE
+    os.utime(marker, (past, past))
+
+
 def test_sweep_retires_dead_and_expired_job_scopes_only(job_env: Dict[str, str], runner_base: Path) -> None:
     root = job_env["AUTHSCOPE_SCOPE_DIR"]
     now = time.time()
@@ -430,23 +437,51 @@ def test_sweep_retires_dead_and_expired_job_scopes_only(job_env: Dict[str, str],
     expired, _ = J.open_job(
         dict(job_env, CI_JOB_ID="3", CI_JOB_TIMEOUT="60"), root=root, shell=os.getpid(), now=now - 3600
     )
-    others, _ = J.open_job(dict(job_env, CI_JOB_ID="4"), root=root, shell=os.getpid())
+    others, _ = J.open_job(dict(job_env, CI_JOB_ID="4"), root=root, shell=_dead_shell())
     os.chown(others.directory, 4242, 4242)  # another user's: never touched
-    swept = run_authscope(["sweep"], job_env)
-    assert swept.returncode == 0, swept.stderr
-    assert not Path(dead.directory).exists() and not Path(expired.directory).exists()
+    first = run_authscope(["sweep"], job_env)
+    assert first.returncode == 0, first.stderr
+    assert not Path(expired.directory).exists()  # past CI_JOB_TIMEOUT + margin, its shell alive or not
+    assert Path(dead.directory).exists() and (Path(dead.directory) / J.OVER_SINCE).exists()  # only noted
+    _age_marker(dead.directory)
+    second = run_authscope(["sweep"], job_env)
+    assert second.returncode == 0, second.stderr
+    assert not Path(dead.directory).exists()
     assert Path(live.directory).exists() and Path(others.directory).exists()
-    assert swept.stderr.count("removed the scope of a job that is over") == 2
+    assert not (Path(live.directory) / J.OVER_SINCE).exists()
+    assert (first.stderr + second.stderr).count("removed the scope of a job that is over") == 2
 
 
 def test_sweep_runs_the_guard_of_a_killed_job(job_env: Dict[str, str], runner_base: Path) -> None:
-    """A job killed before after_script: the next sweep restores what its tools broke."""
+    """A job killed before after_script: a later sweep restores what its tools broke."""
     assert run_job(OPEN + "echo '{}' > ~/.docker/config.json\n", job_env).returncode == 0
+    assert run_authscope(["sweep"], job_env).returncode == 0
+    (job_dir,) = job_dirs(job_env)
+    _age_marker(job_dir)
     swept = run_authscope(["sweep"], job_env)
     assert swept.returncode == 3, swept.stderr
     assert "BASE INTEGRITY" in swept.stderr
     assert read_json(runner_base)["auths"] == BASE_CONFIG["auths"]
     assert job_dirs(job_env) == []
+
+
+def test_another_jobs_sweep_between_script_and_after_script_leaves_the_close_to_the_job(
+    job_env: Dict[str, str], runner_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's shell is gone before its after_script starts: a concurrent job's
+    sweep then must not take the scope, or the job's own log would not say
+    what its close found."""
+    assert run_job(OPEN + "echo '{}' > ~/.docker/config.json\n", job_env).returncode == 0
+    assert run_authscope(["sweep"], dict(job_env, CI_JOB_ID="9999")).returncode == 0  # another job's after_script
+    closed = run_job("authscope job close", job_env)
+    assert closed.returncode == 3 and "BASE INTEGRITY" in closed.stderr
+    # Control: without the grace, the other job's sweep takes it and the job's close finds nothing.
+    assert run_job(OPEN + "echo '{}' > ~/.docker/config.json\n", job_env).returncode == 0
+    monkeypatch.setattr(J, "GRACE", 0)
+    assert len(J.sweep([job_env["AUTHSCOPE_SCOPE_DIR"]])) == 0  # the first sighting only notes it ...
+    assert len(J.sweep([job_env["AUTHSCOPE_SCOPE_DIR"]])) == 1  # ... the next one takes it at once
+    nothing = run_job("authscope job close", job_env)
+    assert nothing.returncode == 0 and "no job scope to close" in nothing.stderr
 
 
 def test_target_scope_sweep_leaves_a_live_job_scope_alone(job_env: Dict[str, str], runner_base: Path) -> None:

@@ -21,8 +21,8 @@ certainly stopped the job: CI_JOB_TIMEOUT plus the time after_script may
 take. As in a target scope's name, ownership is recorded atomically with the
 directory's creation.
 
-A job directory is retired (by ``job close``, or by ``sweep`` once its shell
-is gone or it has expired) in one order that nothing interrupts: claim it by
+A job directory is retired (by ``job close``; by ``sweep`` once it has
+expired, or GRACE after a sweep first saw its shell gone) in one order that nothing interrupts: claim it by
 renaming it onto a fresh target-scope directory of the retiring process (two
 retirers cannot both win, and one killed half-way leaves a scope the next
 sweep removes), read job.json, remove it, run the base guard against the
@@ -57,6 +57,10 @@ SCOPE = "docker"
 IDENTITY = ("CI_SERVER_URL", "CI_PROJECT_ID", "CI_PIPELINE_ID", "CI_JOB_ID", "CI_RUNNER_ID", "CI_CONCURRENT_ID")
 DEFAULT_TIMEOUT = 24 * 3600  # without CI_JOB_TIMEOUT (GitLab < 15.7, other CI)
 AFTER_SCRIPT_MARGIN = 15 * 60  # after_script may run 5 minutes after the timeout (RUNNER_AFTER_SCRIPT_TIMEOUT)
+# How long a sweep leaves a job scope whose shell it saw gone: after_script
+# (where `job close` runs) starts seconds after the script's shell ends.
+GRACE = 10 * 60
+OVER_SINCE = "over-since"
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # The daemon TLS files the docker CLI looks for in $DOCKER_CONFIG when DOCKER_CERT_PATH is unset.
 DAEMON_TLS = ("ca.pem", "cert.pem", "key.pem")
@@ -498,9 +502,10 @@ def close_job(environ: Mapping[str, str], roots: Sequence[str]) -> List[Closed]:
 
 
 def sweep(roots: Sequence[str], now: Optional[float] = None) -> List[Closed]:
-    """Retire the job directories of jobs that are over: their shell is gone
-    (checked in this pid namespace only) or they are past their expiry.
-    Live jobs' directories, other users' and other names are never touched."""
+    """Retire the job directories of jobs that are over: past their expiry,
+    or their shell (checked in this pid namespace only) seen gone by a sweep
+    GRACE seconds ago or more. Live jobs' directories, other users' and other
+    names are never touched."""
     now = time.time() if now is None else now
     out = []
     uid = os.geteuid()
@@ -519,5 +524,31 @@ def sweep(roots: Sequence[str], now: Optional[float] = None) -> List[Closed]:
                 continue
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or not is_over(parsed[1], now):
                 continue
+            if now <= parsed[1].expires and not _gone_for_a_while(entry.path, now):
+                continue
             out.append(retire(entry.path))
     return out
+
+
+def _gone_for_a_while(path: str, now: float) -> bool:
+    """True when an earlier sweep saw this job's shell gone GRACE seconds ago.
+
+    A job's shell is gone between the end of its script and the start of its
+    after_script too; a sweep of another job's after_script in that moment
+    must leave the scope to the job's own `job close`, which reports in the
+    job's own log. So the first sweep that sees the shell gone only notes when
+    (``over-since``, its mtime), and a later one retires it.
+    """
+    marker = os.path.join(path, OVER_SINCE)
+    try:
+        return now - os.lstat(marker).st_mtime >= GRACE
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        os.utime(marker, (now, now), follow_symlinks=False)
+    except OSError:
+        pass  # retired meanwhile, or another sweep noted it first
+    return False
