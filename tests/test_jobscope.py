@@ -531,3 +531,59 @@ def test_exec_in_a_job_scope_layers_over_it_and_guards_it(job_env: Dict[str, str
         dict(job_env, CI_JOB_ID="4800"),
     )
     assert control.stdout.strip() == "{}"
+
+
+# -- the scope component's lines, with the real authscope -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inputs", "logged_in", "home_moved"),
+    [({}, True, False), ({"registry-login": False, "isolate-home": True}, False, True)],
+    ids=["defaults", "no-login-isolate-home"],
+)
+def test_scope_component_opens_in_before_script_and_closes_in_after_script(
+    job_env: Dict[str, str], runner_base: Path, inputs: Dict[str, Any], logged_in: bool, home_moved: bool
+) -> None:
+    from tests.test_templates import render_component
+
+    job = render_component("scope", install="true", **inputs)[".authscope-scope"]
+    before = runner_base.read_bytes()
+    probe = SHOW % "['DOCKER_CONFIG', 'HOME']"
+    script = "\n".join([*job["before_script"], "echo '{}' > \"$DOCKER_CONFIG/config.json\"", probe])
+    opened = run_job(f"set -o pipefail\n{script}", job_env)
+    assert opened.returncode == 0, opened.stderr
+    (job_dir,) = job_dirs(job_env)
+    seen = shown(opened.stdout)
+    assert seen["DOCKER_CONFIG"] == str(job_dir / "docker")
+    assert (seen["HOME"] != job_env["HOME"]) is home_moved
+    assert (f"{REGISTRY} (CI_REGISTRY)" in opened.stderr) is logged_in
+    closed = run_job("\n".join(job["after_script"]), job_env)  # a new shell, as GitLab's after_script
+    assert closed.returncode == 0, closed.stderr
+    assert "closed" in closed.stderr and job_dirs(job_env) == []
+    assert runner_base.read_bytes() == before
+
+
+def test_docs_pipelines_validate(tmp_path: Path) -> None:
+    """Each ```yaml block of docs/job-scope.md that starts `# .gitlab-ci.yml` is a valid pipeline."""
+    import re
+
+    from tests.test_templates import REPO_ROOT, require_check_jsonschema
+
+    tool = require_check_jsonschema()
+    text = (REPO_ROOT / "docs" / "job-scope.md").read_text()
+    blocks = [m.group(1) for m in re.finditer(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)]
+    files = []
+    for i, block in enumerate(b for b in blocks if b.startswith("# .gitlab-ci.yml")):
+        (tmp_path / f"block-{i}.yml").write_text(block)
+        files.append(str(tmp_path / f"block-{i}.yml"))
+    assert len(files) == 4, "the shell-runner, !reference, mounted-config and docker-in-docker examples"
+    proc = subprocess.run(
+        [tool, "--builtin-schema", "vendor.gitlab-ci", "--data-transform", "gitlab-ci", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in re.findall(r"/authscope/([a-z-]+)@", text):
+        assert (REPO_ROOT / "templates" / f"{name}.yml").exists(), name
