@@ -215,7 +215,8 @@ def _define_sweep(p: argparse.ArgumentParser) -> None:
         description=(
             "Remove scope directories whose owning process is gone. Scopes of live "
             "processes, other users' and anything not named like a scope are never touched, "
-            "so this is safe while other jobs on the runner are mid-flight."
+            "so this is safe while other jobs on the runner are mid-flight. Job scopes "
+            "(authscope job open) of jobs that are over are retired with their base guard."
         ),
         epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope sweep",
     )
@@ -303,7 +304,8 @@ def _define_job(p: argparse.ArgumentParser) -> None:
             "opened its scope: entries a tool changed or removed outside the scope are restored "
             "and authscope exits 3. Nothing to close (never opened, already closed or swept) is "
             "not an error. A job killed before after_script leaves a scope that `authscope sweep` "
-            "retires the same way once the job's shell is gone or its CI_JOB_TIMEOUT has passed."
+            "retires the same way, guard included: once its CI_JOB_TIMEOUT (+15 min) has passed, or "
+            "10 minutes after a sweep first saw the job's shell gone."
         ),
         epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope job close\n    - authscope sweep",
     )
