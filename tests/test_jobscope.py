@@ -8,6 +8,7 @@ Each protection has its control: the same action with the protection off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -411,6 +412,18 @@ def test_retire_defers_signals_until_the_guard_has_run(
         signal.signal(signal.SIGTERM, previous)
     assert events == ["removed", "guarded", "signal"]
     assert closed.damage and read_json(runner_base)["auths"] == BASE_CONFIG["auths"]
+    # Control: without the deferral the signal lands between the removal and
+    # the guard (where the CLI's handler would unwind past the guard).
+    assert run_job(OPEN + "echo '{}' > ~/.docker/config.json\n", job_env).returncode == 0
+    (job_dir,) = job_dirs(job_env)
+    events.clear()
+    monkeypatch.setattr(J, "signals_deferred", contextlib.nullcontext)
+    previous = signal.signal(signal.SIGTERM, lambda *_: events.append("signal"))
+    try:
+        J.retire(str(job_dir))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert events == ["signal", "removed", "guarded"]
 
 
 # -- sweep ------------------------------------------------------------------------------
