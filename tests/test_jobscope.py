@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -405,11 +406,17 @@ def test_retire_defers_signals_until_the_guard_has_run(
 
     monkeypatch.setattr(S, "remove_tree", remove_then_signal)
     monkeypatch.setattr(B.Base, "check", checked)
+    # Another thread of the process could take a blocked signal: have one.
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
     previous = signal.signal(signal.SIGTERM, lambda *_: events.append("signal"))
     try:
         closed = J.retire(str(job_dir))
     finally:
         signal.signal(signal.SIGTERM, previous)
+        stop.set()
+        other.join()
     assert events == ["removed", "guarded", "signal"]
     assert closed.damage and read_json(runner_base)["auths"] == BASE_CONFIG["auths"]
     # Control: without the deferral the signal lands between the removal and

@@ -788,12 +788,13 @@ def _cmd_job(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             if environ.get("AUTHSCOPE_SCOPE_DIR")
             else _scope_roots(environ)
         )
-        closed = jobscope.close_job(environ, roots)
-        if not [c for c in closed if not c.raced]:
-            job = jobscope.job_of(environ)
-            say(f"job {job.id}: no job scope to close (never opened, already closed or swept)")
-            return EXIT_OK
-        return max(_report_closed(c, "closed") for c in closed)
+        with jobscope.signals_deferred():  # a signal now lands after the guard and its report
+            closed = jobscope.close_job(environ, roots)
+            if not [c for c in closed if not c.raced]:
+                job = jobscope.job_of(environ)
+                say(f"job {job.id}: no job scope to close (never opened, already closed or swept)")
+                return EXIT_OK
+            return max(_report_closed(c, "closed") for c in closed)
     try:
         opened, retired = jobscope.open_job(
             environ,
@@ -849,7 +850,8 @@ def _report_closed(c: Any, what: str) -> int:
 def _sweep_jobs(roots: Sequence[str]) -> int:
     from . import jobscope
 
-    codes = [_report_closed(c, "removed the scope of a job that is over:") for c in jobscope.sweep(roots)]
+    with jobscope.signals_deferred():  # a signal now lands after the guards and their reports
+        codes = [_report_closed(c, "removed the scope of a job that is over:") for c in jobscope.sweep(roots)]
     return max([EXIT_OK, *codes])
 
 

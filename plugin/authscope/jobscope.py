@@ -430,16 +430,27 @@ def open_job(
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP wait until the block is done (main thread)."""
+    """SIGINT/SIGTERM/SIGHUP received in the block are delivered after it.
+
+    The handlers are swapped for a recorder rather than the signals blocked:
+    a blocked signal still reaches another thread of the process, and Python
+    runs its handler in the main thread at once. Outside the main thread
+    (where handlers cannot be set) nothing is deferred.
+    """
+    pending: List[int] = []
+    previous: Dict[int, Any] = {}
     try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, DEFERRED_SIGNALS)
-    except (ValueError, OSError):
-        old = None
+        for sig in DEFERRED_SIGNALS:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    except ValueError:
+        pass  # not the main thread
     try:
         yield
     finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for signum in pending:
+            os.kill(os.getpid(), signum)  # now, to the handlers in place again
 
 
 def _snapshot(doc: Mapping[str, Any]) -> Tuple[Snapshot, List[str]]:
