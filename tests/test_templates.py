@@ -213,6 +213,7 @@ RENDER_CASES: Dict[str, Dict[str, Dict[str, Any]]] = {
             "image": "python:3.9-slim",
             "install": "true",
             "registry-login": False,
+            "isolate-home": True,
         },
     },
 }

@@ -219,8 +219,9 @@ def _define_sweep(p: argparse.ArgumentParser) -> None:
             "processes, other users' and anything not named like a scope are never touched, "
             "so this is safe while other jobs on the runner are mid-flight. Processes of "
             "this user still running in a dead scope (a tool that left its job's process "
-            "group) are ended first. A scope that cannot be removed fully is named, the "
-            "sweep goes on, and exits 1."
+            "group) are ended first. Job scopes (authscope job open) of jobs that are over "
+            "are retired with their base guard. A scope that cannot be removed fully is "
+            "named, the sweep goes on, and exits 1."
         ),
         epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope sweep",
     )
@@ -231,6 +232,94 @@ def _define_sweep(p: argparse.ArgumentParser) -> None:
         help="look here (repeatable; default: every place scopes are made)",
     )
     p.set_defaults(run=_cmd_sweep)
+
+
+def _define_job(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
+        description=(
+            "Per-job auth isolation on a shared runner: `job open` (before_script) gives the "
+            "job's whole script its own Docker config, layered over the runner's base; "
+            "`job close` (after_script) removes it and checks the base. See docs/job-scope.md."
+        ),
+        epilog=(
+            "example (.gitlab-ci.yml):\n"
+            "  before_script:\n"
+            '    - eval "$(authscope job open)"\n'
+            "  after_script:\n"
+            "    - authscope job close"
+        ),
+    )
+    sub = p.add_subparsers(dest="job_command", metavar="open|close", parser_class=_Parser)
+    sub.required = True
+    opener = sub.add_parser("open", help="make this job's scope and print the shell lines that point the job at it")
+    _describe(
+        opener,
+        description=(
+            "Make a private Docker config for this CI job (a scope: the base config.json "
+            "without credsStore/credHelpers) and print POSIX shell lines that point the job's "
+            "shell at it: DOCKER_CONFIG, REGISTRY_AUTH_FILE (skopeo, podman, buildah), "
+            "AUTHSCOPE_SCOPE, and DOCKER_CERT_PATH when the base holds the docker daemon's TLS "
+            "keys. Evaluate them with eval. The job's own logins go into the scope, never into "
+            "the base: $CI_REGISTRY as $CI_REGISTRY_USER (password from $CI_REGISTRY_PASSWORD, "
+            "never argv) and every entry of DOCKER_AUTH_CONFIG (JSON, or a File variable). "
+            "Whatever the job then does to its Docker config (login, logout, a wipe) stays in "
+            "its scope; the runner's base is only read.\n\n"
+            "The scope lives in $AUTHSCOPE_SCOPE_DIR, $XDG_RUNTIME_DIR, /dev/shm or $TMPDIR as "
+            "authscope-job-<CI_JOB_ID>-<digest of the job's ids>-<shell>-<expiry>/ and is found "
+            "again by `authscope job close`, from the same CI variables. When open fails, it "
+            "prints `exit N` for eval instead of the lines, so the job stops rather than run on "
+            "the shared config."
+        ),
+        epilog=(
+            "example:\n"
+            '  eval "$(authscope job open)"\n'
+            '  eval "$(authscope job open --isolate-home)"   # tools that write ~/.docker/config.json'
+        ),
+    )
+    _add_base(opener)
+    _add_scope_dir(opener)
+    opener.add_argument(
+        "--no-registry-login",
+        action="store_true",
+        help="don't log in to $CI_REGISTRY in the scope (default: when CI_REGISTRY_USER/PASSWORD are set)",
+    )
+    opener.add_argument(
+        "--isolate-home",
+        action="store_true",
+        help="also export HOME, XDG_CONFIG_HOME and XDG_RUNTIME_DIR into the scope, for tools that ignore "
+        "DOCKER_CONFIG (~/.docker/config.json, podman's auth.json); git, ssh and caches then see an empty home",
+    )
+    opener.add_argument(
+        "--source-registry",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="a base registry whose login lives in a credential helper: read it once with the helper's "
+        "`get` and write it into the scope (repeatable)",
+    )
+    opener.set_defaults(run=_cmd_job)
+    closer = sub.add_parser("close", help="remove this job's scope and run the base guard (after_script)")
+    _describe(
+        closer,
+        description=(
+            "Find this job's scope from CI_JOB_ID, CI_PROJECT_ID, CI_PIPELINE_ID, CI_SERVER_URL, "
+            "CI_RUNNER_ID and CI_CONCURRENT_ID (after_script runs in a new shell: before_script's "
+            "exports are gone), remove it, and check the base against what it held when the job "
+            "opened its scope: entries a tool changed or removed outside the scope are restored "
+            "and authscope exits 3. Nothing to close (never opened, already closed or swept) is "
+            "not an error. A job killed before after_script leaves a scope that `authscope sweep` "
+            "retires the same way, guard included: once its CI_JOB_TIMEOUT (+15 min) has passed, or "
+            "10 minutes after a sweep first saw the job's shell gone."
+        ),
+        epilog="example (.gitlab-ci.yml):\n  after_script:\n    - authscope job close\n    - authscope sweep",
+    )
+    closer.add_argument(
+        "--scope-dir",
+        metavar="DIR",
+        help="where `job open` made it (default: $AUTHSCOPE_SCOPE_DIR, else every place scopes are made)",
+    )
+    closer.set_defaults(run=_cmd_job)
 
 
 def _define_fanout(p: argparse.ArgumentParser) -> None:
@@ -384,6 +473,7 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "fanout": ("copy an image to every target of authscope.yml, in parallel, verified", _define_fanout),
     "pipeline": ("print a child pipeline: one job per target (or per slice)", _define_pipeline),
     "sweep": ("remove scopes left by killed processes (for after_script)", _define_sweep),
+    "job": ("give a whole CI job its own Docker config: job open / job close", _define_job),
 }
 
 
@@ -729,11 +819,90 @@ def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         say(f"removed stale scope {path}" + (f" (ended {ended} process(es) still pointing at it)" if ended else ""))
     for line in swept.left:
         _warn_left_behind(line)
+    code = _sweep_jobs(roots)  # job scopes (authscope job open): their base guard runs too
     say(f"sweep: {len(swept.removed)} stale scope(s) removed from {', '.join(roots) or '(no scope directories)'}")
     if swept.left:
         say(f"sweep: {len(swept.left)} entr{'y' if len(swept.left) == 1 else 'ies'} could not be removed (see above)")
-        return EXIT_FAILED
+        return max(code, EXIT_FAILED)
+    return code
+
+
+def _cmd_job(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import jobscope
+
+    if a.job_command == "close":
+        roots = (
+            [a.scope_dir]
+            if a.scope_dir
+            else [environ["AUTHSCOPE_SCOPE_DIR"]]
+            if environ.get("AUTHSCOPE_SCOPE_DIR")
+            else _scope_roots(environ)
+        )
+        with jobscope.signals_deferred():  # a signal now lands after the guard and its report
+            closed = jobscope.close_job(environ, roots)
+            if not [c for c in closed if not c.raced]:
+                job = jobscope.job_of(environ)
+                say(f"job {job.id}: no job scope to close (never opened, already closed or swept)")
+                return EXIT_OK
+            return max(_report_closed(c, "closed") for c in closed)
+    try:
+        opened, retired = jobscope.open_job(
+            environ,
+            root=a.scope_dir,
+            config_dir=a.config_dir,
+            registry_login=not a.no_registry_login,
+            isolate_home=a.isolate_home,
+            sources=a.source_registry,
+        )
+    except BaseException as exc:
+        # `eval ""` succeeds: make the job's eval fail instead of running on the shared config.
+        code = next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), EXIT_FAILED)
+        if isinstance(exc, Interrupted):
+            code = 128 + exc.signum
+        elif not isinstance(exc, AuthscopeError):
+            code = EXIT_INTERNAL
+        print(jobscope.FAILED_LINE.format(code=code), end="", flush=True)
+        raise
+    for c in retired:
+        _report_closed(c, "removed a stale scope of this job (its shell is gone):")
+    for note in opened.notes:
+        say(note)
+    if opened.reused:
+        say(f"job {opened.job.id}: its scope is open already in this shell: {opened.scope.path}")
+    else:
+        logins = f"; logged in there: {', '.join(opened.logins)}" if opened.logins else ""
+        say(f"job {opened.job.id}: scope {opened.scope.path} over base {opened.base} (only read){logins}")
+    print(jobscope.shell_lines(opened.exports, f"authscope job scope of job {opened.job.id}"), end="", flush=True)
     return EXIT_OK
+
+
+def _scope_roots(environ: Mapping[str, str]) -> List[str]:
+    from . import scope
+
+    return scope.default_roots(environ)
+
+
+def _report_closed(c: Any, what: str) -> int:
+    """One retired job directory: what happened to it and to the base; its exit code."""
+    if c.raced:
+        return EXIT_OK
+    for problem in c.problems:
+        say(f"job {c.job}: {problem}")
+    if c.damage:
+        say(f"job {c.job}: {what} {c.directory}")
+        return _report_damage(c.base, c.damage)
+    if c.problems:
+        return EXIT_FAILED
+    say(f"job {c.job}: {what} {c.directory}; base {c.base} intact")
+    return EXIT_OK
+
+
+def _sweep_jobs(roots: Sequence[str]) -> int:
+    from . import jobscope
+
+    with jobscope.signals_deferred():  # a signal now lands after the guards and their reports
+        codes = [_report_closed(c, "removed the scope of a job that is over:") for c in jobscope.sweep(roots)]
+    return max([EXIT_OK, *codes])
 
 
 def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
