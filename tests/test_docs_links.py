@@ -379,8 +379,12 @@ def cli_doc_problems(text: str) -> List[str]:
             continue
         parser = cli.build_parser(name)
         sub = next(a for a in parser._actions if a.dest == "command").choices[name]  # type: ignore[union-attr]
+        # A command with sub-commands of its own (`job open|close`): their options count.
+        parsers = [sub] + [
+            p for a in sub._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()
+        ]
         # -p/--password is there only to refuse a password on the command line, unlisted.
-        shown = [action for action in sub._actions if action.help != argparse.SUPPRESS]
+        shown = [action for p in parsers for action in p._actions if action.help != argparse.SUPPRESS]
         real = {opt for action in shown for opt in action.option_strings} - {"-h", "--help"}
         documented = {opt for row in table_rows(section) for opt in OPTION.findall(row[0])}
         problems += [f"`authscope {name}`: option {o} is not documented" for o in sorted(real - documented)]

@@ -565,9 +565,11 @@ def test_exec_in_a_job_scope_layers_over_it_and_guards_it(job_env: Dict[str, str
 def test_scope_component_opens_in_before_script_and_closes_in_after_script(
     job_env: Dict[str, str], runner_base: Path, inputs: Dict[str, Any], logged_in: bool, home_moved: bool
 ) -> None:
-    from tests.test_templates import render_component
+    from tests.test_templates import as_text, render_component
 
     job = render_component("scope", install="true", **inputs)[".authscope-scope"]
+    # The job's variables: (the inputs) reach its shells, as GitLab sets them.
+    job_env = dict(job_env, **{key: as_text(value) for key, value in (job.get("variables") or {}).items()})
     before = runner_base.read_bytes()
     probe = SHOW % "['DOCKER_CONFIG', 'HOME']"
     script = "\n".join([*job["before_script"], "echo '{}' > \"$DOCKER_CONFIG/config.json\"", probe])

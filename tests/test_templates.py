@@ -403,7 +403,7 @@ def run_job_shell(
         "CI_REGISTRY_USER": "gitlab-ci-token",
     }
     for key, value in (job.get("variables") or {}).items():
-        env[key] = value["value"] if isinstance(value, dict) else str(value)
+        env[key] = as_text(value["value"] if isinstance(value, dict) else value)  # as GitLab: true, not True
     script = "set -eo pipefail\n" + "\n".join(line for key in keys for line in job.get(key, [])) + "\n"
     proc = subprocess.run(
         ["bash", "-c", script], cwd=tmp, env=env, capture_output=True, text=True, timeout=60, check=False

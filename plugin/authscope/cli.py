@@ -337,6 +337,11 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
             "  authscope fanout --dry-run                       # print the plan, run nothing\n"
             "  authscope fanout -f release.yml --jobs 8 --junit junit.xml --dotenv fanout.env\n"
             "  authscope fanout --target harbor-remote-1        # one target (child pipelines)\n"
+            "\nOnly the targets that run are expanded: --target X needs X's ${VAR}s (and the file's\n"
+            "own), not the other targets'. A variable a target names as a credential (password_env,\n"
+            "username_env, a ${VAR} in password_file) or CI_JOB_TOKEN-like job secrets may not be\n"
+            "${...}-expanded in any other field, command: included: argv, the `$ ...` log lines and\n"
+            "--dry-run show fields (exit 2). Tools read the target's login from its scope's config.\n"
             "\nexit codes: 0 all landed, 1 some target failed, 2 config error (nothing ran),\n"
             "3 the base guard restored entries, 130 interrupted (reports are still written)"
         ),
@@ -384,6 +389,7 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gitlab-token-env",
+        type=_variable_name,
         metavar="VAR",
         help="a variable holding a project/personal access token (api scope) to use instead of CI_JOB_TOKEN",
     )
@@ -399,7 +405,11 @@ def _define_pipeline(p: argparse.ArgumentParser) -> None:
             "Print a child pipeline (YAML) for a fan-out that outgrows one job: one job per "
             "target, each with environment registry/<target> so environment-scoped CI/CD "
             "variables (the target's password) reach it, or --slices N jobs. Run it from a "
-            "parent job with `trigger: include: artifact:` and `strategy: depend`."
+            "parent job with `trigger: include: artifact:` and `strategy: depend`.\n\n"
+            "Which variables each job needs: this generator only those of the file's own fields "
+            "(source, tags, command...) and of the targets' names; each child job those and its "
+            "own target's (registry, password_file, ca_file...), never another target's. So a "
+            "target's variables can all be scoped to its environment registry/<target>."
         ),
         epilog=(
             "example (.gitlab-ci.yml):\n"
@@ -421,20 +431,32 @@ def _define_pipeline(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="N jobs, each with a slice of the targets (default: one job per target)",
     )
-    p.add_argument("--image", default=None, metavar="IMAGE", help="the jobs' image (default: python:3.12-slim)")
+    p.add_argument(
+        "--image", type=_not_empty, default=None, metavar="IMAGE", help="the jobs' image (default: python:3.12-slim)"
+    )
     p.add_argument(
         "--install",
+        type=_not_empty,
         default=None,
         metavar="CMD",
         help="the shell line that installs authscope in a job (default: pip install authscope==VERSION)",
     )
-    p.add_argument("--stage", default="fanout", metavar="NAME", help="the jobs' stage (default: fanout)")
+    p.add_argument(
+        "--stage", type=_not_empty, default="fanout", metavar="NAME", help="the jobs' stage (default: fanout)"
+    )
     p.add_argument("--jobs", type=_positive_int, metavar="N", help="--jobs for each generated job")
     p.add_argument("--fail-fast", action="store_true", help="--fail-fast for each generated job")
     p.add_argument("--pull-once", action="store_true", help="--pull-once for each generated job")
     p.add_argument("--gitlab-release", action="store_true", help="--gitlab-release for each generated job")
-    p.add_argument("--gitlab-deployments", action="store_true", help="--gitlab-deployments for each generated job")
-    p.add_argument("--gitlab-token-env", metavar="VAR", help="--gitlab-token-env VAR for each generated job")
+    p.add_argument(
+        "--gitlab-deployments",
+        action="store_true",
+        help="one deployment per target and run: a per-target job's environment: is one (GitLab records it), "
+        "so only jobs without an environment (slices) get --gitlab-deployments",
+    )
+    p.add_argument(
+        "--gitlab-token-env", type=_variable_name, metavar="VAR", help="--gitlab-token-env VAR for each generated job"
+    )
     p.add_argument("--no-registry-login", action="store_true", help="don't log in to $CI_REGISTRY in before_script")
     p.set_defaults(run=_cmd_pipeline)
 
@@ -447,6 +469,22 @@ def _number(kind: Callable[[str], float], low: float, text: str) -> float:
     if value < low:
         raise argparse.ArgumentTypeError(f"must be at least {low:g}")
     return value
+
+
+def _not_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise argparse.ArgumentTypeError(f"{text!r} holds a control character (a newline?)")
+    return text
+
+
+def _variable_name(text: str) -> str:
+    from .targets import VARIABLE_NAME
+
+    if not VARIABLE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -605,7 +643,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .base import Base
     from .run import received_signal
 
-    spec = targets.load(a.file, environ)
+    spec = targets.load(a.file, environ, a.target)  # other targets' ${VAR}s need not be set
 
     def make_plan(**resolved: Any) -> plan.Plan:
         return plan.make_plan(
@@ -787,9 +825,11 @@ def _fanout_exit(report: R.Report) -> int:
 def _cmd_pipeline(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import pipeline, targets
 
-    # Secrets are not needed to plan jobs; ${VAR}s are, so a generator job
-    # fails here, with the line, rather than every child job later.
-    spec = targets.load(a.file, environ)
+    # Target names only: the generator job has none of the variables scoped
+    # to the targets' environments (passwords, CA files, even registries);
+    # each child job expands its own target's. The file's own ${VAR}s are
+    # expanded, so a generator job fails here, with the line, not every child.
+    spec = targets.load(a.file, environ, names_only=True)
     settings = pipeline.JobSettings(
         targets_file=a.file,
         image=a.image or pipeline.DEFAULT_IMAGE,

@@ -236,6 +236,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
 
     def line(data: bytes, is_stderr: bool) -> None:
         for text in data.decode("utf-8", "replace").splitlines():
+            text = R.cap_line(text)  # a megabyte without a newline: one short log line
             output.append(text)
             ctx.log(f"[{t.name}] {text}")
 
@@ -567,6 +568,7 @@ def pull_source(
 
     def line(data: bytes, is_stderr: bool) -> None:
         for text in data.decode("utf-8", "replace").splitlines():
+            text = R.cap_line(text)
             output.append(text)
             log(f"[pull] {text}")
 

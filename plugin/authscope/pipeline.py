@@ -1,6 +1,19 @@
 """A child pipeline for fan-outs that outgrow one job: one job per target
 (each with ``environment: registry/<target>``, so environment-scoped
-credentials apply), or one per slice of targets. Pure: builds a dict."""
+credentials apply), or one per slice of targets. Pure: builds a dict.
+
+Which variables each job needs: the generator (``authscope pipeline``) only
+those of the file's own fields (``source``, ``tags``...) and of the targets'
+names; each child job those and its own targets' (``fanout --target``
+expands no other target). So a target's password, username and CA file
+variables can be scoped to its environment ``registry/<target>``.
+
+Deployments: a job with ``environment:`` (``action: start``) is a deployment
+GitLab records itself, once per run, with the job's status. Such a job is
+not given ``--gitlab-deployments``, which would record a second one through
+the API; only the jobs without an environment (slices of several targets)
+are, and record one per target.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence
 
 from . import __version__
-from .targets import Fanout
+from .targets import ENVIRONMENT_PREFIX, JOB_PREFIX, Fanout
 
 DEFAULT_IMAGE = "python:3.12-slim"
 DEFAULT_INSTALL = f"pip install authscope=={__version__}"
@@ -42,6 +55,10 @@ def slices(names: Sequence[str], count: int) -> List[List[str]]:
 
 
 def _job(names: Sequence[str], settings: JobSettings, slug: str) -> Dict[str, Any]:
+    # Environment-scoped CI/CD variables (the target's password) reach only a
+    # job whose environment matches: one job per target. GitLab records that
+    # job's deployment itself (see the module's docstring).
+    environment = len(names) == 1
     command = ["authscope", "fanout", "-f", _quote(settings.targets_file)]
     for name in names:
         command += ["--target", name]
@@ -51,7 +68,7 @@ def _job(names: Sequence[str], settings: JobSettings, slug: str) -> Dict[str, An
         (settings.fail_fast, "--fail-fast"),
         (settings.pull_once, "--pull-once"),
         (settings.gitlab_release, "--gitlab-release"),
-        (settings.gitlab_deployments, "--gitlab-deployments"),
+        (settings.gitlab_deployments and not environment, "--gitlab-deployments"),
     ):
         if wanted:
             command.append(flag)
@@ -80,10 +97,8 @@ def _job(names: Sequence[str], settings: JobSettings, slug: str) -> Dict[str, An
             "reports": {"junit": f"authscope-{slug}.xml", "dotenv": f"authscope-{slug}.env"},
         },
     }
-    if len(names) == 1:
-        # Environment-scoped CI/CD variables (the target's password) reach
-        # only a job whose environment matches: one job per target.
-        job["environment"] = {"name": f"registry/{names[0]}", "action": "start"}
+    if environment:
+        job["environment"] = {"name": ENVIRONMENT_PREFIX + names[0], "action": "start"}
     return job
 
 
@@ -95,14 +110,14 @@ def _quote(text: str) -> str:
 
 def child_pipeline(fanout: Fanout, settings: JobSettings, slice_count: int = 0) -> Dict[str, Any]:
     """The child pipeline: one job per target, or ``slice_count`` jobs."""
-    names = [t.name for t in fanout.targets]
+    names = list(fanout.names or [t.name for t in fanout.targets])  # load(names_only=True) expands none
     doc: Dict[str, Any] = {"stages": [settings.stage]}
     if slice_count:
         for i, group in enumerate(slices(names, slice_count), 1):
-            doc[f"authscope:slice-{i}"] = _job(group, settings, f"slice-{i}")
+            doc[f"{JOB_PREFIX}slice-{i}"] = _job(group, settings, f"slice-{i}")
     else:
         for name in names:
-            doc[f"authscope:{name}"] = _job([name], settings, name)
+            doc[JOB_PREFIX + name] = _job([name], settings, name)
     return doc
 
 

@@ -46,7 +46,7 @@ def make_plan(
     With pull_once (from the file unless given), the source is fetched once
     into the local OCI layout ``layout`` and every target is pushed from it.
     """
-    known = [t.name for t in fanout.targets]
+    known = list(fanout.names or [t.name for t in fanout.targets])  # loaded with only=: names of all
     unknown = [name for name in only if name not in known]
     if unknown:
         raise UsageError(

@@ -11,8 +11,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 JSON_VERSION = 1
 OK, FAILED, SKIPPED, INTERRUPTED = "ok", "failed", "skipped", "interrupted"
-DOTENV_LIMIT = 5 * 1024  # GitLab's limit for a dotenv report
+DOTENV_LIMIT = 5 * 1024  # GitLab's limit for a dotenv report: the file must be smaller (size < limit)
 TAIL_LINES = 30
+# A tool that prints megabytes without a newline must not make megabyte log
+# lines, JSON or JUnit (GitLab drops a JUnit report it can't parse): each
+# output line is cut to LINE_LIMIT bytes of UTF-8, a tail to TAIL_LIMIT.
+LINE_LIMIT = 1024
+TAIL_LIMIT = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -110,22 +115,49 @@ def section(name: str, header: str, body: str, collapsed: bool, now: Optional[fl
     )
 
 
-def result_text(r: Result) -> str:
+def result_text(r: Result, failure: bool = True) -> str:
+    """What happened to ``r``; without ``failure``, not its error, hint and output
+    (JUnit puts those in <failure>, and nothing twice)."""
     lines = [
         f"registry {r.registry}, repository {r.repository}, tool {r.tool}, {r.attempts} attempt(s), {r.duration:.1f}s"
     ]
     for tag in r.tags:
         lines.append(f"  {r.registry}/{r.repository}:{tag}  {r.digests.get(tag) or '(not verified)'}")
-    if r.error:
+    if r.error and failure:
         lines.append(f"failed: {r.error}")
-    if r.hint:
+    if r.hint and failure:
         lines.append(f"fix: {r.hint}")
-    for note in r.restored:
-        lines.append(f"base guard: {note}")
-    if r.output and r.status != OK:
-        lines.append(f"last {len(r.output)} line(s) of output:")
-        lines.extend(f"  | {line}" for line in r.output)
+    if failure:
+        lines.extend(f"base guard: {note}" for note in r.restored)
+    output = bounded(r.output)
+    if output and r.status != OK and failure:
+        lines.append(f"last {len(output)} line(s) of output:")
+        lines.extend(f"  | {line}" for line in output)
     return "\n".join(lines)
+
+
+def cap_line(text: str, limit: int = LINE_LIMIT) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, saying how long it was."""
+    if len(text) * 4 <= limit:  # short enough whatever its characters
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    note = f" [... cut: {len(data)} bytes in all]"
+    return data[: limit - len(note)].decode("utf-8", "ignore") + note
+
+
+def bounded(lines: Sequence[str]) -> Tuple[str, ...]:
+    """The last of ``lines``, each capped, together within TAIL_LIMIT bytes."""
+    out: List[str] = []
+    size = 0
+    for line in reversed(lines[-TAIL_LINES:]):
+        line = cap_line(line)
+        size += len(line.encode("utf-8", "surrogatepass")) + 1
+        if size > TAIL_LIMIT and out:
+            break
+        out.append(line)
+    return tuple(reversed(out))
 
 
 # -- JUnit ----------------------------------------------------------------------------
@@ -157,29 +189,42 @@ def junit(report: Report) -> bytes:
     )
     for r in report.results:
         case = ET.SubElement(
-            suite, "testcase", classname=f"authscope.{r.registry}", name=r.name, time=f"{r.duration:.3f}"
+            suite,
+            "testcase",
+            classname=_xml_safe(f"authscope.{r.registry}"),
+            name=_xml_safe(r.name),
+            time=f"{r.duration:.3f}",
         )
-        if r.status in (FAILED, INTERRUPTED) or r.restored:
+        failed = r.status in (FAILED, INTERRUPTED) or bool(r.restored)
+        if failed:
+            # GitLab shows a failed case's <failure> text (and reads <system-out>
+            # only for attachments): the error, hint and output go there, once.
             # A restore fails the testcase even when the copy landed: a tool
             # wrote the base outside its scope, and GitLab's test report must say so.
             integrity = [f"BASE INTEGRITY: {note}" for note in r.restored]
-            message = r.error or (integrity[0] if integrity else r.status)
+            message = cap_line(r.error or (integrity[0] if integrity else r.status), 4 * LINE_LIMIT)
             text = "\n".join([message, *integrity[0 if r.error else 1 :]])
             text += f"\n\nHow to fix: {r.hint}" if r.hint else ""
-            if r.output:
-                text += "\n\nLast lines of output:\n" + "\n".join(r.output)
+            output = bounded(r.output)
+            if output:
+                text += "\n\nLast lines of output:\n" + "\n".join(output)
             kind = "base-integrity" if r.restored else r.status
             ET.SubElement(case, "failure", message=_xml_safe(message), type=kind).text = _xml_safe(text)
         elif r.status == SKIPPED:
             ET.SubElement(case, "skipped", message=_xml_safe(r.error or "not started"))
-        ET.SubElement(case, "system-out").text = _xml_safe(result_text(r))
+        ET.SubElement(case, "system-out").text = _xml_safe(result_text(r, failure=not failed))
     body: bytes = ET.tostring(suites, encoding="utf-8")
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + body + b"\n"
 
 
+# Every character XML 1.0 forbids (its Char production): C0 controls but tab,
+# newline and CR; lone surrogates; U+FFFE and U+FFFF. One of them in a tool's
+# output makes GitLab's parser (libxml2) drop the whole report.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _xml_safe(text: str) -> str:
-    # XML 1.0 can't carry most control characters, which tool output may hold.
-    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", "?", text)
+    return _NOT_XML.sub("?", text)
 
 
 # -- dotenv ---------------------------------------------------------------------------
@@ -204,11 +249,11 @@ def dotenv(report: Report) -> str:
     ]
     lines = [f"{key}={_one_line(value)}" for key, value in values]
     text = "\n".join(lines) + "\n"
-    while len(text.encode()) > DOTENV_LIMIT:
+    while len(text.encode()) >= DOTENV_LIMIT:  # GitLab: size < limit
         # Shorten the longest value rather than lose a variable.
         longest = max(range(len(lines)), key=lambda i: len(lines[i]))
         key, _, value = lines[longest].partition("=")
-        keep = max(0, len(value) - (len(text.encode()) - DOTENV_LIMIT) - 20)
+        keep = max(0, len(value) - (len(text.encode()) - DOTENV_LIMIT + 1) - 20)
         lines[longest] = f"{key}={value[:keep]}...(truncated)"
         text = "\n".join(lines) + "\n"
     return text
@@ -241,7 +286,7 @@ def to_json(report: Report) -> str:
     for r in report.results:
         item = asdict(r)
         item["tags"] = list(r.tags)
-        item["output"] = list(r.output)
+        item["output"] = list(bounded(r.output))
         item["restored"] = list(r.restored)
         item["destinations"] = r.destinations
         item["duration"] = round(r.duration, 3)

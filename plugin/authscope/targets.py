@@ -7,6 +7,23 @@ expanded from the environment in every string except usernames, which are
 literal (a Harbor robot ``robot$release+ci`` stays as written; ``$${`` writes a
 literal ``${``). Secrets appear only by reference: ``password_env``,
 ``password_file``, ``username_env``.
+
+Targets are expanded lazily: the file's own fields (``source``, ``tags``,
+``command``, ...) and every target's ``name`` are expanded and checked in every
+job, but the rest of a target only when it is selected (``load(..., only=)``;
+none with ``names_only``, for ``authscope pipeline``). So a job needs the
+variables of the targets it runs and no others: a GitLab job whose
+``environment:`` scopes one target's variables to it can run that target, and
+the generator of a child pipeline needs no target's variables at all. Checks
+that need no variable (keys, required fields, the tool) still run for every
+target.
+
+A variable that a target names for its credentials (``password_env``,
+``username_env``, a ``${VAR}`` in ``password_file``), and the secrets every
+GitLab job has (``CI_JOB_TOKEN``, ...), may not be ``${...}``-expanded in any
+other field: fields end up in the argv of the tools, in the ``$ ...`` lines of
+the log and in ``--dry-run``, so a secret expanded there would be shown.
+Tools get a target's login from its scope's Docker config instead.
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import Problem, TargetsFileError
 
@@ -29,6 +46,25 @@ PLACEHOLDER = re.compile(r"(?<!\$)\{(\w+)\}")
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# GitLab refuses a job or an environment whose name is over 255 characters;
+# `authscope pipeline` names a target's job JOB_PREFIX + name and its
+# environment ENVIRONMENT_PREFIX + name (as --gitlab-deployments does).
+GITLAB_NAME_MAX = 255
+JOB_PREFIX = "authscope:"
+ENVIRONMENT_PREFIX = "registry/"
+NAME_MAX = GITLAB_NAME_MAX - max(len(JOB_PREFIX), len(ENVIRONMENT_PREFIX))
+# Secrets every GitLab job has: never expanded into a field either.
+CI_SECRETS = (
+    "CI_JOB_TOKEN",
+    "CI_REGISTRY_PASSWORD",
+    "CI_DEPLOY_PASSWORD",
+    "CI_DEPENDENCY_PROXY_PASSWORD",
+    "CI_JOB_JWT",
+    "CI_JOB_JWT_V1",
+    "CI_JOB_JWT_V2",
+    "DOCKER_AUTH_CONFIG",
+)
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
@@ -116,6 +152,7 @@ class Fanout:
     timeout: float
     pull_once: bool
     tool: str  # the file's default tool; with pull_once, every target's
+    names: Tuple[str, ...] = ()  # every target's name, in file order (``targets`` are the selected ones)
 
 
 # -- YAML nodes to values, remembering lines -------------------------------------
@@ -264,10 +301,19 @@ TARGET_KEYS = (
 
 
 class _Checker:
-    def __init__(self, doc: _Doc, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        doc: _Doc,
+        environ: Mapping[str, str],
+        secrets: Optional[Mapping[str, str]] = None,
+        password_file_vars: Tuple[str, ...] = (),
+    ) -> None:
         self.doc = doc
         self.environ = environ
         self.base_dir = os.path.dirname(os.path.abspath(doc.path))
+        # variable -> what names it as a credential: never expanded into a field
+        self.secrets: Mapping[str, str] = secrets or {}
+        self.password_file_vars = password_file_vars  # ... except these, in password_file
 
     def keys(self, mapping: Dict[str, Any], allowed: Tuple[str, ...], where: Path) -> None:
         for key in mapping:
@@ -276,13 +322,18 @@ class _Checker:
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
                 self.doc.problem(where + (key,), f"unknown key{hint}")
 
-    def expand(self, value: str, where: Path) -> Optional[str]:
+    def expand(self, value: str, where: Path, allow: Tuple[str, ...] = ()) -> Optional[str]:
+        """``value`` with ``${VAR}`` expanded; ``allow``: credential variables this field may use."""
         missing: List[str] = []
+        refused: List[str] = []
 
         def substitute(match: re.Match[str]) -> str:
             if match.group(0) == "$${":
                 return "${"
             name, default = match.group(1), match.group(2)
+            if name in self.secrets and name not in allow:
+                refused.append(name)
+                return ""
             if name in self.environ:
                 return self.environ[name]
             if default is not None:
@@ -291,27 +342,40 @@ class _Checker:
             return ""
 
         out = _VAR.sub(substitute, value)
+        for name in refused:
+            self.doc.problem(
+                where,
+                f"${{{name}}} is a credential ({self.secrets[name]}): it is never expanded here, where argv, "
+                "the log and --dry-run would show it (tools read the target's login from its scope)",
+            )
         for name in missing:
             self.doc.problem(where, f"${{{name}}} is not set (in GitLab CI: a CI/CD variable, or ${{{name}:-default}})")
-        return None if missing else out
+        return None if missing or refused else out
 
     def string(
-        self, mapping: Dict[str, Any], key: str, where: Path, *, required: bool = False, expand: bool = True
+        self,
+        mapping: Dict[str, Any],
+        key: str,
+        where: Path,
+        *,
+        required: bool = False,
+        expand: bool = True,
+        allow: Tuple[str, ...] = (),
     ) -> Optional[str]:
         if key not in mapping or mapping[key] is None:
             if required:
                 self.doc.problem(where + (key,) if key in mapping else where, f"{key}: is required")
             return None
-        return self.text(mapping[key], where + (key,), expand)
+        return self.text(mapping[key], where + (key,), expand, allow)
 
-    def text(self, value: Any, where: Path, expand: bool = True) -> Optional[str]:
+    def text(self, value: Any, where: Path, expand: bool = True, allow: Tuple[str, ...] = ()) -> Optional[str]:
         """A string value, expanded; None (with a problem noted) when unusable."""
         if not isinstance(value, str):  # numbers arrive as Number, a str
             self.doc.problem(where, f"must be a string, not {_kind(value)}")
             return None
         text = str(value)
         if expand:
-            expanded = self.expand(text, where)
+            expanded = self.expand(text, where, allow)
             if expanded is None:
                 return None
             text = expanded
@@ -423,12 +487,19 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", type(None): "nothing"}.get(type(value), f"{value!r}")
 
 
-def check(data: Any, doc: _Doc, environ: Mapping[str, str]) -> Optional[Fanout]:
-    """Pure apart from checking that CA files exist; problems go to ``doc``."""
-    c = _Checker(doc, environ)
+def check(
+    data: Any, doc: _Doc, environ: Mapping[str, str], only: Sequence[str] = (), names_only: bool = False
+) -> Optional[Fanout]:
+    """Pure apart from checking that CA files exist; problems go to ``doc``.
+
+    Targets named in ``only`` (every target when empty, none with
+    ``names_only``) are expanded and checked in full; the others only as far
+    as no variable is needed, and leave only their name in ``Fanout.names``.
+    """
     if not isinstance(data, dict):
         doc.problem((), f"the file must be a mapping with source: and targets:, not {_kind(data)}")
         return None
+    c = _Checker(doc, environ, *_credential_variables(data.get("targets")))
     c.keys(data, TOP_KEYS, ())
     version = _unwrap(data.get("version", 1))
     if version != 1:
@@ -463,25 +534,77 @@ def check(data: Any, doc: _Doc, environ: Mapping[str, str]) -> Optional[Fanout]:
     targets: List[Target] = []
     names: Dict[str, int] = {}
     for i, raw in enumerate(raw_targets):
-        target = _target(c, raw, ("targets", i), default_tags, str(tool), command, data)
-        if target is None:
+        name = _target_name(c, raw, ("targets", i))
+        selected = not names_only and (not only or name in only)
+        target = _target(c, raw, ("targets", i), name, default_tags, str(tool), command, data, selected)
+        if name is None or (selected and target is None):
             continue
-        if target.name in names:
-            doc.problem(("targets", i, "name"), f"{target.name!r} is already the name of targets[{names[target.name]}]")
+        if name in names:
+            doc.problem(("targets", i, "name"), f"{name!r} is already the name of targets[{names[name]}]")
             continue
-        names[target.name] = i
-        targets.append(target)
+        names[name] = i
+        if target is not None:
+            targets.append(target)
     if pull_once:
-        for i, target in enumerate(targets):
-            if target.tool != tool or tool == "custom":
+        # The tools are never expanded: checked for every target, selected or not.
+        for i, raw in enumerate(raw_targets):
+            used = raw.get("tool", tool) if isinstance(raw, dict) else tool
+            if used != tool or tool == "custom":
                 doc.problem(
                     ("pull_once",),
-                    f"pull_once needs every target to use one tool, crane, skopeo or regctl (targets[{i}] {target.name!r} uses {target.tool})",
+                    f"pull_once needs every target to use one tool, crane, skopeo or regctl (targets[{i}] {raw.get('name')!r} uses {used})",
                 )
                 break
     if doc.problems or source is None:
         return None
-    return Fanout(doc.path, source, tuple(targets), jobs, retries, timeout, pull_once, str(tool))
+    return Fanout(doc.path, source, tuple(targets), jobs, retries, timeout, pull_once, str(tool), tuple(names))
+
+
+def _credential_variables(raw_targets: Any) -> Tuple[Dict[str, str], Tuple[str, ...]]:
+    """({variable: what names it as a credential}, the variables of password_file paths).
+
+    From every target, selected or not (the names are literal, nothing is
+    expanded), so no field of a selected target can show another's secret.
+    """
+    secrets = {name: "a GitLab job secret" for name in CI_SECRETS}
+    in_paths: Dict[str, str] = {}
+    for i, raw in enumerate(raw_targets if isinstance(raw_targets, list) else []):
+        if not isinstance(raw, dict):
+            continue
+        for key in ("password_env", "username_env"):
+            value = raw.get(key)
+            if isinstance(value, str) and VARIABLE_NAME.fullmatch(value):
+                secrets.setdefault(value, f"targets[{i}].{key}")
+        value = raw.get("password_file")
+        if isinstance(value, str):
+            for match in _VAR.finditer(value):
+                if match.group(1):
+                    in_paths.setdefault(match.group(1), f"in targets[{i}].password_file")
+    # A password_file path may use its own variables, and no other secret.
+    paths = tuple(name for name in in_paths if name not in secrets)
+    for name in paths:
+        secrets[name] = in_paths[name]
+    return secrets, paths
+
+
+def _target_name(c: _Checker, raw: Any, where: Path) -> Optional[str]:
+    """A target's name, expanded in every job (selection and job names need it)."""
+    if not isinstance(raw, dict):
+        return None  # reported by _target
+    name = c.string(raw, "name", where, required=True)
+    if name is None:
+        return None
+    if not _NAME.fullmatch(name):
+        c.doc.problem(where + ("name",), f"{name!r} may only hold letters, digits, '.', '_' and '-'")
+        return None
+    if len(name) > NAME_MAX:
+        c.doc.problem(
+            where + ("name",),
+            f"is {len(name)} characters long; the limit is {NAME_MAX}, so that its GitLab job "
+            f"({JOB_PREFIX}<name>) and environment ({ENVIRONMENT_PREFIX}<name>) stay within {GITLAB_NAME_MAX}",
+        )
+        return None
+    return name
 
 
 def _source(c: _Checker, data: Dict[str, Any]) -> Optional[Source]:
@@ -516,13 +639,18 @@ def _target(
     c: _Checker,
     raw: Any,
     where: Path,
+    name: Optional[str],
     default_tags: Optional[Tuple[str, ...]],
     default_tool: str,
     default_command: Optional[Tuple[str, ...]],
     top: Dict[str, Any],
+    selected: bool = True,
 ) -> Optional[Target]:
     """One target, checked; a file-level key that was given but is broken
-    has already been reported, so its absence is not reported again here."""
+    has already been reported, so its absence is not reported again here.
+
+    Unless ``selected``, nothing is expanded: only what needs no variable is
+    checked (keys, required fields, the tool), and None is returned."""
     from .dockerconfig import ref_host
     from .errors import UsageError
 
@@ -532,25 +660,22 @@ def _target(
         return None
     before = len(doc.problems)
     c.keys(raw, TARGET_KEYS, where)
-    name = c.string(raw, "name", where, required=True)
-    if name is not None and not _NAME.fullmatch(name):
-        doc.problem(where + ("name",), f"{name!r} may only hold letters, digits, '.', '_' and '-'")
-    registry = c.string(raw, "registry", where, required=True)
-    if registry is not None:
+    registry = c.string(raw, "registry", where, required=True, expand=selected)
+    if registry is not None and selected:
         try:
             registry = ref_host(registry)
         except UsageError as exc:
             doc.problem(where + ("registry",), str(exc))
-    repository = c.string(raw, "repository", where, required=True)
-    if repository is not None and not _REPOSITORY.fullmatch(repository):
+    repository = c.string(raw, "repository", where, required=True, expand=selected)
+    if repository is not None and selected and not _REPOSITORY.fullmatch(repository):
         doc.problem(where + ("repository",), f"{repository!r} is not a repository path (lowercase, e.g. release/app)")
-    tags = c.tags(raw, where) or default_tags
+    tags = (c.tags(raw, where) if selected else None) or default_tags
     if tags is None and raw.get("tags") is None and top.get("tags") is None:
         doc.problem(where, "no tags: set tags: on the file or on this target")
     tool = raw.get("tool", default_tool)
     if tool not in TOOLS:
         doc.problem(where + ("tool",), f"{tool!r} is not one of {', '.join(TOOLS)}")
-    command = c.command(raw, where) or default_command
+    command = (c.command(raw, where) if selected else None) or default_command
     if tool == "custom" and command is None and raw.get("command") is None and top.get("command") is None:
         doc.problem(where, "tool: custom needs command: (on the target or the file)")
     username = c.string(raw, "username", where, expand=False)  # literal: robot$x+y
@@ -558,7 +683,7 @@ def _target(
     if (raw.get("username") is None) == (raw.get("username_env") is None):
         doc.problem(where, "give exactly one of username: (literal) or username_env: (a variable's name)")
     password_env = c.env_name(raw, "password_env", where)
-    password_file = c.string(raw, "password_file", where)
+    password_file = c.string(raw, "password_file", where, expand=selected, allow=c.password_file_vars)
     if (raw.get("password_env") is None) == (raw.get("password_file") is None):
         doc.problem(
             where,
@@ -567,9 +692,9 @@ def _target(
     if password_file is not None and not os.path.isabs(password_file):
         password_file = os.path.join(c.base_dir, password_file)
     insecure = c.boolean(raw, "insecure", where)
-    ca_file = c.path(raw, "ca_file", where)
-    if len(doc.problems) > before or not (name and registry and repository and tags):
-        return None  # reported here, or (a broken file-level key) above
+    ca_file = c.path(raw, "ca_file", where) if selected else None
+    if not selected or len(doc.problems) > before or not (name and registry and repository and tags):
+        return None  # reported here, or (a broken file-level key, the name) above
     return Target(
         name,
         registry,
@@ -587,10 +712,15 @@ def _target(
     )
 
 
-def load(path: str, environ: Mapping[str, str]) -> Fanout:
-    """Read, expand and check ``path``; TargetsFileError lists every problem."""
+def load(path: str, environ: Mapping[str, str], only: Sequence[str] = (), *, names_only: bool = False) -> Fanout:
+    """Read, expand and check ``path``; TargetsFileError lists every problem.
+
+    ``only``: the targets that will run (every one when empty); the others are
+    not expanded, so their variables need not be set. ``names_only``: no
+    target is expanded (``authscope pipeline`` needs their names only).
+    """
     data, doc = _read_yaml(path)
-    fanout = check(data, doc, environ)
+    fanout = check(data, doc, environ, only, names_only)
     if fanout is None:
         raise TargetsFileError(
             path, sorted(doc.problems, key=lambda p: p.line) or [Problem(path, 1, "", "is not usable")]

@@ -359,7 +359,10 @@ def crash(workdir: Path, kills: int = 200, writers: int = 4, seed: Optional[int]
 
 CANCEL_PHASES = ("source", "preflight", "copy", "verify", "report")
 TARGET_PASSWORD = "cancel-test-password-0003"  # fake
-TAIL_LINE = "x" * 8000  # 30 of these in a failed target's section overflow a pipe
+TAIL_LINE = "x" * 8000
+# A section lists every destination: 3 failed targets with these tags overflow
+# a pipe (the output tail alone can't: reports cap it at 8 KB a target).
+REPORT_TAGS = [f"{n:03d}-" + "x" * 120 for n in range(200)]
 
 
 @dataclass
@@ -390,13 +393,16 @@ class Cancel:
         )
 
 
-def _targets_file(path: Path, registry: str, command: List[str], count: int, jobs: int) -> None:
+def _targets_file(
+    path: Path, registry: str, command: List[str], count: int, jobs: int, tags: Optional[List[str]] = None
+) -> None:
     lines = [
         f"source: {registry}/app:1.0",
         "tool: custom",
         f"command: {json.dumps(command)}",
         f"jobs: {jobs}",
         "retries: 0",
+        *([f"tags: {json.dumps(tags)}"] if tags else []),
         "targets:",
     ]
     for n in range(1, count + 1):
@@ -489,7 +495,7 @@ def cancel(workdir: Path, phase: str, sig: int, fork: bool = False) -> Cancel:
             raise RuntimeError(f"login failed: {login.stderr}")
         before = (base_dir / "config.json").read_bytes()
         targets = workdir / "authscope.yml"
-        _targets_file(targets, registry.host, command, count=3, jobs=2)
+        _targets_file(targets, registry.host, command, count=3, jobs=2, tags=REPORT_TAGS if phase == "report" else None)
         reports = {kind: workdir / f"report.{kind}" for kind in ("json", "xml", "env")}
         hold = {"source": "source", "preflight": "ping", "verify": "verify"}.get(phase)
         if hold:
