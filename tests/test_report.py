@@ -119,6 +119,21 @@ def test_section_names_are_safe_for_gitlab() -> None:
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", start.group(1))
 
 
+def test_plain_headers_outside_gitlab(capsys: pytest.CaptureFixture[str]) -> None:
+    """GITLAB_CI unset (a terminal, another CI): no section markers, which are noise there."""
+    from authscope.cli import _publish
+
+    text = R.section("authscope_x", "x: OK", "body\n", collapsed=True, now=5, gitlab=False)
+    assert text == "== x: OK\nbody"
+    _publish(report(MIXED), None, None, None, gitlab=False)
+    out = capsys.readouterr().out
+    assert "section_start:" not in out and "section_end:" not in out and "\x1b[0K" not in out
+    assert "== harbor-1: OK" in out
+    # Control: under GitLab CI the same report has its markers.
+    _publish(report(MIXED), None, None, None, gitlab=True)
+    assert capsys.readouterr().out.count("section_start:") == 4
+
+
 def test_section_without_time_uses_now() -> None:
     import time
 
@@ -330,7 +345,7 @@ def test_publish_writes_every_report(tmp_path: Any, capsys: pytest.CaptureFixtur
 
     paths = [tmp_path / "junit.xml", tmp_path / "sub" / "fanout.env", tmp_path / "fanout.json"]
     paths[1].parent.mkdir()
-    _publish(report(MIXED), *(str(p) for p in paths))
+    _publish(report(MIXED), *(str(p) for p in paths), gitlab=True)
     ET.fromstring(paths[0].read_bytes())
     parse_dotenv(paths[1].read_text())
     assert json.loads(paths[2].read_text())["version"] == 1

@@ -616,7 +616,9 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if opened.left_behind and status == EXIT_OK:
         # The command succeeded, but a part of its scope (with the target's
         # login in it, maybe) is still on disk: that is not a success.
-        say(f"the scope {opened.path} could not be removed fully (see above); what is left may hold the target's login: free it (chattr -i, umount), then run `authscope sweep`")
+        say(
+            f"the scope {opened.path} could not be removed fully (see above); what is left may hold the target's login: free it (chattr -i, umount), then run `authscope sweep`"
+        )
         return EXIT_FAILED
     if not a.quiet:
         say(f"scope removed; base {base.path} intact; {argv[0]} exited {status}")
@@ -696,7 +698,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             report = R.Report(
                 source, None, spec.tool, failed, started, time.monotonic() - clock, signal, error, tuple(guard)
             )
-            _publish(report, a.junit, a.dotenv, a.json)
+            _publish(report, a.junit, a.dotenv, a.json, gitlab=environ.get("GITLAB_CI") == "true")
             if signal or report.restored:
                 say(f"error: {exc}")
                 return _fanout_exit(report)
@@ -723,7 +725,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         signal=received_signal(),
         guard=tuple(guard),
     )
-    _publish(report, a.junit, a.dotenv, a.json)
+    _publish(report, a.junit, a.dotenv, a.json, gitlab=environ.get("GITLAB_CI") == "true")
     code = _fanout_exit(report)
     # After the reports: a GitLab failure never hides what landed where.
     published = (
@@ -772,14 +774,18 @@ def _layout_dir(wanted: bool) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _publish(report: R.Report, junit: Optional[str], dotenv: Optional[str], json_path: Optional[str]) -> None:
-    """Sections per target, the summary table, and the report files."""
+def _publish(
+    report: R.Report, junit: Optional[str], dotenv: Optional[str], json_path: Optional[str], *, gitlab: bool
+) -> None:
+    """Sections per target (GitLab's collapsible ones with ``gitlab``), the
+    summary table, and the report files."""
     from . import report as R
     from .dockerconfig import write_atomic
 
     for r in report.results:
         header = f"{r.name}: {r.status.upper()}" + (f" - {r.error}" if r.error else "")
-        print(R.section(f"authscope_{r.name}", header, R.result_text(r), collapsed=r.status == R.OK), flush=True)
+        text = R.result_text(r)
+        print(R.section(f"authscope_{r.name}", header, text, collapsed=r.status == R.OK, gitlab=gitlab), flush=True)
     print(R.summary_table(report), flush=True)
     for path, render in (
         (junit, R.junit),

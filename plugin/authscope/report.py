@@ -103,8 +103,13 @@ def summary_table(report: Report) -> str:
     return "\n".join([head, *lines, *guard])
 
 
-def section(name: str, header: str, body: str, collapsed: bool, now: Optional[float] = None) -> str:
-    """A GitLab collapsible log section (plain text elsewhere)."""
+def section(
+    name: str, header: str, body: str, collapsed: bool, now: Optional[float] = None, gitlab: bool = True
+) -> str:
+    """A GitLab collapsible log section; with ``gitlab`` False (a terminal, another
+    CI), a plain header instead of the markers, which elsewhere are only noise."""
+    if not gitlab:
+        return f"== {header}\n{body.rstrip()}"
     stamp = int(now if now is not None else time.time())
     key = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     flag = "[collapsed=true]" if collapsed else ""

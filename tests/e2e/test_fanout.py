@@ -75,6 +75,7 @@ class Fleet:
         e = dict(env)
         e["PATH"] = f"{TOOLS_BIN}{os.pathsep}{e['PATH']}"
         e["LANG"] = "C.UTF-8"
+        e["GITLAB_CI"] = "true"  # a release job: GitLab's collapsible sections in the log
         self.scopes = tmp_path / "scopes"
         self.scopes.mkdir(mode=0o700)
         e["AUTHSCOPE_SCOPE_DIR"] = str(self.scopes)
