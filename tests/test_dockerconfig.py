@@ -41,6 +41,38 @@ def test_registry_key_rejects_non_hosts(bad: str) -> None:
         dc.registry_key(bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "ref", "api"),
+    [
+        ("docker.io", "docker.io", "registry-1.docker.io"),
+        ("https://index.docker.io/v1/", "docker.io", "registry-1.docker.io"),
+        ("harbor.x:8443", "harbor.x:8443", "harbor.x:8443"),
+        ("https://harbor.x/v2/", "harbor.x", "harbor.x"),
+    ],
+)
+def test_ref_and_api_hosts(name: str, ref: str, api: str) -> None:
+    assert (dc.ref_host(name), dc.api_host(name)) == (ref, api)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.1:5000", True),
+        ("127.1.2.3:443", True),
+        ("localhost", True),
+        ("localhost:5000", True),
+        ("[::1]", True),
+        ("harbor.x", False),
+        ("harbor.x:5000", False),
+        ("10.0.0.1:5000", False),
+        ("localhost.example:5000", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert dc.is_loopback(host) is loopback
+
+
 def test_same_registry_matches_every_spelling() -> None:
     for spelling in ("harbor.x", "https://harbor.x", "http://harbor.x/v1/", "HARBOR.X"):
         assert dc.same_registry(spelling, "harbor.x")
