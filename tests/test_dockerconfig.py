@@ -100,6 +100,29 @@ def test_parse_names_file_and_problem(data: bytes, reason: str) -> None:
     assert reason in str(info.value)
 
 
+def test_parse_refuses_json_nested_too_deeply() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        dc.parse_config(b"[" * 100_000 + b"]" * 100_000, "c.json")
+
+
+def test_helper_for_prefers_the_registry_helper_then_the_store() -> None:
+    cfg = {"credHelpers": {"https://harbor.x": "ecr-login"}, "credsStore": "desktop"}
+    assert dc.helper_for(cfg, "harbor.x") == "ecr-login"
+    assert dc.helper_for(cfg, "other.x") == "desktop"
+    assert dc.helper_for({"credHelpers": {"harbor.x": "ecr-login"}}, "other.x") is None
+
+
+def test_has_inline_auth_in_any_spelling() -> None:
+    cfg = {"auths": {"https://harbor.x": {"auth": "eDp5"}, "token.x": {"identitytoken": "t"}, "empty.x": {}}}
+    assert dc.has_inline_auth(cfg, "harbor.x") and dc.has_inline_auth(cfg, "token.x")
+    assert not dc.has_inline_auth(cfg, "empty.x") and not dc.has_inline_auth(cfg, "other.x")
+
+
+def test_entry_from_helper_token_or_password() -> None:
+    assert dc.entry_from_helper("<token>", "tok") == {"identitytoken": "tok"}
+    assert dc.entry_from_helper("ci", "pw") == dc.auth_entry("ci", "pw")
+
+
 def test_parse_reports_json_position() -> None:
     with pytest.raises(ConfigError, match="line 3 column"):
         dc.parse_config(b'{\n "auths": {\n  ,}\n}', "c.json")
