@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -66,19 +66,29 @@ def test_corrupt_base_refused_and_left_byte_for_byte(
         assert str(path) in err and "left as it is" in err
         assert "Traceback" not in err
     assert path.read_bytes() == garbage
-    assert sorted(os.listdir(base)) == ["config.json", "config.json.lock"]
+    # Nothing was written beside it: no journal, no temp file. (The lock file
+    # is made before the read, so it may be there; its effect is tested below.)
+    assert set(os.listdir(base)) - {"config.json.lock"} == {"config.json"}
 
 
-def test_control_naive_tool_loses_a_corrupt_base(tmp_path: Path) -> None:
-    """Control: the usual `load or start empty` pattern destroys what it can't parse."""
-    path = tmp_path / "config.json"
+def test_control_login_that_starts_empty_loses_a_corrupt_base(
+    base: Path, main: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: authscope with its refusal switched off (the usual `load or start
+    empty`) destroys what it can't parse."""
+    base.mkdir()
+    path = base / "config.json"
     path.write_bytes(b'{"auths": {"keep": {}}, }')  # one stray comma
-    try:
-        cfg = json.loads(path.read_text())
-    except ValueError:
-        cfg = {"auths": {}}
-    cfg["auths"]["new"] = {}
-    path.write_text(json.dumps(cfg))
+    read_config = dc.read_config
+
+    def load_or_start_empty(p: str) -> Any:
+        try:
+            return read_config(p)
+        except ConfigError:
+            return None, {}
+
+    monkeypatch.setattr(dc, "read_config", load_or_start_empty)
+    assert main("login", "x.example", "-u", "u", "--password-env", "LOCAL_PASSWORD") == 0
     assert "keep" not in path.read_text()
 
 
@@ -91,7 +101,7 @@ def test_symlinked_config_written_through_to_its_target(base: Path, tmp_path: Pa
     assert main("login", "x.example", "-u", "u", "--password-env", "LOCAL_PASSWORD") == 0
     assert (base / "config.json").is_symlink()
     assert set(read_json(target)["auths"]) == {"keep", "x.example"}
-    assert (target.parent / "docker.json.lock").exists()  # the lock guards the real file
+    # That the lock guards the real file: test_logins_through_two_links_to_one_file_lose_nothing.
 
 
 def test_dangling_symlink_refused(base: Path, tmp_path: Path, main: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,51 +116,74 @@ def test_dangling_symlink_refused(base: Path, tmp_path: Path, main: Any, capsys:
 
 WRITERS, ROUNDS = 6, 8
 
-NAIVE_WRITER = """
-import json, sys, time
-path, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-for i in range(rounds):
-    with open(path) as f:
-        cfg = json.load(f)
-    cfg["auths"][f"{name}-{i}.example"] = {"auth": "eDp5"}
-    time.sleep(0.002)  # the time a real tool spends between its read and its write
-    with open(path, "w") as f:
-        json.dump(cfg, f)
-"""
-
+# Each writer logs in ROUNDS registries of its own through base.login, all
+# writers released at once (a go file) after their imports. LOCK selects the
+# lock: "real" is authscope's; "none" replaces it with a no-op (the protection
+# switched off); "beside-link" takes it in the directory that holds the
+# config.json link instead of beside the file the link points to.
 AUTHSCOPE_WRITER = """
-import sys
-from authscope import base, dockerconfig
-directory, name, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import contextlib, os, sys, time
+import filelock
+from authscope import base
+directory, name, rounds, go, lock = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+if lock == "none":
+    base.Base._locked = lambda self: contextlib.nullcontext()
+elif lock == "beside-link":
+    init = base.Base.__init__
+    def beside_link(self, directory):
+        init(self, directory)
+        self.lock_path = os.path.join(directory, "config.json.lock")
+    base.Base.__init__ = beside_link
+while not os.path.exists(go):
+    time.sleep(0.001)
 for i in range(rounds):
     base.login(directory, f"{name}-{i}.example", {"auth": "eDp5"})
 """
 
 
-def _race(script: str, target: str, env: Dict[str, str]) -> list[int]:
+def _race(directories: List[Path], env: Dict[str, str], tmp: Path, lock: str = "real") -> List[int]:
+    """Run WRITERS writers (spread over ``directories``) at once; their exit codes."""
+    go = tmp / f"go-{lock}"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, target, f"w{n}", str(ROUNDS)], env=env, stderr=subprocess.DEVNULL
+            [sys.executable, "-c", AUTHSCOPE_WRITER, str(directories[n % len(directories)]), f"w{n}", str(ROUNDS), str(go), lock],
+            env=env,
         )
         for n in range(WRITERS)
     ]
+    time.sleep(0.5)  # every writer has started and is waiting for the go
+    go.touch()
     return [p.wait(timeout=120) for p in procs]
 
 
-def test_concurrent_logins_lose_nothing(base: Path, env: Dict[str, str]) -> None:
+def test_concurrent_logins_lose_nothing(base: Path, env: Dict[str, str], tmp_path: Path) -> None:
     path = write_config(base, {"auths": {}})
-    assert _race(AUTHSCOPE_WRITER, str(base), env) == [0] * WRITERS
+    assert _race([base], env, tmp_path) == [0] * WRITERS
     assert len(read_json(path)["auths"]) == WRITERS * ROUNDS
 
 
-def test_control_naive_read_modify_write_loses_entries(base: Path, env: Dict[str, str]) -> None:
+def test_control_logins_without_the_lock_lose_entries(base: Path, env: Dict[str, str], tmp_path: Path) -> None:
+    """Control: the same logins with authscope's lock replaced by a no-op lose some."""
     path = write_config(base, {"auths": {}})
-    _race(NAIVE_WRITER, str(path), env)  # some writers may even crash on a torn read
-    try:
-        kept = len(read_json(path)["auths"])
-    except ValueError:
-        kept = 0  # a torn write: even worse
-    assert kept < WRITERS * ROUNDS
+    assert _race([base], env, tmp_path, lock="none") == [0] * WRITERS
+    assert len(read_json(path)["auths"]) < WRITERS * ROUNDS
+
+
+def test_logins_through_two_links_to_one_file_lose_nothing(env: Dict[str, str], tmp_path: Path) -> None:
+    """Two base directories whose config.json links to one file: the lock is the real file's."""
+    real = tmp_path / "dotfiles" / "docker.json"
+    real.parent.mkdir()
+    real.write_text('{"auths": {}}')
+    links = [tmp_path / "job-a", tmp_path / "job-b"]
+    for d in links:
+        d.mkdir()
+        (d / "config.json").symlink_to(real)
+    assert _race(links, env, tmp_path) == [0] * WRITERS
+    assert len(read_json(real)["auths"]) == WRITERS * ROUNDS
+    # Control: a lock taken beside each link lets the two directories race.
+    real.write_text('{"auths": {}}')
+    assert _race(links, env, tmp_path, lock="beside-link") == [0] * WRITERS
+    assert len(read_json(real)["auths"]) < WRITERS * ROUNDS
 
 
 # -- the guard -----------------------------------------------------------------------
@@ -317,9 +350,26 @@ def test_many_scopes_and_writers_at_once(logged_in: Path, env: Dict[str, str], t
     assert not list(Path(env["AUTHSCOPE_SCOPE_DIR"]).iterdir())
 
 
-def test_parse_error_is_not_a_guard_crash(logged_in: Path) -> None:
-    with pytest.raises(ConfigError):
-        dc.parse_config(b"{", str(logged_in))
+@pytest.mark.parametrize("garbage", [b"{", b"\xef\xbb\xbf{}", b'{"auths": 3}', b"\xff\xfe"])
+def test_parse_error_is_not_a_guard_crash(logged_in: Path, garbage: bytes) -> None:
+    """A base a tool left unparseable: the guard restores it instead of raising."""
+    b, snap = _snap_and_base(logged_in)
+    before = read_json(logged_in)
+    logged_in.write_bytes(garbage)
+    with pytest.raises(ConfigError):  # what the guard has to survive
+        dc.read_config(str(logged_in))
+    damage = b.check(snap)
+    assert ("auths", "gitlab.local:4567") in {d.path for d in damage}
+    assert read_json(logged_in) == before
+
+
+def test_parse_error_on_an_empty_snapshot_is_not_a_guard_crash(base: Path) -> None:
+    """Nothing to restore (the base had no file), and a tool wrote garbage: no crash, nothing written."""
+    base.mkdir()
+    b, snap = B.Base(str(base)), B.Base(str(base)).snapshot()
+    (base / "config.json").write_bytes(b"{")
+    assert b.check(snap) == []
+    assert (base / "config.json").read_bytes() == b"{"
 
 
 def test_guard_narrows_a_widened_mode_and_restores_privately(logged_in: Path) -> None:

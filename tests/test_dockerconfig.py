@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Callable, List, Tuple
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +41,38 @@ def test_registry_key_rejects_non_hosts(bad: str) -> None:
         dc.registry_key(bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "ref", "api"),
+    [
+        ("docker.io", "docker.io", "registry-1.docker.io"),
+        ("https://index.docker.io/v1/", "docker.io", "registry-1.docker.io"),
+        ("harbor.x:8443", "harbor.x:8443", "harbor.x:8443"),
+        ("https://harbor.x/v2/", "harbor.x", "harbor.x"),
+    ],
+)
+def test_ref_and_api_hosts(name: str, ref: str, api: str) -> None:
+    assert (dc.ref_host(name), dc.api_host(name)) == (ref, api)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.1:5000", True),
+        ("127.1.2.3:443", True),
+        ("localhost", True),
+        ("localhost:5000", True),
+        ("[::1]", True),
+        ("harbor.x", False),
+        ("harbor.x:5000", False),
+        ("10.0.0.1:5000", False),
+        ("localhost.example:5000", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert dc.is_loopback(host) is loopback
+
+
 def test_same_registry_matches_every_spelling() -> None:
     for spelling in ("harbor.x", "https://harbor.x", "http://harbor.x/v1/", "HARBOR.X"):
         assert dc.same_registry(spelling, "harbor.x")
@@ -61,6 +98,29 @@ def test_parse_names_file_and_problem(data: bytes, reason: str) -> None:
         dc.parse_config(data, "/x/config.json")
     assert "/x/config.json" in str(info.value)
     assert reason in str(info.value)
+
+
+def test_parse_refuses_json_nested_too_deeply() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        dc.parse_config(b"[" * 100_000 + b"]" * 100_000, "c.json")
+
+
+def test_helper_for_prefers_the_registry_helper_then_the_store() -> None:
+    cfg = {"credHelpers": {"https://harbor.x": "ecr-login"}, "credsStore": "desktop"}
+    assert dc.helper_for(cfg, "harbor.x") == "ecr-login"
+    assert dc.helper_for(cfg, "other.x") == "desktop"
+    assert dc.helper_for({"credHelpers": {"harbor.x": "ecr-login"}}, "other.x") is None
+
+
+def test_has_inline_auth_in_any_spelling() -> None:
+    cfg = {"auths": {"https://harbor.x": {"auth": "eDp5"}, "token.x": {"identitytoken": "t"}, "empty.x": {}}}
+    assert dc.has_inline_auth(cfg, "harbor.x") and dc.has_inline_auth(cfg, "token.x")
+    assert not dc.has_inline_auth(cfg, "empty.x") and not dc.has_inline_auth(cfg, "other.x")
+
+
+def test_entry_from_helper_token_or_password() -> None:
+    assert dc.entry_from_helper("<token>", "tok") == {"identitytoken": "tok"}
+    assert dc.entry_from_helper("ci", "pw") == dc.auth_entry("ci", "pw")
 
 
 def test_parse_reports_json_position() -> None:
@@ -137,22 +197,140 @@ def test_write_atomic_keeps_mode_and_leaves_no_temp(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text("{}")
     path.chmod(0o640)
-    dc.write_atomic(str(path), b'{"auths": {}}\n', dc.file_mode(str(path)))
+    inode = path.stat().st_ino
+    with open(path, "rb") as opened_before:  # a reader that opened the file before the write
+        dc.write_atomic(str(path), b'{"auths": {}}\n', dc.file_mode(str(path)))
+        assert opened_before.read() == b"{}"  # still reads the old file, whole
     assert path.read_bytes() == b'{"auths": {}}\n'
+    assert path.stat().st_ino != inode  # a new file took the name: replaced, not rewritten
     assert path.stat().st_mode & 0o777 == 0o640
     assert os.listdir(tmp_path) == ["config.json"]
 
 
-def test_write_atomic_failure_leaves_old_file(tmp_path: Path) -> None:
+def test_control_in_place_write_changes_what_an_open_reader_sees(tmp_path: Path) -> None:
+    """Control: the same check catches a writer that rewrites the file in place."""
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    inode = path.stat().st_ino
+    with open(path, "rb") as opened_before:
+        path.write_bytes(b'{"auths": {}}\n')
+        assert opened_before.read() != b"{}"
+    assert path.stat().st_ino == inode
+
+
+# A reader in its own process reads the file as fast as it can until told to
+# stop; it counts the reads that are not whole JSON (empty, torn or mixed).
+READER = """
+import json, os, sys
+path, stop = sys.argv[1], sys.argv[2]
+reads = broken = 0
+with open(path, "rb") as f:
+    json.loads(f.read())
+print("ready", flush=True)
+while not os.path.exists(stop):
+    try:
+        with open(path, "rb") as f:
+            json.loads(f.read())
+    except ValueError:
+        broken += 1
+    reads += 1
+print(reads, broken)
+"""
+
+
+def _hammered(tmp_path: Path, write: Callable[[str, bytes], None], rounds: int = 40) -> Tuple[int, int]:
+    """(reads, broken reads) of a concurrent reader while ``write`` rewrites a large config
+    at least ``rounds`` times and for at least a second."""
+    path = tmp_path / "config.json"
+    configs = [
+        dc.serialize({"auths": {f"r{i}-{n}.example": {"auth": "eDp5" * 20} for i in range(3000)}}) for n in range(2)
+    ]
+    path.write_bytes(configs[0])
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), str(stop)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "ready\n"
+        n, end = 0, time.monotonic() + 1.0
+        while n < rounds or time.monotonic() < end:
+            write(str(path), configs[n % 2])
+            n += 1
+    finally:
+        stop.touch()
+        out, _ = reader.communicate(timeout=60)
+    reads, broken = map(int, out.split())
+    return reads, broken
+
+
+def test_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
+    reads, broken = _hammered(tmp_path, dc.write_atomic)
+    assert reads > 10, "the reader hardly read: the check means nothing"
+    assert broken == 0
+
+
+def test_control_concurrent_reader_catches_an_in_place_writer(tmp_path: Path) -> None:
+    def in_place(path: str, data: bytes) -> None:
+        with open(path, "wb") as f:  # truncate, then write: what write_atomic must not do
+            f.write(data)
+
+    reads, broken = _hammered(tmp_path, in_place)
+    assert broken > 0
+
+
+@pytest.mark.parametrize("stage", ["write", "fsync", "replace"])
+def test_write_atomic_failure_leaves_old_file(stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails at any stage leaves the old file whole and no temp file."""
     path = tmp_path / "config.json"
     path.write_text('{"auths": {"keep": {}}}')
-    (tmp_path / "sub").mkdir()
-    # Replacing a directory fails after the temp file is written: the old
-    # content and no temp file remain.
-    with pytest.raises(BaseWriteError):
-        dc.write_atomic(str(tmp_path / "sub"), b"{}")
+    new = dc.serialize({"auths": {f"r{i}.example": {} for i in range(2000)}})
+    real_write = os.write
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        if len(data) < len(new):  # the second call: the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, bytes(data[:100]))  # a short write first
+
+    def fail(*args: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    if stage == "write":
+        monkeypatch.setattr(os, "write", short_then_full)
+    else:
+        monkeypatch.setattr(os, stage, fail)
+    with pytest.raises(BaseWriteError) as info:
+        dc.write_atomic(str(path), new)
+    monkeypatch.undo()
+    assert str(path) in str(info.value)
     assert json.loads(path.read_text()) == {"auths": {"keep": {}}}
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "sub"]
+    assert os.listdir(tmp_path) == ["config.json"]
+
+
+def test_control_in_place_write_that_fails_loses_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: the same full disk during an in-place rewrite leaves neither the old nor the new file."""
+    path = tmp_path / "config.json"
+    path.write_text('{"auths": {"keep": {}}}')
+    real_write = os.write
+    calls: List[int] = []
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, bytes(data[:10]))
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        with pytest.raises(OSError):
+            view = memoryview(b'{"auths": {"new": {}}}')
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    monkeypatch.undo()
+    with pytest.raises(ValueError):
+        json.loads(path.read_text())
 
 
 def test_config_path_follows_symlink_like_docker(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from authscope import fanout as F
 from authscope.errors import TargetsFileError
 from authscope.targets import Fanout, Target, load
+from tests.privilege import as_unprivileged
 
 SOURCE = "127.0.0.1:5000"
 
@@ -245,12 +246,30 @@ def test_secret_values_never_in_problems(spec: Fanout, tmp_path: Path) -> None:
     assert "latin1-secret" not in str(info.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_password_file(spec: Fanout, tmp_path: Path) -> None:
-    (tmp_path / "pw-ok").chmod(0)
-    with pytest.raises(TargetsFileError) as info:
-        F.resolve_credentials(spec, ENVIRON, only=["file-ok"])
-    assert "Permission denied" in str(info.value)
+def test_unreadable_password_file(reachable_dir: Path) -> None:
+    """Run as nobody when the tests run as root (CI): root would read the file anyway."""
+    for name, mode in (("pw-unreadable", 0), ("pw-readable", 0o644)):
+        (reachable_dir / name).write_text("test-file-secret-9\n")
+        (reachable_dir / name).chmod(mode)
+    path = reachable_dir / "authscope.yml"
+    path.write_text(
+        "source: h.example/app:1.0\ntargets:\n"
+        "  - {name: locked, registry: a.example, repository: app, username: u, password_file: pw-unreadable}\n"
+        "  - {name: open, registry: a.example, repository: app, username: u, password_file: pw-readable}\n"
+    )
+    spec = load(str(path), {})
+    kind, message = as_unprivileged(lambda: F.resolve_credentials(spec, ENVIRON, only=["locked"]))
+    assert kind == "raised" and message.startswith("TargetsFileError")
+    assert f"{reachable_dir / 'pw-unreadable'}: Permission denied" in message
+    assert "test-file-secret-9" not in message
+    # Control: the same user reads the readable file beside it, so the
+    # denial is the file's mode, not an unreachable directory.
+    assert as_unprivileged(lambda: F.resolve_credentials(spec, ENVIRON, only=["open"])) == (
+        "returned",
+        {"open": F.Credentials("u", "test-file-secret-9")},
+    )
+    if os.geteuid() == 0:  # and why the test drops root: root reads it
+        assert F.resolve_credentials(spec, ENVIRON, only=["locked"])["locked"].password == "test-file-secret-9"
 
 
 # -- source_credentials --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import pytest
+import yaml
 
 from authscope import targets
 from authscope.errors import Problem, TargetsFileError
@@ -596,11 +597,10 @@ def test_tags_deduplicated_and_validated(tmp_path: Path) -> None:
 
 
 def test_numeric_looking_tags_are_kept_as_written(tmp_path: Path) -> None:
-    try:
-        f = load_ok(tmp_path, MINIMAL.replace("targets:", "tags: [1.10, 010, 2.0]\ntargets:"))
-    except TargetsFileError:
-        return  # refusing them ("quote it") would be fine too
-    assert f.targets[0].tags == ("1.10", "010", "2.0")
+    f = load_ok(tmp_path, MINIMAL.replace("targets:", "tags: [1.10, 010, 2.0, 1e3]\ntargets:"))
+    assert f.targets[0].tags == ("1.10", "010", "2.0", "1e3")
+    # Control: what YAML itself makes of them, which a plain str() would publish.
+    assert [str(v) for v in yaml.safe_load("[1.10, 010, 2.0, 1e3]")] != ["1.10", "010", "2.0", "1e3"]
 
 
 def test_tool_custom_command_placeholders(tmp_path: Path) -> None:

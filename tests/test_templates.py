@@ -531,12 +531,10 @@ def test_project_pipeline_self_tests_this_commits_component() -> None:
 
 def test_project_pipeline_covers_lint_tests_packages_and_release() -> None:
     doc = project_pipeline()
-    pythons = doc["unit"]["parallel"]["matrix"][0]["PYTHON"]
-    assert pythons == ["3.9", "3.10", "3.11", "3.12", "3.13"]
-    assert doc["unit"]["image"] == "python:${PYTHON}-slim"
+    # Which job runs which tests, on which Python: tests/test_project_pipeline.py.
     assert any("ruff check" in line for line in doc["lint"]["script"])
     assert any(line.strip() == "mypy" for line in doc["lint"]["script"])
-    assert any("pytest tests/e2e" in line for line in doc["e2e"]["script"])
+    assert any("pytest" in line for job in ("unit", "e2e", "reliability") for line in doc[job]["script"])
     assert any("python -m build" in line for line in doc["build"]["script"])
     release = doc["release"]
     assert release["release"]["tag_name"] == "$CI_COMMIT_TAG"

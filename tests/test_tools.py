@@ -179,7 +179,13 @@ def test_custom_values_are_not_refilled() -> None:
     command = ("echo", "{name}", "{source}")
     t = Target(**{**target("custom", command=command).__dict__, "name": "n"})
     steps = tools.custom_steps(command, "{destination}", ("h.example/app:1",), t)
-    assert steps[0].argv in (("echo", "n", "{destination}"), ("echo", "n", "h.example/app:1"))
+    # One pass: the source's value "{destination}" is data, not a placeholder.
+    assert steps[0].argv == ("echo", "n", "{destination}")
+    # Control: the placeholder itself, given where a placeholder belongs, is filled.
+    assert tools.custom_steps(("echo", "{destination}"), "{x}", ("h.example/app:1",), t)[0].argv == (
+        "echo",
+        "h.example/app:1",
+    )
 
 
 # -- every tool: no secrets, ever ------------------------------------------------------

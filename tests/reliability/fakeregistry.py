@@ -9,6 +9,10 @@ verifying destinations), with Basic auth. The copies themselves are made by
 source's manifest), ``"ping"`` (a target's ``/v2/``), ``"verify"`` (a
 destination's manifest). ``arrived(phase)`` tells when one is waiting, and
 ``release(phase)`` lets them go.
+
+``other_image_at`` (a set of repositories) makes the read-back of those
+destinations answer another image's manifest and digest, as a registry does
+when the copy landed something else (a single-platform copy, a conversion).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Dict, List, Optional, Tuple
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+OTHER_MANIFEST = MANIFEST.replace(b'"layers":[]', b'"layers":[],"annotations":{"converted":"yes"}')
+OTHER_DIGEST = "sha256:" + hashlib.sha256(OTHER_MANIFEST).hexdigest()
 PHASES = ("source", "ping", "verify")
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<repo>.+)/manifests/(?P<ref>[^/]+)$")
 
@@ -31,6 +37,7 @@ class FakeRegistry:
         self.username = username
         self.password = password
         self.source_repository = source_repository
+        self.other_image_at: set[str] = set()
         self.requests: List[Tuple[str, str]] = []
         self._held = {phase: False for phase in PHASES}
         self._arrived = {phase: threading.Event() for phase in PHASES}
@@ -71,10 +78,14 @@ class FakeRegistry:
                     self._send(404, b"{}")
                     return
                 registry._wait("source" if match.group("repo") == registry.source_repository else "verify")
+                other = match.group("repo") in registry.other_image_at
                 self._send(
                     200,
-                    MANIFEST,
-                    {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Docker-Content-Digest": DIGEST},
+                    OTHER_MANIFEST if other else MANIFEST,
+                    {
+                        "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+                        "Docker-Content-Digest": OTHER_DIGEST if other else DIGEST,
+                    },
                 )
 
             do_GET = _serve  # noqa: N815 - http.server's naming

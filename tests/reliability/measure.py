@@ -101,7 +101,13 @@ class Concurrency:
     final_parses: bool = True
 
     def line(self) -> str:
-        what = {"cycle": "functions", "cli": "real CLI", "naive": "naive writer (control)"}[self.mode]
+        what = {
+            "cycle": "functions",
+            "cli": "real CLI",
+            "naive": "naive writer (control)",
+            "nolock": "authscope without its lock (control)",
+            "inplace": "authscope writing in place (control)",
+        }[self.mode]
         return (
             f"{what}: {self.procs} procs x {self.cycles} cycles ({self.logins} logins, {self.execs} execs, "
             f"{self.logouts} logouts) in {self.seconds:.1f}s: lost {len(self.lost)} of {self.logins}, "

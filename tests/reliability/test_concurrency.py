@@ -51,3 +51,19 @@ def test_control_naive_writers_lose_entries_and_tear_reads(tmp_path: Path) -> No
     print(r.line())
     assert len(r.lost) + len(r.resurrected) > 0
     assert r.broken_reads > 0
+
+
+@pytest.mark.slow
+def test_control_authscope_without_its_lock_loses_entries(tmp_path: Path) -> None:
+    """authscope's own login and logout with the lock a no-op: updates are lost."""
+    r = measure.concurrency(tmp_path, PROCS, CYCLES, "nolock")
+    print(r.line())
+    assert len(r.lost) + len(r.resurrected) > 0
+
+
+@pytest.mark.slow
+def test_control_authscope_writing_in_place_tears_reads(tmp_path: Path) -> None:
+    """authscope's own login and logout, locked, but rewriting the file in place: readers see torn files."""
+    r = measure.concurrency(tmp_path, PROCS, CYCLES, "inplace")
+    print(r.line())
+    assert r.broken_reads > 0

@@ -9,6 +9,10 @@ Each mode runs in its own real process, started by ``measure.py``:
 ``cli``     the same cycle through the real CLI (``python -m authscope``).
 ``naive``   the control: the same logins and logouts as a naive tool does them,
             read-modify-write with no lock, written in place (not atomic).
+``nolock``  controls with one protection of authscope's own code switched off:
+``inplace`` the logins and logouts of ``cycle`` (no exec) through ``base.login``
+            and ``base.logout``, with the lock a no-op, or with
+            ``write_atomic`` rewriting the file in place.
 ``reader``  reads the base in a loop until a stop file appears; every read must
             parse and hold the local login and the unknown keys.
 ``crash``   logs in new entries in a loop, appending ``S n`` to a log before
@@ -99,10 +103,29 @@ class Cycles:
         }
 
 
+def switch_off(protection: str) -> None:
+    """Switch one of authscope's protections off in this process (the controls)."""
+    import contextlib
+
+    from authscope import base, dockerconfig
+
+    if protection == "nolock":
+        base.Base._locked = lambda self: contextlib.nullcontext()  # type: ignore[assignment,method-assign]
+    else:
+
+        def in_place(path: str, data: bytes, mode: int = 0o600) -> None:
+            with open(path, "wb") as f:  # truncate, then write
+                f.write(data)
+
+        dockerconfig.write_atomic = in_place  # type: ignore[assignment]
+
+
 def run_cycles(args: List[str]) -> None:
     mode, base_dir, scope_dir, worker, cycles, out = args[0], args[1], args[2], int(args[3]), int(args[4]), args[5]
     c = Cycles(base_dir, worker)
-    if mode == "cycle":
+    if mode in ("nolock", "inplace"):
+        switch_off(mode)
+    if mode in ("cycle", "nolock", "inplace"):
         from authscope import base, run, scope
 
         b = base.Base(base_dir)
@@ -115,6 +138,8 @@ def run_cycles(args: List[str]) -> None:
             base.logout(base_dir, name)
 
         def exec_wipe(cycle: int) -> None:
+            if mode != "cycle":
+                return  # the controls measure the writer only
             with scope.open_scope(b, TARGET, ENTRY, root=scope_dir, environ=env) as (opened, secrets):
                 code, _ = run.run_captured(
                     ["sh", "-c", WIPES[cycle % len(WIPES)]], opened.env(env), run.Masker(secrets), lambda d, e: None
@@ -290,7 +315,7 @@ def run_zygote() -> None:
 
 def main() -> None:
     mode = sys.argv[1]
-    if mode in ("cycle", "cli", "naive"):
+    if mode in ("cycle", "cli", "naive", "nolock", "inplace"):
         run_cycles(sys.argv[1:])
     elif mode == "reader":
         run_reader(sys.argv[2:])
