@@ -218,7 +218,7 @@ def test_every_missing_credential_reported_at_once(spec: Fanout, tmp_path: Path)
     assert "protected" in found["targets[env-missing].password_env"]  # the usual GitLab cause
     assert found["targets[env-empty].password_env"].startswith("$PW_EMPTY is not set or empty")
     assert found["targets[user-missing].username_env"] == "$USER_MISSING is not set or empty"
-    assert found["targets[file-missing].password_file"] == f"{tmp_path / 'pw-nope'}: No such file or directory"
+    assert found["targets[file-missing].password_file"] == f"{tmp_path / 'pw-nope'}: no such file"
     assert found["targets[file-empty].password_file"] == f"{tmp_path / 'pw-empty'} is empty"
     assert "pw-dir" in found["targets[file-dir].password_file"]
     # Each names the target's line in the file.
@@ -250,7 +250,7 @@ def test_unreadable_password_file(spec: Fanout, tmp_path: Path) -> None:
     (tmp_path / "pw-ok").chmod(0)
     with pytest.raises(TargetsFileError) as info:
         F.resolve_credentials(spec, ENVIRON, only=["file-ok"])
-    assert "Permission denied" in str(info.value)
+    assert "permission denied" in str(info.value)
 
 
 # -- source_credentials --------------------------------------------------------------------------

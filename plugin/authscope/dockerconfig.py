@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .errors import BaseWriteError, ConfigError, UsageError
+from .errors import BaseWriteError, ConfigError, SecretSourceError, UsageError
 
 CONFIG_NAME = "config.json"
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -194,7 +194,14 @@ def auth_entry(username: str, password: str) -> Dict[str, str]:
 
 
 def encode_auth(username: str, password: str) -> str:
-    return base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    """base64 of ``username:password``, as every registry client sends it."""
+    try:
+        raw = f"{username}:{password}".encode()
+    except UnicodeEncodeError:
+        # Sources check this with the variable's or file's name (credentials.
+        # check_text); this is the last line: no traceback quoting the value.
+        raise SecretSourceError("a username or password", "holds bytes that are not UTF-8 text") from None
+    return base64.b64encode(raw).decode("ascii")
 
 
 def with_login(cfg: Config, key: str, entry: Mapping[str, Any]) -> Config:
@@ -272,7 +279,8 @@ def secrets_of(entries: Iterable[Mapping[str, Any]]) -> Iterable[str]:
         auth = entry.get("auth")
         if isinstance(auth, str):
             try:
-                _, _, password = base64.b64decode(auth).decode("utf-8").partition(":")
+                # surrogateescape: a password that is not UTF-8 is masked as its bytes.
+                _, _, password = base64.b64decode(auth).decode("utf-8", "surrogateescape").partition(":")
             except ValueError:
                 continue
             if password:
