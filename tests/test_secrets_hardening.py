@@ -201,7 +201,7 @@ def test_short_target_passwords_warn_naming_each_target(tmp_path: Path) -> None:
     path = tmp_path / "authscope.yml"
     (tmp_path / "pw").write_text("tiny\n")
     path.write_text(
-        "source: local.example/app:1.0\ntags: [\"1.0\"]\ntargets:\n"
+        'source: local.example/app:1.0\ntags: ["1.0"]\ntargets:\n'
         "  - {name: a, registry: a.example, repository: app, username: u, password_env: A_PW}\n"
         "  - {name: b, registry: b.example, repository: app, username: u, password_file: pw}\n"
         "  - {name: c, registry: c.example, repository: app, username: u, password_env: C_PW}\n"
@@ -358,7 +358,7 @@ def test_non_utf8_on_stdin_is_exit_2(env: Dict[str, str]) -> None:
 def test_non_utf8_target_variables_are_problems_naming_them(tmp_path: Path) -> None:
     path = tmp_path / "authscope.yml"
     path.write_text(
-        "source: local.example/app:1.0\ntags: [\"1.0\"]\ntargets:\n"
+        'source: local.example/app:1.0\ntags: ["1.0"]\ntargets:\n'
         "  - {name: a, registry: a.example, repository: app, username: u, password_env: A_PW}\n"
         "  - {name: b, registry: b.example, repository: app, username_env: B_USER, password_env: B_PW}\n"
     )
@@ -409,8 +409,8 @@ def test_base_config_made_a_directory_is_reported_not_a_traceback(base: Base, en
         os.unlink(base.path)
         os.mkdir(base.path)  # a tool outside its scope
         # Control: the guard's fallback read of a config that doesn't parse.
-        with pytest.raises(IsADirectoryError):
-            open(base.path, "rb")
+        with pytest.raises(IsADirectoryError), open(base.path, "rb"):
+            pass
     assert scope.damage and all(d.failed for d in scope.damage if d.restorable)
     assert any("could NOT be restored" in d.describe() for d in scope.damage)
 
@@ -443,7 +443,11 @@ def test_control_opening_a_fifo_waits_for_a_writer(fifo: Path) -> None:
 
 
 def test_devices_and_directories_are_refused(tmp_path: Path) -> None:
-    for path, why in (("/dev/zero", "character device"), ("/dev/null", "character device"), (str(tmp_path), "directory")):
+    for path, why in (
+        ("/dev/zero", "character device"),
+        ("/dev/null", "character device"),
+        (str(tmp_path), "directory"),
+    ):
         with pytest.raises(SecretSourceError) as info:
             credentials.read_file(path, path, credentials.PASSWORD_LIMIT)
         assert why in str(info.value)
@@ -497,7 +501,7 @@ def test_password_file_fifo_cli_exits_2_at_once(fifo: Path, env: Dict[str, str])
 def _targets(tmp_path: Path, extra: str) -> Path:
     path = tmp_path / "authscope.yml"
     path.write_text(
-        "source: local.example/app:1.0\ntags: [\"1.0\"]\ntargets:\n"
+        'source: local.example/app:1.0\ntags: ["1.0"]\ntargets:\n'
         f"  - {{name: a, registry: a.example, repository: app, username: u, {extra}}}\n"
     )
     return path
@@ -543,7 +547,9 @@ def test_login_verify_ca_file_fifo_exits_2(fifo: Path, env: Dict[str, str]) -> N
 
 def test_password_stdin_is_capped(env: Dict[str, str]) -> None:
     result = _cli(
-        ["login", "registry.example", "-u", "ci", "--password-stdin"], env, input=b"y" * (credentials.PASSWORD_LIMIT + 10)
+        ["login", "registry.example", "-u", "ci", "--password-stdin"],
+        env,
+        input=b"y" * (credentials.PASSWORD_LIMIT + 10),
     )
     assert result.returncode == 2 and b"64 KiB" in result.stderr
 
