@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from authscope import cli, credentials, dockerconfig, fanout, gitlab, registry, run, targets, tools
 from authscope import report as R
 from authscope.base import Base
-from authscope.errors import SecretSourceError, TargetsFileError
+from authscope.errors import ConfigError, SecretSourceError, TargetsFileError
 from authscope.run import MASK, LineRelay, Masker
 from authscope.scope import open_scope
 from tests.gitlab_fake import JOB_TOKEN, FakeGitLab
@@ -415,6 +415,26 @@ def test_base_config_made_a_directory_is_reported_not_a_traceback(base: Base, en
     assert any("could NOT be restored" in d.describe() for d in scope.damage)
 
 
+def test_base_config_made_a_fifo_is_restored_without_waiting(base: Base, env: Dict[str, str]) -> None:
+    before = json.loads(Path(base.path).read_text())
+    entry = dockerconfig.auth_entry("robot", "test-target-password-0012")
+    started = time.monotonic()
+    with open_scope(base, "harbor.example", entry, environ=env) as (scope, _):
+        os.unlink(base.path)
+        os.mkfifo(base.path)  # a tool outside its scope; a plain open() would wait for a writer
+    assert time.monotonic() - started < 10
+    assert scope.damage and all(d.restorable and not d.failed for d in scope.damage)
+    assert json.loads(Path(base.path).read_text())["auths"] == before["auths"]
+
+
+def test_config_that_is_a_fifo_is_a_config_error_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError) as info:
+        dockerconfig.read_config(str(path))
+    assert "not a regular file" in str(info.value)
+
+
 # -- issue 20 item 2: secret and CA files are read safely ------------------------------------------
 
 
@@ -483,6 +503,12 @@ def test_size_cap(tmp_path: Path) -> None:
     with pytest.raises(SecretSourceError) as info:
         credentials.read_file(str(path), "x", credentials.PASSWORD_LIMIT)
     assert "larger than 64 KiB" in str(info.value)
+
+
+def test_standard_input_as_a_file_points_to_password_stdin() -> None:
+    with pytest.raises(SecretSourceError) as info:
+        credentials.read_file("/dev/stdin", "--password-file /dev/stdin", credentials.PASSWORD_LIMIT)
+    assert "use --password-stdin" in str(info.value)
 
 
 def test_regular_file_through_a_symlink_is_read(tmp_path: Path) -> None:

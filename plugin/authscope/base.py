@@ -265,9 +265,8 @@ class Base:
             return raw, cfg, True
         except ConfigError:
             try:
-                with open(self.path, "rb") as f:
-                    return f.read(), {}, False
-            except OSError:  # made a directory, or unreadable: nothing to keep, all is lost
+                return dc.read_bytes(self.path), {}, False
+            except ConfigError:  # made a directory or a FIFO: nothing to keep, all is lost
                 return None, {}, False
 
     def check(self, snap: Snapshot, leaks: Collection[str] = ()) -> List[Damage]:

@@ -41,6 +41,8 @@ def read_file(path: str, source: str, limit: int) -> bytes:
     file variables and mounted secrets are often links), but not into /proc
     or /sys, whose files stat as empty regular files yet read as anything.
     """
+    if os.path.abspath(path) in ("/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"):
+        raise SecretSourceError(source, "is standard input, not a file: use --password-stdin")
     real = os.path.realpath(path)
     if any(real == tree or real.startswith(tree + "/") for tree in _KERNEL_TREES):
         raise SecretSourceError(source, f"resolves to {real}, a kernel file, not a file of yours")

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import re
+import stat
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import BaseWriteError, ConfigError, SecretSourceError, UsageError
@@ -166,17 +167,40 @@ def parse_config(data: bytes, path: str) -> Config:
     return cfg
 
 
-def read_config(path: str) -> Tuple[Optional[bytes], Config]:
-    """(raw bytes or None when missing, parsed config)."""
+def read_bytes(path: str) -> Optional[bytes]:
+    """The bytes of the config file ``path``, None when it doesn't exist.
+
+    Anything but a regular file is a ConfigError, found without waiting: a
+    tool may put a FIFO where config.json was, and a plain open() would then
+    block the guard, and the job's cleanup, until a writer came.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
-        return None, {}
-    except IsADirectoryError:
-        raise ConfigError(path, "is a directory") from None
+        return None
     except PermissionError:
         raise ConfigError(path, "cannot be read (permission denied)") from None
+    except OSError as exc:  # ENXIO: a socket; ELOOP: a link loop
+        raise ConfigError(path, f"cannot be opened ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(path, "is a directory")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(path, "is not a regular file (a FIFO, a device or a socket)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def read_config(path: str) -> Tuple[Optional[bytes], Config]:
+    """(raw bytes or None when missing, parsed config)."""
+    data = read_bytes(path)
+    if data is None:
+        return None, {}
     return data, parse_config(data, path)
 
 
