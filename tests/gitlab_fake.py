@@ -20,7 +20,9 @@ lib/api/deployments.rb:
 - a missing required parameter: 400 ``{"error":"name is missing"}``;
 - a deployment for a ref that doesn't exist: 400
   ``{"message":{"ref":["The branch or tag does not exist"]}}``;
-- ``forbid``: these operations answer 403 ``{"message":"403 Forbidden"}``.
+- ``forbid``: these operations answer 403 ``{"message":"403 Forbidden"}``;
+  with ``echo_token``, the message quotes the token the request carried (as
+  a careless proxy or a debug build might), raw and URL-encoded.
 
 Lists are paginated like GitLab (page, per_page default 20, X-* headers and a
 Link header), so a client that forgets to follow pages sees only 20 links.
@@ -35,7 +37,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 JOB_TOKEN = "glcbt-fake-job-token-0003"  # obviously fake test secrets
 PRIVATE_TOKEN = "glpat-fake-private-token-0004"
@@ -75,12 +77,14 @@ class FakeGitLab:
     forbid: Set[str] = field(default_factory=set)
     error_style: str = "modern"  # "modern" | "legacy" validation errors
     before: Optional[Callable[[str, FakeGitLab], None]] = None  # called with the operation, under the lock
+    echo_token: bool = False  # a 403 quotes the token it was sent
 
     releases: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # tag -> release (links inside)
     deployments: List[Dict[str, Any]] = field(default_factory=list)
     environments: Dict[str, int] = field(default_factory=dict)
     requests: List[Request] = field(default_factory=list)
     _ids: int = 0
+    _presented: str = ""  # the token the request being handled carried
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: Optional[ThreadingHTTPServer] = None
     _thread: Optional[threading.Thread] = None
@@ -147,6 +151,7 @@ class FakeGitLab:
     def handle(self, method: str, raw_path: str, headers: Dict[str, str], body: Any) -> Tuple[int, Any, Dict[str, str]]:
         with self._lock:
             self.requests.append(Request(method, raw_path, headers, body))
+            self._presented = headers.get("job-token") or headers.get("private-token") or ""
             try:
                 return 200, *self._route(method, raw_path, headers, body)
             except Reply as reply:
@@ -190,6 +195,9 @@ class FakeGitLab:
         if self.before is not None:
             self.before(operation, self)
         if operation in self.forbid or ("*" in self.forbid and operation in WRITES):
+            if self.echo_token:
+                token = self._presented
+                raise Reply(403, {"message": f"403 Forbidden: token {token} (url {quote(token, safe='')}) may not"})
             raise Reply(403, {"message": "403 Forbidden"})
 
     def _release(self, tag: str) -> Dict[str, Any]:

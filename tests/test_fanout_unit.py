@@ -219,7 +219,7 @@ def test_every_missing_credential_reported_at_once(spec: Fanout, tmp_path: Path)
     assert "protected" in found["targets[env-missing].password_env"]  # the usual GitLab cause
     assert found["targets[env-empty].password_env"].startswith("$PW_EMPTY is not set or empty")
     assert found["targets[user-missing].username_env"] == "$USER_MISSING is not set or empty"
-    assert found["targets[file-missing].password_file"] == f"{tmp_path / 'pw-nope'}: No such file or directory"
+    assert found["targets[file-missing].password_file"] == f"{tmp_path / 'pw-nope'}: no such file"
     assert found["targets[file-empty].password_file"] == f"{tmp_path / 'pw-empty'} is empty"
     assert "pw-dir" in found["targets[file-dir].password_file"]
     # Each names the target's line in the file.
@@ -260,7 +260,7 @@ def test_unreadable_password_file(reachable_dir: Path) -> None:
     spec = load(str(path), {})
     kind, message = as_unprivileged(lambda: F.resolve_credentials(spec, ENVIRON, only=["locked"]))
     assert kind == "raised" and message.startswith("TargetsFileError")
-    assert f"{reachable_dir / 'pw-unreadable'}: Permission denied" in message
+    assert f"{reachable_dir / 'pw-unreadable'}: permission denied" in message
     assert "test-file-secret-9" not in message
     # Control: the same user reads the readable file beside it, so the
     # denial is the file's mode, not an unreachable directory.

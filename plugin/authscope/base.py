@@ -264,8 +264,10 @@ class Base:
             raw, cfg = dc.read_config(self.path)
             return raw, cfg, True
         except ConfigError:
-            with open(self.path, "rb") as f:
-                return f.read(), {}, False
+            try:
+                return dc.read_bytes(self.path), {}, False
+            except ConfigError:  # made a directory or a FIFO: nothing to keep, all is lost
+                return None, {}, False
 
     def check(self, snap: Snapshot, leaks: Collection[str] = ()) -> List[Damage]:
         """Compare the base with ``snap``; restore what a stray tool broke.

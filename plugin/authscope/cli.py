@@ -81,7 +81,11 @@ Secrets are never taken on the command line: use --password-env VAR,
 
 
 def say(message: str, stream: Optional[TextIO] = None) -> None:
-    print(f"authscope: {message}", file=stream or sys.stderr, flush=True)
+    from .run import mask_known
+
+    # Every secret read so far is masked, in every form: an error may quote
+    # a registry's or GitLab's answer, and that may echo a credential.
+    print(f"authscope: {mask_known(message)}", file=stream or sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -551,7 +555,8 @@ def _cmd_login(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import base, credentials, dockerconfig
 
     user = credentials.username(a.username, a.username_env, environ)
-    secret = credentials.password(a.password_env, a.password_file, a.password_stdin, environ)
+    secret = credentials.password(a.password_env, a.password_file, a.password_stdin, environ, warn=say)
+    _remember([secret, dockerconfig.encode_auth(user, secret)])
     key = dockerconfig.registry_key(a.registry)
     if a.verify:
         from .registry import verify
@@ -586,7 +591,8 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             "exec needs a command after --, e.g. `authscope exec --registry HOST ... -- crane copy SRC DST`"
         )
     user = credentials.username(a.username, a.username_env, environ)
-    secret = credentials.password(a.password_env, a.password_file, False, environ)
+    secret = credentials.password(a.password_env, a.password_file, False, environ, warn=say)
+    _remember([secret, dockerconfig.encode_auth(user, secret)])
     key = dockerconfig.registry_key(a.registry)
     base = Base(_base_dir(a.config_dir, environ))
     opened: scope.Scope | None = None
@@ -603,6 +609,7 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         ) as (opened, secrets):
             if not a.quiet:
                 say(f"scope for {key} at {opened.path} (base {base.path})")
+            run.remember(secrets)
             status = run.run_relayed(argv, opened.env(environ), run.Masker(secrets))
     except (Interrupted, AuthscopeError) as exc:
         # The guard ran as the scope closed; a restore is reported and exits 3
@@ -627,6 +634,12 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _warn_left_behind(line: str) -> None:
     say(f"warning: could not remove {line}")
+
+
+def _remember(secrets: Sequence[str]) -> None:
+    from .run import remember
+
+    remember(secrets)
 
 
 def _report_damage(path: str, damage: Sequence[Damage]) -> int:
@@ -666,11 +679,16 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         settings = gitlab.settings_from_env(
             environ, a.gitlab_token_env, release=a.gitlab_release, deployments=a.gitlab_deployments
         )
+        _remember([settings.token])
+    # No tool gets the API token of --gitlab-token-env (fanout.tool_environ);
+    # the GitLab token is masked in everything relayed and written.
+    withheld = [a.gitlab_token_env] if a.gitlab_token_env else []
+    masked = [settings.token] if publishing else []
     if a.dry_run:
         print(plan.render(draft, environ), flush=True)
-        fanout.resolve_credentials(spec, environ, a.target)  # missing secrets: exit 2
+        fanout.resolve_credentials(spec, environ, a.target, warn=say)  # missing secrets: exit 2
         return EXIT_OK
-    credentials = fanout.resolve_credentials(spec, environ, a.target)
+    credentials = fanout.resolve_credentials(spec, environ, a.target, warn=say)
     base = Base(_base_dir(a.config_dir, environ))
     started, clock = time.time(), time.monotonic()
     guard: List[str] = []  # what the base guard restored outside the targets' scopes
@@ -686,7 +704,9 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
                     environ,
                     scope_dir=a.scope_dir,
                     source_plain_http=plain_http,
-                    extra_secrets=fanout.all_secrets(credentials),
+                    extra_secrets=[*fanout.all_secrets(credentials), *masked],
+                    targets=spec.targets,
+                    withheld=withheld,
                     restored=guard,
                 )
         except RegistryError as exc:
@@ -714,6 +734,9 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             fail_fast=a.fail_fast,
             source_plain_http=plain_http,
             preflights=checks,
+            targets=spec.targets,
+            withheld=withheld,
+            secrets=masked,
         )
     report = R.Report(
         source,
@@ -781,7 +804,10 @@ def _publish(
     summary table, and the report files."""
     from . import report as R
     from .dockerconfig import write_atomic
+    from .fanout import masked_report
+    from .run import mask_known
 
+    report = masked_report(report, mask_known)  # the sections, the table and every file
     for r in report.results:
         header = f"{r.name}: {r.status.upper()}" + (f" - {r.error}" if r.error else "")
         text = R.result_text(r)

@@ -25,7 +25,7 @@ from . import dockerconfig as dc
 from . import report as R
 from . import run, tools
 from .base import Base
-from .errors import AuthscopeError, ConfigError, Problem, RegistryError, TargetsFileError
+from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
 from .plan import Plan, TargetPlan
 from .registry import RealmRefused, RegistryAnswerError, RegistryHTTPError, RegistryUnreachable, Session
 from .scope import Scope, open_scope
@@ -45,57 +45,101 @@ class Credentials:
 
 
 def all_secrets(credentials: Mapping[str, Credentials]) -> List[str]:
-    """Every target's secrets: each tool's environment holds every password
-    variable, so a target's output must not show another target's either."""
+    """Every target's secrets: a target's output must not show another
+    target's either (a tool could find it some other way than its environment)."""
     return [secret for creds in credentials.values() for secret in creds.secrets()]
 
 
-def resolve_credentials(fanout: Fanout, environ: Mapping[str, str], only: Sequence[str] = ()) -> Dict[str, Credentials]:
-    """Every chosen target's credentials, read now; every missing one reported at once."""
+def tool_environ(
+    environ: Mapping[str, str],
+    own: Optional[Target],
+    targets: Sequence[Target],
+    credentials: Mapping[str, Credentials],
+    withheld: Sequence[str] = (),
+) -> Dict[str, str]:
+    """The job's environment as one target's tool gets it (``own`` None: the
+    pull_once step, which is no target's).
+
+    Left out: every other target's credential variables (its password_env and
+    username_env), any variable holding another target's password or naming
+    its password_file under another name, and ``withheld`` (the variable of
+    --gitlab-token-env: an API token no copy needs). A tool that prints its
+    environment, or is hostile, holds its own target's secrets and the
+    source's (in its scope's config) and no one else's. CI_JOB_TOKEN stays:
+    it is usually the source's login already (CI_REGISTRY_PASSWORD is the
+    same token), it expires with the job, and custom commands use it.
+    """
+    others = [t for t in targets if own is None or t.name != own.name]
+    mine = {own.password_env, own.username_env} if own is not None else set()
+    names = {n for t in others for n in (t.password_env, t.username_env) if n} | set(withheld)
+    names -= {n for n in mine if n}
+    values = {c.password for name, c in credentials.items() if own is None or name != own.name}
+    values |= {t.password_file for t in others if t.password_file}
+    if own is not None:  # two targets may share a robot account, or its file
+        values -= {v for v in (own.password_file, getattr(credentials.get(own.name), "password", None)) if v}
+    return {key: value for key, value in environ.items() if key not in names and value not in values}
+
+
+def resolve_credentials(
+    fanout: Fanout,
+    environ: Mapping[str, str],
+    only: Sequence[str] = (),
+    warn: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Credentials]:
+    """Every chosen target's credentials, read now; every missing one reported at once.
+
+    ``warn`` gets a warning for each password too short for GitLab to mask.
+    The secrets read are remembered, so that everything authscope prints or
+    writes is masked (run.mask_known).
+    """
+    from .credentials import PASSWORD_LIMIT, check_text, read_file, text, warn_if_short
+
     problems: List[Problem] = []
     out: Dict[str, Credentials] = {}
     for t in fanout.targets:
         if only and t.name not in only:
             continue
         where = f"targets[{t.name}]"
+
+        def problem(field: str, message: str, t: Target = t, where: str = where) -> None:
+            problems.append(Problem(fanout.path, t.line, f"{where}.{field}", message))
+
         user = t.username
         if t.username_env:
             user = environ.get(t.username_env) or None
             if user is None:
-                problems.append(
-                    Problem(fanout.path, t.line, where + ".username_env", f"${t.username_env} is not set or empty")
-                )
+                problem("username_env", f"${t.username_env} is not set or empty")
         password: Optional[str] = None
         if t.password_env:
             password = environ.get(t.password_env) or None
             if password is None:
-                problems.append(
-                    Problem(
-                        fanout.path,
-                        t.line,
-                        where + ".password_env",
-                        f"${t.password_env} is not set or empty (in GitLab: is it protected, and is this a protected ref or tag?)",
-                    )
+                problem(
+                    "password_env",
+                    f"${t.password_env} is not set or empty (in GitLab: is it protected, and is this a protected ref or tag?)",
                 )
         elif t.password_file:
             try:
-                with open(t.password_file, encoding="utf-8") as f:
-                    password = f.read().rstrip("\r\n") or None
+                data = read_file(t.password_file, t.password_file, PASSWORD_LIMIT)
+                password = text(data, t.password_file).rstrip("\r\n") or None
                 if password is None:
-                    problems.append(
-                        Problem(fanout.path, t.line, where + ".password_file", f"{t.password_file} is empty")
-                    )
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(
-                    Problem(
-                        fanout.path,
-                        t.line,
-                        where + ".password_file",
-                        f"{t.password_file}: {getattr(exc, 'strerror', None) or exc}",
-                    )
-                )
+                    problem("password_file", f"{t.password_file} is empty")
+            except SecretSourceError as exc:
+                problem("password_file", str(exc))
+        for value, variable, field in (
+            (user, t.username_env, "username_env"),
+            (password, t.password_env, "password_env"),
+        ):
+            try:
+                if value and variable:
+                    check_text(value, f"${variable}")
+            except SecretSourceError as exc:
+                # A variable's bytes that are not UTF-8: refused by name, never quoted.
+                problem(field, str(exc))
+                user = None
         if user and password:
             out[t.name] = Credentials(user, password)
+            warn_if_short(password, f"{where}.{t.password_ref}", warn)
+            run.remember(out[t.name].secrets())
     if problems:
         raise TargetsFileError(fanout.path, problems)
     return out
@@ -187,6 +231,7 @@ class _Log:
         self.stream = stream
 
     def __call__(self, text: str) -> None:
+        text = run.mask_known(text)  # authscope's own lines too: errors may quote a registry's answer
         with _LOG_LOCK:
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -206,6 +251,8 @@ class _Context:
     failed: threading.Event
     secrets: Tuple[str, ...]
     preflights: Optional[Preflights] = None
+    targets: Tuple[Target, ...] = ()  # every target of the file, for tool_environ
+    withheld: Tuple[str, ...] = ()  # variables no tool gets (tool_environ)
 
 
 class _Failure(Exception):
@@ -257,10 +304,11 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 sources=[ctx.plan.source.image.registry],
                 environ=ctx.environ,
             ) as (scope, secrets):
-                env = scope.env(ctx.environ)
+                env = scope.env(tool_environ(ctx.environ, t, ctx.targets, ctx.credentials, ctx.withheld))
                 env.update(
                     tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None)
                 )
+                run.remember(secrets)  # the base's, read from it or a helper
                 masker = run.Masker([*secrets, *ctx.secrets])
                 attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
                 digests = _verify(tp, ctx, session, deadline)
@@ -526,6 +574,24 @@ def none_copied(plan: Plan, status: str, error: str) -> Tuple[R.Result, ...]:
     )
 
 
+def masked_report(report: R.Report, mask: Callable[[str], str]) -> R.Report:
+    """``report`` with ``mask`` applied to every text a tool or a registry
+    could have put a secret in: errors, hints, output tails, restore notes."""
+    from dataclasses import replace
+
+    results = tuple(
+        replace(
+            r,
+            error=mask(r.error),
+            hint=mask(r.hint),
+            output=tuple(mask(line) for line in r.output),
+            restored=tuple(mask(note) for note in r.restored),
+        )
+        for r in report.results
+    )
+    return replace(report, results=results, error=mask(report.error))
+
+
 def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> Tuple[str, bool]:
     """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
     src = fanout.source
@@ -553,10 +619,13 @@ def pull_source(
     scope_dir: Optional[str],
     source_plain_http: bool,
     extra_secrets: Sequence[str] = (),
+    targets: Sequence[Target] = (),
+    withheld: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
     restored: Optional[List[str]] = None,
 ) -> None:
-    """pull_once: fetch the source into ``plan.layout`` once, in a scope of its own.
+    """pull_once: fetch the source into ``plan.layout`` once, in a scope of its
+    own; its tool gets no target's credential variables (tool_environ).
 
     What the base guard restored when the pull's scope closed is appended to
     ``restored``, whether the pull succeeded or not.
@@ -586,7 +655,8 @@ def pull_source(
             warn=lambda left: log(f"authscope: [pull] warning: could not remove {left}"),
         ) as (scope, secrets):
             opened = scope
-            env = scope.env(environ)
+            env = scope.env(tool_environ(environ, None, targets, {}, withheld))
+            run.remember(secrets)
             env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
             for attempt in range(1, plan.retries + 2):
                 argv = tools.fill_scope(plan.pull.argv, scope.path)
@@ -629,9 +699,17 @@ def execute(
     fail_fast: bool,
     source_plain_http: bool = False,
     preflights: Optional[Preflights] = None,
+    targets: Sequence[Target] = (),
+    withheld: Sequence[str] = (),
+    secrets: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
 ) -> Tuple[R.Result, ...]:
-    """Run every target of ``plan``; a Result for each, in plan order."""
+    """Run every target of ``plan``; a Result for each, in plan order.
+
+    ``targets``: every target of the file (default: the plan's), whose
+    credential variables a tool gets only for its own target; ``withheld``:
+    variables no tool gets; ``secrets``: more to mask (the GitLab token).
+    """
     log = _Log(stream)
     plain = (plan.source.image.registry,) if source_plain_http else ()
     ctx = _Context(
@@ -645,8 +723,10 @@ def execute(
         log,
         plain,
         threading.Event(),
-        tuple(all_secrets(credentials)),
+        (*all_secrets(credentials), *secrets),
         preflights,
+        tuple(targets) or tuple(tp.target for tp in plan.targets),
+        tuple(withheld),
     )
     results: Dict[str, R.Result] = {}
     with ThreadPoolExecutor(

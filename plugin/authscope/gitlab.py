@@ -130,6 +130,12 @@ def settings_from_env(
                 "$CI_JOB_TOKEN is not set: it exists only inside a running GitLab CI job; elsewhere, "
                 "name a variable holding a project or personal access token (scope api) with --gitlab-token-env VAR"
             )
+    if token and not (token.isascii() and token.isprintable()):
+        # It goes into an HTTP header: a non-ASCII or control character would
+        # end in a traceback quoting it (or split the header). Never quoted here.
+        missing.append(token_env)
+        problems.append(f"${token_env} holds characters no GitLab token has: it must be printable ASCII")
+        token = ""
     tag = environ.get("CI_COMMIT_TAG", "").strip() or None
     sha = environ.get("CI_COMMIT_SHA", "").strip() or None
     ref = tag or environ.get("CI_COMMIT_REF_NAME", "").strip() or None
@@ -391,10 +397,10 @@ def _client(settings: GitLabSettings, lines: List[str]) -> Iterator[Tuple[gitlab
                 raise _Missing() from None
             if conflict_ok and status == 409:
                 raise _Conflict() from None
-            detail = _mask(_detail(exc.error_message), settings.token)
+            detail = _detail(exc.error_message, settings.token)
             raise GitLabError(operation, status, detail, explain(status, settings, kind, detail)) from None
         except requests.RequestException as exc:
-            reason = _mask(_detail(str(exc)), settings.token)
+            reason = _detail(str(exc), settings.token)
             hint = f"check $CI_SERVER_URL ({settings.url}) and the network from this runner" + (
                 "; for a private CA, GitLab CI sets $CI_SERVER_TLS_CA_FILE"
                 if "SSL" in reason or "certificate" in reason
@@ -418,9 +424,11 @@ def _client(settings: GitLabSettings, lines: List[str]) -> Iterator[Tuple[gitlab
         raise
 
 
-def _detail(message: Any) -> str:
+def _detail(message: Any, secret: str = "") -> str:
     """GitLab's error message on one line: a string, a list of full messages
-    ("Name has already been taken") or, from older versions, {field: [errors]}."""
+    ("Name has already been taken") or, from older versions, {field: [errors]}.
+    ``secret`` (the token) is masked before the message is shortened, so no
+    cut can leave a piece of it."""
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
     if isinstance(message, dict):
@@ -432,12 +440,15 @@ def _detail(message: Any) -> str:
         text = "; ".join(map(str, message))
     else:
         text = str(message)
-    text = " ".join(text.split())
+    text = " ".join(_mask(text, secret).split())
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def _mask(text: str, secret: str) -> str:
-    return text.replace(secret, "[MASKED]") if secret else text
+    """``text`` without ``secret`` in any form (raw, URL-encoded, JSON-escaped, base64)."""
+    from .run import Masker
+
+    return Masker([secret]).text(text) if secret else text
 
 
 def explain(status: Optional[int], settings: GitLabSettings, kind: str, detail: str = "") -> str:

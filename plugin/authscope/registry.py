@@ -15,7 +15,6 @@ API's answer ends in a `RegistryAnswerError` that quotes nothing secret.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import io
@@ -29,8 +28,8 @@ import urllib.parse
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
-from .dockerconfig import api_host, is_loopback
-from .errors import RegistryError
+from .dockerconfig import api_host, encode_auth, is_loopback
+from .errors import RegistryError, SecretSourceError
 
 TIMEOUT = 30.0
 USER_AGENT = f"authscope/{__version__}"
@@ -304,8 +303,23 @@ def _context(ca_file: Optional[str], insecure: bool) -> ssl.SSLContext:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
+            elif ca_file:
+                # Read safely (a FIFO or /dev/zero here would hang or fill
+                # memory inside OpenSSL); PEM text, else DER bytes.
+                from .credentials import CA_LIMIT, read_file
+
+                data = read_file(ca_file, f"CA file {ca_file}", CA_LIMIT)
+                try:
+                    try:
+                        ctx = ssl.create_default_context(cadata=data.decode("ascii"))
+                    except UnicodeDecodeError:
+                        ctx = ssl.create_default_context(cadata=data)
+                except ssl.SSLError as exc:
+                    raise SecretSourceError(
+                        f"CA file {ca_file}", f"holds no certificate OpenSSL can read ({exc.reason})"
+                    ) from None
             else:
-                ctx = ssl.create_default_context(cafile=ca_file)
+                ctx = ssl.create_default_context()
             _CONTEXTS[(ca_file, insecure)] = ctx
         return ctx
 
@@ -361,7 +375,7 @@ class Session:
         if self.auth is None:
             return None
         user, password = self.auth
-        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return "Basic " + encode_auth(user, password)
 
     def _send(self, method: str, url: str, headers: Dict[str, str]) -> Answer:
         parts = urllib.parse.urlsplit(url)

@@ -8,6 +8,7 @@ replaced by ``[MASKED]``.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -22,6 +23,9 @@ from .errors import CommandNotFound, HelperError, Interrupted
 MASK = b"[MASKED]"
 # Shorter secrets would mask ordinary text; GitLab's own masking needs 8.
 MIN_SECRET = 4
+# Derived pieces (base64 of a secret at an offset) shorter than this could
+# match ordinary text by chance.
+MIN_PIECE = 8
 # A line longer than this without a newline is relayed in pieces.
 MAX_LINE = 64 * 1024
 # After a forwarded signal, how long a child may take before SIGKILL.
@@ -36,22 +40,152 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Masker:
-    """Replace known secrets in byte strings."""
+    """Replace known secrets, in every form they take, in byte strings.
+
+    Each secret is masked as it is, line by line when it spans lines (a GCR
+    ``_json_key`` password is a JSON document, and tools print line by
+    line), URL-encoded (``quote`` with and without ``/`` kept, and
+    ``quote_plus``), JSON-escaped (Python's and Go's escaping, without the
+    quotes), and as base64 at each of the three alignments it can take
+    inside a longer base64 string (the ``auth`` form ``user:password``, an
+    ``Authorization: Basic`` header). Where secrets overlap, the union of
+    their spans is masked, so no prefix or suffix of either stays visible.
+    """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        found = {s.encode("utf-8") for s in secrets if len(s) >= MIN_SECRET}
-        # Longest first, so a secret containing another is masked whole.
-        self.secrets: Tuple[bytes, ...] = tuple(sorted(found, key=len, reverse=True))
+        found: Set[bytes] = set()
+        for secret in secrets:
+            if len(secret) >= MIN_SECRET:
+                found.update(form for form in forms(secret) if len(form) >= MIN_SECRET)
+        # Longest first: a cheap early exit, and a stable order for tests.
+        self.secrets: Tuple[bytes, ...] = tuple(sorted(found, key=lambda f: (-len(f), f)))
         self.longest = len(self.secrets[0]) if self.secrets else 0
 
-    def __call__(self, data: bytes) -> bytes:
+    def spans(self, data: bytes) -> List[Tuple[int, int]]:
+        """Where secrets are in ``data``: merged (start, end) spans, in order."""
+        found: List[Tuple[int, int]] = []
         for secret in self.secrets:
-            if secret in data:
-                data = data.replace(secret, MASK)
-        return data
+            at = data.find(secret)
+            while at >= 0:
+                found.append((at, at + len(secret)))
+                at = data.find(secret, at + 1)  # overlapping occurrences too
+        if not found:
+            return []
+        found.sort()
+        merged = [found[0]]
+        for start, end in found[1:]:
+            if start < merged[-1][1]:  # overlapping (adjacent secrets stay two masks)
+                if end > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        return merged
+
+    def __call__(self, data: bytes) -> bytes:
+        return _apply(data, self.spans(data))
 
     def text(self, text: str) -> str:
-        return self(text.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")
+        if not self.secrets:
+            return text
+        return self(_bytes(text)).decode("utf-8", "surrogateescape")
+
+
+def _apply(data: bytes, spans: Sequence[Tuple[int, int]]) -> bytes:
+    if not spans:
+        return data
+    out, last = [], 0
+    for start, end in spans:
+        out += [data[last:start], MASK]
+        last = end
+    out.append(data[last:])
+    return b"".join(out)
+
+
+def forms(secret: str) -> Set[bytes]:
+    """Every form of ``secret`` worth masking (see Masker); short pieces included."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    whole = {secret}
+    # Each line of a multi-line secret, and the pieces between the "\n"
+    # escapes of a line holding JSON (a _json_key's private_key, decoded).
+    for line in re.split(r"\r\n|\r|\n", secret):
+        whole.add(line.strip())
+        whole.update(piece.strip() for piece in re.split(r"\\r\\n|\\n", line))
+    whole.discard("")
+    texts: Set[str] = set()
+    for value in whole:
+        texts.update(
+            (
+                value,
+                quote(value, errors="surrogateescape"),
+                quote(value, safe="", errors="surrogateescape"),
+                quote_plus(value, errors="surrogateescape"),
+            )
+        )
+        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        texts.add(json.dumps(value)[1:-1])
+        texts.add(escaped)
+        # Go's encoding/json escapes <, > and & for HTML.
+        texts.add(escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    out = {_bytes(t) for t in texts}
+    raw = _bytes(secret)
+    for offset in range(3):
+        core = _base64_core(raw, offset)
+        if len(core) >= MIN_PIECE:
+            out.add(core)
+            out.add(core.replace(b"+", b"-").replace(b"/", b"_"))  # URL-safe base64
+    return out
+
+
+def _bytes(text: str) -> bytes:
+    """``text`` as the bytes it came from: a variable's non-UTF-8 bytes are
+    surrogate-escaped (PEP 383); other lone surrogates pass as they are."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _base64_core(raw: bytes, offset: int) -> bytes:
+    """The base64 characters that depend only on ``raw`` when it starts
+    ``offset`` bytes into a longer base64-encoded string."""
+    import base64
+
+    encoded = base64.b64encode(bytes(offset) + raw + bytes(3))
+    first = -(-offset * 8 // 6)  # the first character whose 6 bits all come from raw
+    last = (offset + len(raw)) * 8 // 6  # one past the last such character
+    return encoded[first:last]
+
+
+# Every secret this process has read, for masking what authscope itself
+# prints and writes (messages, reports), not only what tools print.
+_known: Set[str] = set()
+_known_lock = threading.Lock()
+_known_masker: Optional[Masker] = None
+
+
+def remember(secrets: Iterable[str]) -> None:
+    """Note secrets that ``mask_known`` must mask from now on."""
+    global _known_masker
+    new = {s for s in secrets if s} - _known
+    if new:
+        with _known_lock:
+            _known.update(new)
+            _known_masker = None
+
+
+def known_masker() -> Masker:
+    """A Masker of every secret ``remember`` was given."""
+    global _known_masker
+    with _known_lock:
+        if _known_masker is None:
+            _known_masker = Masker(_known)
+        return _known_masker
+
+
+def mask_known(text: str) -> str:
+    return known_masker().text(text) if _known else text
 
 
 class LineRelay:
@@ -59,7 +193,9 @@ class LineRelay:
 
     Masking whole lines means a secret split across two reads is still seen
     whole. A line that grows past MAX_LINE is emitted in pieces, holding back
-    the last ``longest - 1`` bytes, the most a partial secret can occupy.
+    (unmasked) the last ``longest - 1`` bytes, the most a partial form of a
+    secret can occupy, and any masked span that reaches into them, since a
+    secret overlapping it may still complete with the next read.
     """
 
     def __init__(self, masker: Masker) -> None:
@@ -73,12 +209,15 @@ class LineRelay:
             out, self.pending = self.pending[:cut], self.pending[cut:]
             return self.masker(out)
         if len(self.pending) > MAX_LINE:
-            keep = max(self.masker.longest - 1, 0)
-            masked = self.masker(self.pending)
-            # Everything before the tail is final; a secret that starts in
-            # the tail may still complete with the next read.
-            split = len(masked) - keep
-            out, self.pending = masked[:split], masked[split:]
+            spans = self.masker.spans(self.pending)
+            split = max(len(self.pending) - max(self.masker.longest - 1, 0), 0)
+            for start, end in spans:
+                if start < split < end:
+                    # Hold the span back whole, unless it is all there is
+                    # (a run of one repeated secret): then emit it masked.
+                    split = start if start > 0 else end
+            done = [(start, end) for start, end in spans if end <= split]
+            out, self.pending = _apply(self.pending[:split], done), self.pending[split:]
             return out
         return b""
 

@@ -352,6 +352,15 @@ class Scope:
             os.unlink(self.config_file)  # never write through what a command left there
         except FileNotFoundError:
             pass
+        except OSError as exc:  # a command made config.json a directory (EISDIR; EPERM on macOS)
+            if not stat.S_ISDIR(os.lstat(self.config_file).st_mode):
+                raise ScopeError(self.path, f"cannot remove config.json: {exc.strerror or exc}") from None
+            try:
+                remove_tree(self.config_file)
+            except OSError as exc:
+                raise ScopeError(
+                    self.path, f"config.json was made a directory that can't be removed: {exc.strerror or exc}"
+                ) from None
         try:
             write_private(self.config_file, self.config)
         except OSError as exc:

@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import Problem, TargetsFileError
+from .errors import Problem, SecretSourceError, TargetsFileError
 
 TOOLS = ("crane", "skopeo", "regctl", "custom")
 DEFAULT_JOBS = 4
@@ -426,11 +426,16 @@ class _Checker:
         if value is None:
             return None
         full = value if os.path.isabs(value) else os.path.join(self.base_dir, value)
-        if not os.path.isfile(full):
-            self.doc.problem(
-                where + (key,),
-                f"{value}: no such file" + (f" (looked in {self.base_dir})" if not os.path.isabs(value) else ""),
+        from .credentials import CA_LIMIT, read_file
+
+        try:
+            # A FIFO, a device or a /proc file is refused here, never waited on or read whole.
+            read_file(full, value, CA_LIMIT)
+        except SecretSourceError as exc:
+            looked = (
+                f" (looked in {self.base_dir})" if not os.path.isabs(value) and exc.reason == "no such file" else ""
             )
+            self.doc.problem(where + (key,), f"{value}: {exc.reason}{looked}")
             return None
         return full
 

@@ -29,6 +29,7 @@ SYSTEM_CA_BUNDLES = (
     "/etc/pki/tls/certs/ca-bundle.crt",  # RHEL, Fedora
     "/etc/ssl/cert.pem",  # Alpine, macOS
 )
+SYSTEM_BUNDLE_LIMIT = 16 * 1024 * 1024  # the system's own store: larger than any one CA file
 
 
 @dataclass(frozen=True)
@@ -190,9 +191,11 @@ def fill_scope(argv: Sequence[str], scope: str) -> List[str]:
 # -- files a tool needs in the scope ------------------------------------------------
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _read(path: str, limit: int = 0) -> bytes:
+    """A CA file, read safely (a regular file, capped): see credentials.read_file."""
+    from .credentials import CA_LIMIT, read_file
+
+    return read_file(path, f"CA file {path}", limit or CA_LIMIT)
 
 
 def _write(path: str, data: bytes) -> None:
@@ -241,7 +244,7 @@ def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[
         # Go programs trust SSL_CERT_FILE instead of the system store: give
         # them the system store plus the CAs of this scope's registries.
         system = next((p for p in SYSTEM_CA_BUNDLES if os.path.isfile(p)), None)
-        bundle = (_read(system) if system else b"") + b"\n".join(_read(ca) for ca in cas) + b"\n"
+        bundle = (_read(system, SYSTEM_BUNDLE_LIMIT) if system else b"") + b"\n".join(_read(ca) for ca in cas) + b"\n"
         env["SSL_CERT_FILE"] = os.path.join(scope, "ca-bundle.crt")
         _write(env["SSL_CERT_FILE"], bundle)
     if tool == "regctl":
