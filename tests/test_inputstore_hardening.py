@@ -7,24 +7,36 @@ under a second and a few MB. Each has a control showing what the bound and
 the cycle check stand between: the node graph really is cyclic, and without
 the bound the expansion grows ninefold per level.
 
-Item 14: see the journal tests below.
+Item 14: the journal beside the base (`config.json.authscope`) stays under
+64 KB whatever the history (control: without pruning 800 registries take it
+past), and a scope opened before a burst of logins/logouts that prunes the
+journal does not resurrect an entry that was logged out meanwhile (control:
+ignoring the horizon, the guard would), while it still restores the base's
+login that a tool removed.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
 
-from authscope import targets
+from authscope import base as B
+from authscope import dockerconfig as dc
+from authscope import scope, targets
 from authscope.errors import TargetsFileError
+from tests.helpers import LOCAL_PASSWORD, TARGET_PASSWORD, read_json, write_config
 
 # -- item 13: YAML aliases ------------------------------------------------------------------
 
@@ -221,3 +233,161 @@ def test_a_bad_merge_value_is_a_problem_with_its_line(tmp_path: Path) -> None:
         )
     found = [str(p) for p in info.value.problems]
     assert any(":3: targets[0]: << (a merge key) takes a mapping or a list of mappings" in p for p in found), found
+
+
+# -- item 14: the journal is bounded ----------------------------------------------------------
+
+LOCAL = "gitlab.local:4567"
+LOCAL_ENTRY = dc.auth_entry("gitlab-ci-token", LOCAL_PASSWORD)
+ENTRY = dc.auth_entry("robot", "other-test-password-0003")
+BOUND = 64 * 1024
+
+
+def journal_of(directory: Path) -> B.Journal:
+    return B.parse_journal((directory / "config.json.authscope").read_bytes())
+
+
+def burst(directory: Path, count: int, prefix: str = "r") -> None:
+    """What a job that logs in and out of ``count`` registries does to the base."""
+    for i in range(count):
+        B.login(str(directory), f"{prefix}{i:04d}.example", ENTRY)
+        B.logout(str(directory), f"{prefix}{i:04d}.example")
+
+
+@pytest.fixture
+def fast_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on tmpfs where there is one: 4000 base writes, each with
+    two fsyncs, take minutes on a shared runner's disk and seconds there."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        directory = Path(tempfile.mkdtemp(prefix="authscope-test-", dir="/dev/shm"))
+        try:
+            yield directory
+        finally:
+            shutil.rmtree(directory)
+    else:
+        yield tmp_path
+
+
+@pytest.fixture
+def small_horizon(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Fewer records kept, so a burst that passes the horizon is short; the
+    mechanism is the same at any size (the bound test uses the real one)."""
+    monkeypatch.setattr(B, "KEEP_ABSENT", 16)
+    return 16
+
+
+def test_journal_stays_bounded_after_2000_registries(fast_dir: Path) -> None:
+    base = fast_dir / "base"
+    B.login(str(base), LOCAL, LOCAL_ENTRY)
+    burst(base, 2000)
+    size = (base / "config.json.authscope").stat().st_size
+    assert size <= BOUND, size
+    journal = journal_of(base)
+    assert journal.generation == 4001
+    assert len(journal.entries) == B.KEEP_ABSENT + 1
+    assert journal.entries[("auths", LOCAL)] == (1, B.fingerprint(B.canonical(LOCAL_ENTRY)))
+    # The horizon: every record newer than it is kept.
+    assert min(g for g, _ in journal.entries.values() if g > 1) > journal.pruned_through > 0
+
+
+def test_control_without_pruning_the_journal_grows_with_history(
+    fast_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(B, "KEEP_ABSENT", 10**9)
+    base = fast_dir / "base"
+    B.login(str(base), LOCAL, LOCAL_ENTRY)
+    burst(base, 1000)
+    assert (base / "config.json.authscope").stat().st_size > BOUND
+    assert journal_of(base).pruned_through == 0
+
+
+def _open(base: Path, tmp_path: Path) -> Any:
+    scopes = tmp_path / "scopes"
+    scopes.mkdir(exist_ok=True, mode=0o700)
+    return scope.open_scope(
+        B.Base(str(base)), "harbor.x", dc.auth_entry("robot$p+ci", TARGET_PASSWORD), root=str(scopes)
+    )
+
+
+def test_scope_older_than_the_horizon_does_not_resurrect_a_logout(tmp_path: Path, small_horizon: int) -> None:
+    """Another authscope logs "old.example" out while a scope is open, then
+    a burst of logins/logouts prunes that logout's record. The guard cannot
+    tell the logout from damage and does not bring the credential back."""
+    base = tmp_path / "base"
+    B.login(str(base), LOCAL, LOCAL_ENTRY)
+    B.login(str(base), "old.example", ENTRY)
+    with _open(base, tmp_path) as (opened, _):
+        B.logout(str(base), "old.example")
+        burst(base, small_horizon + 20)
+        assert ("auths", "old.example") not in journal_of(base).entries  # pruned
+    assert set(read_json(base / "config.json")["auths"]) == {LOCAL}
+    assert [(d.path, d.what, d.restorable) for d in opened.damage] == [(("auths", "old.example"), "gone", False)]
+    assert "did not restore it" in opened.damage[0].describe()
+
+
+def test_control_ignoring_the_horizon_the_guard_resurrects_the_logout(tmp_path: Path, small_horizon: int) -> None:
+    """The same history: a guard that read the pruned journal as complete
+    would take the logout for damage and restore the logged-out credential."""
+    base = tmp_path / "base"
+    B.login(str(base), LOCAL, LOCAL_ENTRY)
+    B.login(str(base), "old.example", ENTRY)
+    b = B.Base(str(base))
+    snap = b.snapshot()
+    B.logout(str(base), "old.example")
+    burst(base, small_horizon + 20)
+    current = B.flatten(read_json(base / "config.json"))
+    journal = b.read_journal()
+    resurrect = B.find_damage(snap, current, journal._replace(pruned_through=0))
+    assert [(d.path, d.what, d.restorable) for d in resurrect] == [(("auths", "old.example"), "removed", True)]
+    assert [d.what for d in B.find_damage(snap, current, journal)] == ["gone"]
+
+
+def test_without_a_burst_the_guard_stays_exact(tmp_path: Path, small_horizon: int) -> None:
+    """Below the horizon nothing changes: a logout during the scope is
+    recognised as legitimate, silently."""
+    base = tmp_path / "base"
+    B.login(str(base), LOCAL, LOCAL_ENTRY)
+    burst(base, small_horizon + 20)  # the journal was pruned before the scope opened
+    B.login(str(base), "old.example", ENTRY)
+    with _open(base, tmp_path) as (opened, _):
+        B.logout(str(base), "old.example")
+        burst(base, small_horizon // 4, prefix="s")
+    assert opened.damage == []
+    assert set(read_json(base / "config.json")["auths"]) == {LOCAL}
+
+
+def _prune_by_age_only(entries: Any, present: Any, pruned_through: int) -> int:
+    absent = sorted((record[0], path) for path, record in entries.items() if path not in present)
+    for generation, path in absent[: max(0, len(absent) - B.KEEP_ABSENT)]:
+        del entries[path]
+        pruned_through = max(pruned_through, generation)
+    return pruned_through
+
+
+@pytest.mark.parametrize("prune", ["logouts-first", "control-by-age-only"])
+def test_old_scope_still_restores_the_local_login_a_tool_removed(
+    prune: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_horizon: int
+) -> None:
+    """The base's login was written by a tool (`docker login`, no authscope
+    record), a tool outside its scope removes it during a burst that prunes
+    the journal: the scope still restores it, because pruning drops logouts
+    first and every entry present at a write gets a record. Control: pruning
+    by age alone drops that record, and the login is only reported gone."""
+    if prune == "control-by-age-only":
+        monkeypatch.setattr(B, "prune", _prune_by_age_only)
+    base = tmp_path / "base"
+    write_config(base, {"auths": {LOCAL: LOCAL_ENTRY}})
+    with _open(base, tmp_path) as (opened, _):
+        burst(base, 10)
+        assert journal_of(base).entries[("auths", LOCAL)][0] == 0  # known, written by no authscope
+        cfg = read_json(base / "config.json")
+        del cfg["auths"][LOCAL]
+        (base / "config.json").write_text(json.dumps(cfg))  # the tool outside its scope
+        burst(base, small_horizon + 20, prefix="s")
+    restored = read_json(base / "config.json")["auths"].get(LOCAL)
+    if prune == "logouts-first":
+        assert [(d.path, d.what) for d in opened.damage] == [(("auths", LOCAL), "removed")]
+        assert restored == LOCAL_ENTRY
+    else:
+        assert [(d.path, d.what) for d in opened.damage] == [(("auths", LOCAL), "gone")]
+        assert restored is None
