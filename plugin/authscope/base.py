@@ -85,6 +85,8 @@ class Damage(NamedTuple):
             return f"the file's permissions were widened to {self.path[1]} by a tool outside its scope; restored to {self.restore}"
         section, key = self.path
         name = f"{section} entry {key!r}" if section else f"top-level key {key!r}"
+        if self.what == "leaked" and self.path == ("auths", dc.SENTINEL):
+            return f"{name}, which only a scope's config holds, was written by a tool outside its scope; removed"
         return {
             "removed": f"{name} was removed by a tool outside its scope; restored",
             "changed": f"{name} was changed by a tool outside its scope; restored",
@@ -207,7 +209,8 @@ def find_damage(
         record = journal.entries.get(path)
         if record is not None and record[0] > snap.generation and record[1] == fingerprint(now):
             continue
-        if any(leak in now for leak in leaks):
+        # A scope's config copied into the base brings the scope's marker along.
+        if path == ("auths", dc.SENTINEL) or any(leak in now for leak in leaks):
             damage.append(Damage(path, "leaked", snap.values.get(path), True))
     return damage
 
