@@ -7,6 +7,11 @@ under a second and a few MB. Each has a control showing what the bound and
 the cycle check stand between: the node graph really is cyclic, and without
 the bound the expansion grows ninefold per level.
 
+Item 5 (unit side; tests/e2e/test_default_store.py runs the real docker
+CLI): a scope's config always holds the sentinel entry, its commands find
+refusing store shims first on PATH, the shims read nothing from stdin, and
+the sentinel never stays in the base.
+
 Item 14: the journal beside the base (`config.json.authscope`) stays under
 64 KB whatever the history (control: without pruning 800 registries take it
 past), and a scope opened before a burst of logins/logouts that prunes the
@@ -391,3 +396,82 @@ def test_old_scope_still_restores_the_local_login_a_tool_removed(
     else:
         assert [(d.path, d.what) for d in opened.damage] == [(("auths", LOCAL), "gone")]
         assert restored is None
+
+
+# -- item 5: no default store from a scope ------------------------------------------------------
+
+EXEC = ["exec", "--registry", "harbor.x", "-u", "robot$p+ci", "--password-env", "TARGET_PASSWORD", "--"]
+
+
+def test_scope_config_holds_the_sentinel_and_path_starts_with_the_shims(
+    logged_in: Path, main: Callable[..., int], capfd: pytest.CaptureFixture[str]
+) -> None:
+    probe = (
+        'echo "PATH=${PATH%%:*}"; ls "$DOCKER_CONFIG/bin"; '
+        "python3 -c \"import json,os; print(sorted(json.load(open(os.environ['DOCKER_CONFIG'] + '/config.json'))['auths']))\"; "
+        "for s in secretservice pass osxkeychain wincred desktop; do command -v docker-credential-$s; done"
+    )
+    assert main(*EXEC, "sh", "-c", probe) == 0
+    out = capfd.readouterr().out.splitlines()
+    shims = out[0].removeprefix("PATH=")
+    assert shims.endswith("/bin") and Path(shims).parent.name.startswith("authscope-")
+    assert out[1:6] == sorted(f"docker-credential-{s}" for s in scope.DEFAULT_STORES)
+    assert out[6] == repr(sorted([dc.SENTINEL, "gitlab.local:4567", "harbor.x"]))
+    assert out[7:] == [
+        f"{shims}/docker-credential-{s}" for s in ("secretservice", "pass", "osxkeychain", "wincred", "desktop")
+    ]
+    assert dc.SENTINEL not in read_json(logged_in)["auths"]
+
+
+@pytest.mark.parametrize("action", ["store", "get", "erase", "list"])
+def test_shims_refuse_without_reading_stdin(tmp_path: Path, action: str) -> None:
+    scope._lay_shims(str(tmp_path))
+    shim = tmp_path / "bin" / "docker-credential-secretservice"
+    assert oct(shim.stat().st_mode & 0o777) == "0o700"
+    secret = json.dumps({"ServerURL": "harbor.x", "Username": "robot", "Secret": TARGET_PASSWORD})
+    result = subprocess.run([str(shim), action], input=secret, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "docker-credential-secretservice refused" in result.stderr
+    assert TARGET_PASSWORD not in result.stdout + result.stderr
+    # docker reads stdout: `get` says "not found" (anonymous), the rest carry the reason.
+    expected = "credentials not found in native keychain" if action == "get" else "refused"
+    assert expected in result.stdout
+
+
+def test_reset_lays_the_shims_again_after_the_scope_was_removed(tmp_path: Path) -> None:
+    path = tmp_path / "scope"
+    path.mkdir(mode=0o700)
+    opened = scope.Scope(str(path), False, b"{}")
+    opened.reset()
+    shutil.rmtree(path)  # `rm -rf "$DOCKER_CONFIG"` in the previous command
+    opened.reset()
+    assert sorted(os.listdir(path / "bin")) == sorted(f"docker-credential-{s}" for s in scope.DEFAULT_STORES)
+
+
+def test_path_without_path_keeps_the_default_search(tmp_path: Path) -> None:
+    env = scope.Scope(str(tmp_path), False).env({})
+    assert env["PATH"] == f"{tmp_path}/bin{os.pathsep}{os.defpath}"
+
+
+def test_sentinel_copied_into_the_base_is_removed_by_the_guard(
+    logged_in: Path, main: Callable[..., int], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A tool that writes the scope's config over the base's brings the
+    target's login and the sentinel along: both are taken out again (exit 3)."""
+    before = read_json(logged_in)
+    code = main(*EXEC, "sh", "-c", f'cp "$DOCKER_CONFIG/config.json" {logged_in}')
+    assert code == 3
+    err = capfd.readouterr().err
+    assert "BASE INTEGRITY" in err and f"auths entry '{dc.SENTINEL}', which only a scope's config holds" in err
+    assert read_json(logged_in) == before
+
+
+def test_control_a_sentinel_the_base_already_held_is_no_damage(tmp_path: Path) -> None:
+    """A base that is itself a scope (a job scope) holds the sentinel when
+    the target's scope opens: it is part of the snapshot, not a leak."""
+    base = tmp_path / "base"
+    write_config(base, {"auths": {dc.SENTINEL: {}, LOCAL: LOCAL_ENTRY}})
+    with _open(base, tmp_path) as (opened, _):
+        pass
+    assert opened.damage == []
+    assert read_json(base / "config.json")["auths"] == {dc.SENTINEL: {}, LOCAL: LOCAL_ENTRY}

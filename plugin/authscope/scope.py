@@ -212,8 +212,14 @@ def _lay_shims(path: str) -> None:
             os.unlink(shim)  # never write through what a command left there
         except FileNotFoundError:
             pass
-        write_private(shim, _SHIM.format(name=name).encode())
-        os.chmod(shim, 0o700)
+        fd = os.open(shim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+        try:
+            os.fchmod(fd, 0o700)  # executable from the start, whatever the umask
+            view = memoryview(_SHIM.format(name=name).encode())
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
 
 
 class Scope:
