@@ -141,7 +141,7 @@ def test_layer_drops_helpers_and_overrides_target_spellings() -> None:
     }
     layered = dc.layer(base, "harbor.x", {"auth": "new"})
     assert layered == {
-        "auths": {"src:5000": {"auth": "c3JjOnM="}, "harbor.x": {"auth": "new"}},
+        "auths": {"src:5000": {"auth": "c3JjOnM="}, dc.SENTINEL: {}, "harbor.x": {"auth": "new"}},
         "HttpHeaders": {"X": "1"},
     }
     assert base["auths"]["https://harbor.x"] == {"auth": "old"}  # the base is not aliased

@@ -128,6 +128,7 @@ def test_open_layers_the_jobs_logins_over_the_base_which_is_only_read(
         "runner-cache.example.com": {"auth": RUNNER_AUTH},
         "harbor.example.com": auth_config["auths"]["https://harbor.example.com"],
         REGISTRY: {"auth": dc.encode_auth("gitlab-ci-token", JOB_TOKEN)},
+        dc.SENTINEL: {},  # keeps docker from choosing a default credential store
     }
     assert "credsStore" not in cfg and "credHelpers" not in cfg  # invariant 2
     assert cfg["x-unknown"] == [1, 2] and cfg["HttpHeaders"] == BASE_CONFIG["HttpHeaders"]
@@ -150,7 +151,7 @@ def test_no_registry_login_and_a_file_variable_auth_config(
     assert result.returncode == 0, result.stderr
     (job_dir,) = job_dirs(env)
     auths = read_json(job_dir / "docker" / "config.json")["auths"]
-    assert sorted(auths) == ["registry.example.org", "runner-cache.example.com"]
+    assert sorted(auths) == sorted([dc.SENTINEL, "registry.example.org", "runner-cache.example.com"])
     assert "credHelpers for a.io were left out" in result.stderr
 
 
@@ -539,7 +540,7 @@ def test_exec_in_a_job_scope_layers_over_it_and_guards_it(job_env: Dict[str, str
     result = run_job(script, job_env)
     assert result.returncode == 0, result.stderr
     (job_dir,) = job_dirs(job_env)
-    job_auths = {"runner-cache.example.com", REGISTRY}
+    job_auths = {"runner-cache.example.com", REGISTRY, dc.SENTINEL}
     assert set(read_json(job_dir / "inner.json")["auths"]) == job_auths | {"harbor.example.com"}
     assert set(read_json(job_dir / "after-wipe.json")["auths"]) == job_auths  # the wipe stayed in exec's scope
     assert "exec exited 3" in result.stdout and "BASE INTEGRITY" in result.stderr

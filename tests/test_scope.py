@@ -57,7 +57,7 @@ def test_scope_holds_base_plus_target_with_private_modes(logged_in: Path, env: D
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:3] == ["700", "600", "same-file"]
-    assert lines[3] == "['gitlab.local:4567', 'harbor.remote-1']"
+    assert lines[3] == f"['{dc.SENTINEL}', 'gitlab.local:4567', 'harbor.remote-1']"
     assert lines[4] == "['HttpHeaders', 'auths', 'x-unknown']"
 
 
@@ -315,7 +315,7 @@ def test_scope_links_cli_plugins_but_no_helpers(env: Dict[str, str], base: Path,
     probe = 'ls -A "$DOCKER_CONFIG"; python3 -c "import json,os; print(sorted(json.load(open(os.environ[\'REGISTRY_AUTH_FILE\']))))"'
     result = run_authscope(EXEC + ["sh", "-c", probe], env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["cli-plugins", "config.json", "['auths']"]
+    assert result.stdout.split() == ["bin", "cli-plugins", "config.json", "['auths']"]
 
 
 def test_robot_username_survives_literally(logged_in: Path, env: Dict[str, str]) -> None:

@@ -14,6 +14,21 @@ and the journal second, both under the lock; a scope reads the journal first
 and the config second. So every write the snapshot's generation covers is in
 the snapshot's config. At close, any suspected damage is re-checked under
 the lock before anything is restored.
+
+The journal is bounded whatever the history: the record of an entry present
+in the config is always kept (one per entry, written by a tool included: the
+journal grows with the config, not with its past), and of entries no longer
+there only ``KEEP_ABSENT``, logouts going first, oldest first (see
+``prune``). ``pruned_through`` is the newest generation dropped, the
+journal's horizon: a scope that opened at that generation or later needs
+only records newer than it, which are all kept.
+A scope older than the horizon may find an entry of its snapshot gone with
+no record: another authscope's logout whose record was dropped, or a tool
+outside its scope. It cannot tell which, and does not restore it: bringing
+back a credential someone logged out (it may be revoked, or meant to leave
+the disk) is worse than a login lost loudly, which the guard reports
+(exit 3, "run `authscope login` again"). Only an entry gone is ambiguous: a
+changed or added one has its record kept, being present.
 """
 
 from __future__ import annotations
@@ -30,6 +45,10 @@ from .errors import BaseWriteError, ConfigError, LockTimeout
 JOURNAL_SUFFIX = ".authscope"
 LOCK_SUFFIX = ".lock"
 LOCK_TIMEOUT = 60.0
+# Records of entries no longer in the config kept in the journal (~100 bytes
+# each). A scope is older than the horizon only if this many other entries
+# were logged out of its base while it was open.
+KEEP_ABSENT = 256
 
 # (section, key): section is "auths" or "credHelpers" for one registry's
 # entry, "" for any other top-level key, compared whole.
@@ -49,7 +68,7 @@ class Damage(NamedTuple):
     """One base entry a tool outside its scope changed, removed or leaked into."""
 
     path: EntryPath
-    what: str  # "removed", "changed", "leaked", "lost", "mode"
+    what: str  # "removed", "changed", "leaked", "lost", "gone", "mode"
     restore: Optional[str]  # canonical JSON to put back; None: remove the entry
     restorable: bool
     failed: str = ""  # why the restore could not be written (a full disk)
@@ -66,12 +85,17 @@ class Damage(NamedTuple):
             return f"the file's permissions were widened to {self.path[1]} by a tool outside its scope; restored to {self.restore}"
         section, key = self.path
         name = f"{section} entry {key!r}" if section else f"top-level key {key!r}"
+        if self.what == "leaked" and self.path == ("auths", dc.SENTINEL):
+            return f"{name}, which only a scope's config holds, was written by a tool outside its scope; removed"
         return {
             "removed": f"{name} was removed by a tool outside its scope; restored",
             "changed": f"{name} was changed by a tool outside its scope; restored",
             "leaked": f"{name} was written with this scope's target credentials by a tool outside its scope; removed",
             "lost": f"{name} was changed by another authscope and then damaged; "
             f"it cannot be restored from here: run `authscope login` again",
+            "gone": f"{name} is gone, logged out by another authscope or removed by a tool outside its scope: "
+            f"this scope opened before the journal's horizon and cannot tell which, so it did not restore it; "
+            f"if it was not a logout, run `authscope login` again",
         }[self.what]
 
 
@@ -119,17 +143,35 @@ def apply(cfg: dc.Config, path: EntryPath, value: Optional[str]) -> dc.Config:
 class Journal(NamedTuple):
     generation: int
     entries: Dict[EntryPath, Tuple[int, Optional[str]]]  # path -> (generation, fingerprint)
+    pruned_through: int = 0  # the newest generation whose records may have been dropped
 
 
 def parse_journal(data: bytes) -> Journal:
     try:
         doc = json.loads(data)
         entries = {(e["section"], e["key"]): (int(e["generation"]), e["sha256"]) for e in doc["entries"]}
-        return Journal(int(doc["generation"]), entries)
+        return Journal(int(doc["generation"]), entries, int(doc.get("pruned_through", 0)))
     except (ValueError, KeyError, TypeError):
         # A damaged journal only costs precision: every difference is then
         # treated as damage, which errs on the side of keeping the base.
         return Journal(0, {})
+
+
+def prune(
+    entries: Dict[EntryPath, Tuple[int, Optional[str]]], present: Collection[EntryPath], pruned_through: int
+) -> int:
+    """Drop all but ``KEEP_ABSENT`` records of entries not ``present`` (in
+    place); the new horizon: the newest generation dropped.
+
+    Logouts go first, oldest first. The record of an entry authscope last
+    wrote with a value and that is gone anyway is what lets an old scope
+    restore it (a tool removed it): those go only when nothing else is left.
+    """
+    absent = sorted((record[1] is not None, record[0], path) for path, record in entries.items() if path not in present)
+    for _, generation, path in absent[: max(0, len(absent) - KEEP_ABSENT)]:
+        del entries[path]
+        pruned_through = max(pruned_through, generation)
+    return pruned_through
 
 
 def find_damage(
@@ -155,6 +197,10 @@ def find_damage(
                 continue  # another authscope login/logout: not ours to undo
             # The last legitimate value is one this scope never saw.
             damage.append(Damage(path, "lost", None, False))
+        elif now is None and record is None and snap.generation < journal.pruned_through:
+            # Perhaps a logout whose record was pruned: never resurrect it
+            # (see the module docstring).
+            damage.append(Damage(path, "gone", None, False))
         else:
             damage.append(Damage(path, "removed" if now is None else "changed", value, True))
     for path, now in current.items():
@@ -163,7 +209,8 @@ def find_damage(
         record = journal.entries.get(path)
         if record is not None and record[0] > snap.generation and record[1] == fingerprint(now):
             continue
-        if any(leak in now for leak in leaks):
+        # A scope's config copied into the base brings the scope's marker along.
+        if path == ("auths", dc.SENTINEL) or any(leak in now for leak in leaks):
             damage.append(Damage(path, "leaked", snap.values.get(path), True))
     return damage
 
@@ -230,14 +277,23 @@ class Base:
         for path in set(before) | set(after):
             if before.get(path) != after.get(path):
                 entries[path] = (generation, fingerprint(after.get(path)))
+            elif path not in entries:
+                # An entry a tool wrote (docker login on the base): generation
+                # 0 says no authscope wrote it after any scope opened, and the
+                # record lets an old scope restore it if it goes (see prune).
+                entries[path] = (0, fingerprint(after[path]))
+        pruned_through = prune(entries, after, journal.pruned_through)
         doc = {
             "version": 1,
             "generation": generation,
+            "pruned_through": pruned_through,
             "entries": [
                 {"section": s, "key": k, "generation": g, "sha256": h} for (s, k), (g, h) in sorted(entries.items())
             ],
         }
-        dc.write_atomic(self.journal_path, json.dumps(doc, indent=1).encode() + b"\n", 0o600)
+        # No `indent`: with it json uses its pure-Python encoder, ten times
+        # slower on every base write once the journal holds its ~300 records.
+        dc.write_atomic(self.journal_path, json.dumps(doc).encode() + b"\n", 0o600)
 
     def update(self, change: Callable[[dc.Config], dc.Config]) -> bool:
         """Read-modify-write under the lock; False when nothing changed.

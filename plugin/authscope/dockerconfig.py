@@ -21,6 +21,15 @@ _HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", 
 
 Config = Dict[str, Any]
 
+# The docker CLI picks a credential store on its own (docker-credential-
+# secretservice, or -pass when `pass` is on PATH) for a config that holds no
+# auth at all: no credsStore, no credHelpers, no auths entry (docker/cli
+# configfile.ContainsAuth, credentials.DetectDefaultStore). A scope would
+# reach that after a `docker logout` of its only entry, and docker's next
+# login would store through the shared helper. This entry, for a host that
+# cannot exist (RFC 2606 .invalid), keeps every scope's config holding one.
+SENTINEL = "authscope-scope.invalid"
+
 
 # -- locating ---------------------------------------------------------------
 
@@ -285,12 +294,13 @@ def layer(
     nothing run in the scope can store into or erase from a shared helper.
     ``inline`` holds base credentials read once from a helper because the run
     needs them (the source registry); they are written in as plain entries.
+    The ``SENTINEL`` entry keeps docker from choosing a default store.
     """
     cfg = {k: v for k, v in base.items() if k not in ("credsStore", "credHelpers")}
     cfg = json.loads(json.dumps(cfg))  # deep copy: the scope must never alias the base
     for registry, value in inline.items():
         cfg = with_login(cfg, registry, value)
-    cfg.setdefault("auths", {})
+    cfg.setdefault("auths", {})[SENTINEL] = {}
     return with_login(cfg, key, entry) if key else cfg
 
 

@@ -293,7 +293,9 @@ def _registry_login(environ: Mapping[str, str], wanted: bool, notes: List[str]) 
 
 
 def _exports(scope: S.Scope, base_dir: str, environ: Mapping[str, str]) -> Dict[str, str]:
-    exports = scope.env({})  # DOCKER_CONFIG, REGISTRY_AUTH_FILE, AUTHSCOPE_SCOPE (+ HOME, XDG_*)
+    # DOCKER_CONFIG, REGISTRY_AUTH_FILE, AUTHSCOPE_SCOPE, PATH with the scope's
+    # refusing store shims first (the job's own PATH after them), + HOME, XDG_*.
+    exports = scope.env({"PATH": environ.get("PATH") or os.defpath})
     if not environ.get("DOCKER_CERT_PATH") and any(os.path.isfile(os.path.join(base_dir, f)) for f in DAEMON_TLS):
         # The docker CLI reads its daemon's TLS client keys from $DOCKER_CONFIG
         # unless told otherwise; they are not registry credentials, and the

@@ -11,6 +11,14 @@ docker CLI looks for them next to its config and neither holds registry
 credentials: ``cli-plugins`` (buildx, compose) and ``contexts`` (endpoints of
 ``docker --context``). Nothing else of the base is carried over: ``buildx``
 state and ``trust`` keys start empty in a scope.
+
+No credential store is reachable from a scope (invariant 2). Its config has
+no credsStore or credHelpers and always one auths entry (dockerconfig's
+SENTINEL), so the docker CLI never picks a default store for it. Because a
+tool may still wipe the file, the scope's ``bin`` directory, first on its
+commands' PATH, holds refusing shims under the default stores' names
+(``docker-credential-secretservice``, ``-pass``, ...): docker's detection
+finds them and never the real, shared store. They read nothing from stdin.
 """
 
 from __future__ import annotations
@@ -29,6 +37,23 @@ from .errors import ScopeError
 PREFIX = "authscope-"
 NAME = re.compile(r"authscope-(\d+)-(\d+)-(\d+)-[0-9a-f]{12}")
 LINKED = ("cli-plugins", "contexts")
+# The stores docker/cli's DetectDefaultStore may choose, on any platform.
+DEFAULT_STORES = ("secretservice", "pass", "osxkeychain", "wincred", "desktop")
+SHIMS = "bin"
+# `get` answers "not found", which docker takes for anonymous access (a pull
+# of a public image still works after a wipe); anything else fails loudly.
+_SHIM = """#!/bin/sh
+# authscope: refuses the credential store {name} inside a scope (scope.py).
+# It reads nothing from stdin, where docker sends the secret.
+msg='authscope: docker-credential-{name} refused: nothing in an authscope scope may store into, get from or erase from a credential store, which other jobs share; a login made in the scope stays in its config.json'
+echo "$msg" >&2
+if [ "$1" = get ]; then
+    echo 'credentials not found in native keychain'
+else
+    echo "$msg"
+fi
+exit 1
+"""
 
 
 # -- identity of a process --------------------------------------------------
@@ -327,6 +352,32 @@ def _clear(top: int, top_path: str, left: Dict[str, str]) -> bool:
     return moved
 
 
+def _lay_shims(path: str) -> None:
+    """(Re)create the refusing store shims in the scope at ``path``."""
+    directory = os.path.join(path, SHIMS)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise ScopeError(directory, "was replaced by something that is not this scope's directory")
+    for name in DEFAULT_STORES:
+        shim = os.path.join(directory, f"docker-credential-{name}")
+        try:
+            os.unlink(shim)  # never write through what a command left there
+        except FileNotFoundError:
+            pass
+        fd = os.open(shim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+        try:
+            os.fchmod(fd, 0o700)  # executable from the start, whatever the umask
+            view = memoryview(_SHIM.format(name=name).encode())
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+
 class Scope:
     """An open scope: where its config is and the environment a child gets."""
 
@@ -363,6 +414,7 @@ class Scope:
                 ) from None
         try:
             write_private(self.config_file, self.config)
+            _lay_shims(self.path)
         except OSError as exc:
             raise ScopeError(self.path, f"cannot lay config.json afresh: {exc.strerror or exc}") from None
 
@@ -371,6 +423,8 @@ class Scope:
         env["DOCKER_CONFIG"] = self.path
         env["REGISTRY_AUTH_FILE"] = self.config_file  # skopeo, podman, buildah
         env["AUTHSCOPE_SCOPE"] = self.path
+        # First on PATH: the shims docker's default-store detection finds.
+        env["PATH"] = os.pathsep.join([os.path.join(self.path, SHIMS), environ.get("PATH") or os.defpath])
         if self.isolate_home:
             home = os.path.join(self.path, "home")
             env["HOME"] = home
@@ -381,6 +435,7 @@ class Scope:
 
 def _populate(scope: Scope, base_dir: str) -> None:
     write_private(scope.config_file, scope.config)
+    _lay_shims(scope.path)
     for name in LINKED:
         source = os.path.join(base_dir, name)
         if os.path.isdir(source):

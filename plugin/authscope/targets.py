@@ -32,7 +32,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import Problem, SecretSourceError, TargetsFileError
 
@@ -157,12 +157,46 @@ class Fanout:
 
 # -- YAML nodes to values, remembering lines -------------------------------------
 
+# An alias repeats its anchor's node wherever it is used, so a file of a few
+# hundred bytes can stand for billions of values ("billion laughs": nine
+# aliases of nine aliases of ...), and an alias inside its own anchor
+# (`targets: &a [*a]`) for an endless one. Conversion counts the nodes it
+# reaches again (through an alias or a merge key) and stops past
+# MAX_ALIAS_NODES; a real file, `<<: *defaults` on every target included,
+# stays far below. A cycle is found by node identity on the current path.
+# pyyaml's own flatten_mapping is not used: it copies merged pairs without
+# bound (a merge-key bomb) and changes nodes that aliases share.
+MAX_ALIAS_NODES = 10_000
+MAX_DEPTH = 64
+_MERGE = "tag:yaml.org,2002:merge"
+
+Alias = Tuple[str, int]  # (anchor, line) of an alias as written
+Pair = Tuple[Any, Any, Any]  # (mapping node the pair is written in, key node, value node)
+
+
+class _Refused(Exception):
+    """Conversion stopped: an alias cycle, or aliases that expand past the bound."""
+
+    def __init__(self, line: int, where: Path, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.where = where
+        self.message = message
+
 
 class _Doc:
     def __init__(self, path: str) -> None:
         self.path = path
         self.lines: Dict[Path, int] = {}
         self.problems: List[Problem] = []
+        # (id of the parent node, index or id of the key node) -> the alias written there
+        self.aliases: Dict[Tuple[int, int], Alias] = {}
+        self.seen: Set[int] = set()  # ids of nodes converted at least once
+        self.repeated = 0  # nodes converted again, through aliases and merge keys
+        self.open: Set[int] = set()  # ids of the collections on the current path
+        self.via: List[Tuple[Path, Alias]] = []  # the aliases on the current path
+        self.flat: Dict[int, Dict[Any, Pair]] = {}  # a merged mapping's pairs, once computed
+        self.merging: Set[int] = set()
 
     def problem(self, where: Path, message: str, line: Optional[int] = None) -> None:
         if line is None:
@@ -174,6 +208,40 @@ class _Doc:
             where = where[:-1]
         return self.lines.get(where, 1)
 
+    def alias(self, parent: Any, index: Any) -> Optional[Alias]:
+        return self.aliases.get((id(parent), index if isinstance(index, int) else id(index)))
+
+    def again(self, path: Path, node: Any) -> None:
+        """Count a node reached again; refuse past the bound."""
+        self.repeated += 1
+        if self.repeated <= MAX_ALIAS_NODES:
+            return
+        # The outermost alias on the path is the one a user can act on.
+        where, (anchor, line) = self.via[0] if self.via else (path, ("", node.start_mark.line + 1))
+        through = f" (through *{anchor} and the aliases inside it)" if anchor else ""
+        raise _Refused(
+            line,
+            where,
+            f"aliases expand this file to more than {MAX_ALIAS_NODES} values{through}, "
+            'which no targets file needs (a "billion laughs" file?); write the values out',
+        )
+
+
+def _loader(doc: _Doc) -> Any:
+    """pyyaml's safe loader, noting where each alias is written (the node it
+    yields is its anchor's, whose line is the anchor's)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if parent is not None and index is not None and self.check_event(yaml.AliasEvent):
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                key = index if isinstance(index, int) else id(index)
+                doc.aliases[(id(parent), key)] = (str(event.anchor), event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+
+    return Loader
+
 
 def _where(path: Path) -> str:
     out = ""
@@ -182,44 +250,121 @@ def _where(path: Path) -> str:
     return out
 
 
-def _value(node: Any, path: Path, doc: _Doc) -> Any:
+def _key_id(key_node: Any) -> Any:
     import yaml
-    from yaml.constructor import ConstructorError, SafeConstructor
 
-    doc.lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
-        try:
-            # YAML merge keys (<<: *anchor): the merged pairs come first in
-            # node.value, so the mapping's own keys override them.
-            SafeConstructor().flatten_mapping(node)
-        except ConstructorError as exc:
-            doc.problem(path, str(exc.problem))
-            return {}
-        first_own = len(node.value) - own
-        out: Dict[Any, Any] = {}
-        own_keys = set()
-        for index, (key_node, value_node) in enumerate(node.value):
-            key = _scalar(key_node, path, doc) if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str) or isinstance(key, Number):
-                doc.problem(path, f"keys must be strings, not {_kind(key)}", key_node.start_mark.line + 1)
+    return (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+
+
+def _merged(node: Any, path: Path, doc: _Doc) -> Tuple[Dict[Any, Pair], List[Pair]]:
+    """A mapping's pairs, merge keys (``<<: *anchor``) resolved without
+    changing the node: (merged pairs by key, the mapping's own pairs).
+
+    As in pyyaml, the mapping's own keys override merged ones, of the
+    mappings in one ``<<: [*a, *b]`` the first listed wins, and a later
+    ``<<`` overrides an earlier one.
+    """
+    import yaml
+
+    if id(node) in doc.merging:
+        raise _Refused(node.start_mark.line + 1, path, "merges (<<) a mapping that merges it back: an endless cycle")
+    doc.merging.add(id(node))
+    try:
+        merged: Dict[Any, Pair] = {}
+        own: List[Pair] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE:
+                own.append((node, key_node, value_node))
                 continue
-            if index >= first_own and key in own_keys:
+            if isinstance(value_node, yaml.MappingNode):
+                sources = [value_node]
+            elif isinstance(value_node, yaml.SequenceNode) and all(
+                isinstance(item, yaml.MappingNode) for item in value_node.value
+            ):
+                sources = list(value_node.value)
+            else:
                 doc.problem(
-                    path + (key,),
-                    f"{key!r} appears twice (line {doc.lines[path + (key,)]} and line {key_node.start_mark.line + 1})",
+                    path,
+                    f"<< (a merge key) takes a mapping or a list of mappings, not {value_node.id}",
                     key_node.start_mark.line + 1,
                 )
                 continue
-            if index >= first_own:
-                own_keys.add(key)
-            doc.lines[path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _value(value_node, path + (key,), doc)
-            doc.lines[path + (key,)] = key_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_value(item, path + (i,), doc) for i, item in enumerate(node.value)]
-    return _scalar(node, path, doc)
+            layer: Dict[Any, Pair] = {}
+            for source in reversed(sources):
+                layer.update(_flat(source, path, doc))
+            merged.update(layer)
+        return merged, own
+    finally:
+        doc.merging.discard(id(node))
+
+
+def _flat(node: Any, path: Path, doc: _Doc) -> Dict[Any, Pair]:
+    """What a mapping gives to a merge key: its pairs by key, merges resolved."""
+    if id(node) not in doc.flat:
+        merged, own = _merged(node, path, doc)
+        doc.flat[id(node)] = {**merged, **{_key_id(k): (owner, k, v) for owner, k, v in own}}
+    return doc.flat[id(node)]
+
+
+def _value(node: Any, path: Path, doc: _Doc, via: Optional[Alias] = None) -> Any:
+    import yaml
+
+    doc.lines[path] = node.start_mark.line + 1
+    if via is not None:
+        doc.via.append((path, via))
+    try:
+        if id(node) in doc.seen:
+            doc.again(path, node)
+        doc.seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            return _scalar(node, path, doc)
+        line = via[1] if via else node.start_mark.line + 1
+        if id(node) in doc.open:
+            what = (
+                f"the alias *{via[0]} stands for a node that contains it"
+                if via
+                else ("this mapping contains itself through aliases or merge keys")
+            )
+            raise _Refused(line, path, f"{what}: an endless cycle")
+        if len(path) >= MAX_DEPTH:
+            where, (_, line) = doc.via[0] if doc.via else (path, ("", line))
+            raise _Refused(line, where, f"is nested too deeply (more than {MAX_DEPTH} levels)")
+        doc.open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return _mapping(node, path, doc)
+            return [_value(item, path + (i,), doc, doc.alias(node, i)) for i, item in enumerate(node.value)]
+        finally:
+            doc.open.discard(id(node))
+    finally:
+        if via is not None:
+            doc.via.pop()
+
+
+def _mapping(node: Any, path: Path, doc: _Doc) -> Dict[Any, Any]:
+    import yaml
+
+    merged, own = _merged(node, path, doc)
+    out: Dict[Any, Any] = {}
+    own_keys = set()
+    for index, (owner, key_node, value_node) in enumerate([*merged.values(), *own]):
+        key = _scalar(key_node, path, doc) if isinstance(key_node, yaml.ScalarNode) else None
+        if not isinstance(key, str) or isinstance(key, Number):
+            doc.problem(path, f"keys must be strings, not {_kind(key)}", key_node.start_mark.line + 1)
+            continue
+        if index >= len(merged) and key in own_keys:
+            doc.problem(
+                path + (key,),
+                f"{key!r} appears twice (line {doc.lines[path + (key,)]} and line {key_node.start_mark.line + 1})",
+                key_node.start_mark.line + 1,
+            )
+            continue
+        if index >= len(merged):
+            own_keys.add(key)
+        doc.lines[path + (key,)] = key_node.start_mark.line + 1
+        out[key] = _value(value_node, path + (key,), doc, doc.alias(owner, key_node))
+        doc.lines[path + (key,)] = key_node.start_mark.line + 1
+    return out
 
 
 class Number(str):
@@ -267,7 +412,7 @@ def _read_yaml(path: str) -> Tuple[Any, _Doc]:
         line = raw[: exc.start].count(b"\n") + 1
         raise TargetsFileError(path, [Problem(path, line, "", f"is not UTF-8 (byte {exc.start})")]) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_loader(doc))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -277,7 +422,10 @@ def _read_yaml(path: str) -> Tuple[Any, _Doc]:
         raise TargetsFileError(path, [Problem(path, 1, "", "is nested too deeply")]) from None
     if node is None:
         raise TargetsFileError(path, [Problem(path, 1, "", "is empty; it needs source: and targets:")])
-    return _value(node, (), doc), doc
+    try:
+        return _value(node, (), doc), doc
+    except _Refused as exc:
+        raise TargetsFileError(path, [Problem(path, exc.line, _where(exc.where), exc.message)]) from None
 
 
 # -- checking -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from authscope import dockerconfig as dc
 from tests.e2e.conftest import RegistryFactory
 from tests.e2e.fanout_helpers import UNKNOWN_KEYS, Release, q, tool_paths
 
@@ -50,7 +51,8 @@ def test_docker_login_logout_in_scopes_keeps_base_byte_identical(
         assert result.returncode == 0, result.stderr
         assert "Login Succeeded" in result.stdout
         assert f"Removing login credentials for {target.host}" in result.stdout
-        assert result.stdout.splitlines()[-1] == f"['HttpHeaders', 'auths'] ['{release.local.host}']"
+        # The scope's sentinel stays: docker must never see a config with no auth (it would pick a store).
+        assert result.stdout.splitlines()[-1] == f"['HttpHeaders', 'auths'] {sorted([release.local.host, dc.SENTINEL])}"
         assert release.config.read_bytes() == before
     for target in release.targets:
         assert release.digest(target) == release.source.digest

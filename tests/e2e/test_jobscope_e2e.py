@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from authscope.dockerconfig import SENTINEL
 from tests.e2e import test_gitlab_ci_local as gcl
 from tests.e2e.conftest import RegistryFactory
 from tests.e2e.fanout_helpers import b64, tool_paths
@@ -95,7 +96,8 @@ def auths_shown(run: Run, job: str) -> set[str]:
     """The registries in the job's Docker config at the end of its script (its `auths=` line)."""
     found = re.findall(rf"^{re.escape(job)}\s+>\s+auths=(.*)$", run.output, re.MULTILINE)
     assert found, f"{job} printed no auths= line:\n{run.output}"
-    return {name for name in found[-1].strip().split(",") if name}
+    # The scope's sentinel entry (no login; it keeps docker off default stores) aside.
+    return {name for name in found[-1].strip().split(",") if name and name != SENTINEL}
 
 
 def secrets(*registries: Registry) -> list[str]:
@@ -214,7 +216,7 @@ def test_fanout_in_a_job_scope_reads_the_source_with_the_jobs_login_and_guards_t
     assert remote.manifest_digest("fanned/app", "1.0") == source_image.digest
     lines = proc.stdout.splitlines()
     assert "fanout exited 3" in lines and "BASE INTEGRITY" in proc.stdout + proc.stderr
-    job_auths = str(sorted(["runner-cache.example.com", local.host]))
+    job_auths = str(sorted(["runner-cache.example.com", local.host, SENTINEL]))
     assert lines[-2:] == [job_auths, "[]"]  # restored by fanout's guard; then, the control's damage
     assert base.read_bytes() == before
     assert list((tmp_path / "scopes").iterdir()) == []

@@ -922,8 +922,11 @@ def secrets(workdir: Path) -> Secrets:
         result.files_sampled = sampler.files_seen
         # Every file in a scope 0600, every directory 0700: authscope's own and whatever the tools made
         # (crane's temporary config.json<N>, for one); links (cli-plugins, contexts) carry no data.
+        # The refusing credential-store shims in bin/ are scripts: 0700, private as well.
         for kind, modes in sorted(sampler.modes.items()):
             want = 0o600 if kind.startswith("file:") else 0o700 if kind.startswith(("dir:", "scope dir")) else None
+            if kind.startswith("file:bin/docker-credential-"):
+                want = 0o700
             if want is not None:
                 result.bad_modes += [f"{kind} {oct(m)}" for m in modes if m != want]
             result.kinds.add(kind)
