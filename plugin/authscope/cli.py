@@ -8,13 +8,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import contextmanager
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
     Dict,
-    Iterator,
     List,
     Mapping,
     NoReturn,
@@ -651,119 +649,56 @@ def _report_damage(path: str, damage: Sequence[Damage]) -> int:
 
 
 def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    import time
-
-    from . import fanout, plan, targets
-    from . import report as R
-    from .base import Base
-    from .run import received_signal
+    from . import release, targets
 
     spec = targets.load(a.file, environ, a.target)  # other targets' ${VAR}s need not be set
-
-    def make_plan(**resolved: Any) -> plan.Plan:
-        return plan.make_plan(
-            spec,
-            only=a.target,
-            jobs=a.jobs,
-            retries=a.retries,
-            timeout=a.timeout,
-            pull_once=a.pull_once or None,
-            **resolved,
-        )
-
-    draft = make_plan()
-    publishing = a.gitlab_release or a.gitlab_deployments
-    if publishing:  # every missing CI variable is reported now, before anything runs
-        from . import gitlab
-
-        settings = gitlab.settings_from_env(
-            environ, a.gitlab_token_env, release=a.gitlab_release, deployments=a.gitlab_deployments
-        )
-        _remember([settings.token])
-    # No tool gets the API token of --gitlab-token-env (fanout.tool_environ);
-    # the GitLab token is masked in everything relayed and written.
-    withheld = [a.gitlab_token_env] if a.gitlab_token_env else []
-    masked = [settings.token] if publishing else []
-    if a.dry_run:
-        print(plan.render(draft, environ), flush=True)
-        fanout.resolve_credentials(spec, environ, a.target, warn=say)  # missing secrets: exit 2
-        return EXIT_OK
-    credentials = fanout.resolve_credentials(spec, environ, a.target, warn=say)
-    base = Base(_base_dir(a.config_dir, environ))
-    started, clock = time.time(), time.monotonic()
-    guard: List[str] = []  # what the base guard restored outside the targets' scopes
-    source = spec.source.image.with_tag(spec.source.image.tag) if spec.source.image.tag else spec.source.image.pinned
-    with _layout_dir(draft.layout is not None) as layout, fanout.Preflights(draft, credentials) as checks:
-        try:
-            digest, plain_http = fanout.resolve_source(spec, base, environ)
-            final = make_plan(source_digest=digest, layout=layout)
-            if final.pull is not None:
-                fanout.pull_source(
-                    final,
-                    base,
-                    environ,
-                    scope_dir=a.scope_dir,
-                    source_plain_http=plain_http,
-                    extra_secrets=[*fanout.all_secrets(credentials), *masked],
-                    targets=spec.targets,
-                    withheld=withheld,
-                    restored=guard,
-                )
-        except RegistryError as exc:
-            # Nothing was copied: every target fails with the source's problem,
-            # or is interrupted when a signal is what stopped the pull.
-            signal = received_signal()
-            status, error = (R.INTERRUPTED, f"interrupted: {exc}") if signal else (R.FAILED, str(exc))
-            failed = fanout.none_copied(draft, status, error)
-            report = R.Report(
-                source, None, spec.tool, failed, started, time.monotonic() - clock, signal, error, tuple(guard)
-            )
-            _publish(report, a.junit, a.dotenv, a.json, gitlab=environ.get("GITLAB_CI") == "true")
-            if signal or report.restored:
-                say(f"error: {exc}")
-                return _fanout_exit(report)
-            raise
-        say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
-        results = fanout.execute(
-            final,
-            digest,
-            credentials,
-            base,
-            environ,
-            scope_dir=a.scope_dir,
-            fail_fast=a.fail_fast,
-            source_plain_http=plain_http,
-            preflights=checks,
-            targets=spec.targets,
-            withheld=withheld,
-            secrets=masked,
-        )
-    report = R.Report(
-        source,
-        digest,
-        spec.tool,
-        results,
-        started,
-        time.monotonic() - clock,
-        signal=received_signal(),
-        guard=tuple(guard),
+    settings = _gitlab_settings(a, environ)  # every missing CI variable now, before anything runs
+    options = release.Options(
+        only=tuple(a.target),
+        jobs=a.jobs,
+        retries=a.retries,
+        timeout=a.timeout,
+        pull_once=a.pull_once or None,
+        fail_fast=a.fail_fast,
+        config_dir=a.config_dir,
+        scope_dir=a.scope_dir,
+        # No tool gets the API token of --gitlab-token-env (fanout.tool_environ);
+        # the GitLab token is masked in everything relayed and written.
+        withheld=(a.gitlab_token_env,) if a.gitlab_token_env else (),
+        masked=(settings.token,) if settings else (),
     )
+    if a.dry_run:
+        release.dry_run(spec, options, environ, show=lambda text: print(text, flush=True), warn=say)
+        return EXIT_OK
+    report = release.run(spec, options, environ, say=say, warn=say)
     _publish(report, a.junit, a.dotenv, a.json, gitlab=environ.get("GITLAB_CI") == "true")
+    if report.error:  # the source could not be read: nothing was copied
+        say(f"error: {report.error}")
+        return _fanout_exit(report) if report.signal is not None or report.restored else EXIT_FAILED
     code = _fanout_exit(report)
     # After the reports: a GitLab failure never hides what landed where.
-    published = (
-        not publishing
-        or report.signal is not None
-        or _publish_to_gitlab(settings, report, a.gitlab_release, a.gitlab_deployments)
-    )
+    published = settings is None or report.signal is not None or _publish_to_gitlab(settings, report, a)
     return code or (EXIT_OK if published else EXIT_GITLAB)
 
 
-def _publish_to_gitlab(settings: Any, report: R.Report, release: bool, deployments: bool) -> bool:
+def _gitlab_settings(a: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+    """GitLab's settings when --gitlab-release or --gitlab-deployments is given, else None."""
+    if not (a.gitlab_release or a.gitlab_deployments):
+        return None
+    from . import gitlab
+
+    settings = gitlab.settings_from_env(
+        environ, a.gitlab_token_env, release=a.gitlab_release, deployments=a.gitlab_deployments
+    )
+    _remember([settings.token])
+    return settings
+
+
+def _publish_to_gitlab(settings: Any, report: R.Report, a: argparse.Namespace) -> bool:
     """Release links and deployments; False when a GitLab step failed."""
     from . import gitlab
 
-    steps = [(release, gitlab.publish_release_links), (deployments, gitlab.publish_deployments)]
+    steps = [(a.gitlab_release, gitlab.publish_release_links), (a.gitlab_deployments, gitlab.publish_deployments)]
     ok = True
     for wanted, step in steps:
         if not wanted:
@@ -779,22 +714,6 @@ def _publish_to_gitlab(settings: Any, report: R.Report, release: bool, deploymen
         for line in lines:
             say(f"gitlab: {line}")
     return ok
-
-
-@contextmanager
-def _layout_dir(wanted: bool) -> Iterator[str]:
-    """A private directory for pull_once's OCI layout ($TMPDIR: it can be large), removed after."""
-    if not wanted:
-        yield ""
-        return
-    import shutil
-    import tempfile
-
-    directory = tempfile.mkdtemp(prefix="authscope-layout-")
-    try:
-        yield os.path.join(directory, "layout")
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _publish(
