@@ -27,10 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS_BIN = REPO / ".tools" / "bin"
@@ -51,7 +51,7 @@ RUN_TIMEOUT = 900.0
 # -- the machine -------------------------------------------------------------------
 
 
-def tool_path(name: str) -> Optional[str]:
+def tool_path(name: str) -> str | None:
     return shutil.which(name, path=f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
@@ -73,7 +73,7 @@ def _meminfo() -> str:
         return "unknown"
 
 
-def machine(tools: Sequence[str] = ()) -> List[str]:
+def machine(tools: Sequence[str] = ()) -> list[str]:
     """Lines describing the machine and the tools, for the top of every report."""
     try:
         load = "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -141,19 +141,19 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def fit(ns: Sequence[int], ts: Sequence[float]) -> Tuple[float, float]:
+def fit(ns: Sequence[int], ts: Sequence[float]) -> tuple[float, float]:
     """Least squares t = a + b*n: (a, b)."""
     if len(ns) < 2:
         return (ts[0], 0.0) if ts else (0.0, 0.0)
     mean_n, mean_t = statistics.fmean(ns), statistics.fmean(ts)
     var = sum((n - mean_n) ** 2 for n in ns)
-    b = sum((n - mean_n) * (t - mean_t) for n, t in zip(ns, ts)) / var if var else 0.0
+    b = sum((n - mean_n) * (t - mean_t) for n, t in zip(ns, ts, strict=False)) / var if var else 0.0
     return mean_t - b * mean_n, b
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
@@ -184,7 +184,7 @@ class Outcome:
     peak_rss_kib: int = 0  # VmHWM of the process itself (only when watched)
     tree_rss_kib: int = 0  # wait4's ru_maxrss: the largest of it and its waited-for children
     threads: int = 0
-    cpu: Dict[str, float] = field(default_factory=dict)  # CPU seconds during the run, by who (see Lab.cpu)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds during the run, by who (see Lab.cpu)
 
     def check(self, what: str) -> Outcome:
         if self.returncode != 0:
@@ -193,8 +193,8 @@ class Outcome:
         return self
 
 
-def _status(pid: int) -> Dict[str, int]:
-    out: Dict[str, int] = {}
+def _status(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -211,7 +211,7 @@ def run(
     env: Mapping[str, str],
     log: Path,
     *,
-    cwd: Optional[Path] = None,
+    cwd: Path | None = None,
     watch_memory: bool = False,
     timeout: float = RUN_TIMEOUT,
 ) -> Outcome:
@@ -296,7 +296,7 @@ class Lab:
     work: Path
     delay: float
     source: Endpoint
-    targets: List[Endpoint]
+    targets: list[Endpoint]
     image_mb: float
     layers: int
     image_ref: str = ""  # the current image, through the WAN
@@ -305,7 +305,7 @@ class Lab:
     ca_file: str = ""  # the lab CA's certificate when the registries speak TLS; "" when plain HTTP
     _seed: int = 0
     _runs: int = 0
-    _secrets: Dict[str, str] = field(default_factory=dict)
+    _secrets: dict[str, str] = field(default_factory=dict)
 
     def new_image(self) -> None:
         """Publish a new image (new blobs) to the source, directly (not through the WAN, not counted).
@@ -342,11 +342,11 @@ class Lab:
     def tls(self) -> bool:
         return bool(self.ca_file)
 
-    def secret_env(self) -> Dict[str, str]:
+    def secret_env(self) -> dict[str, str]:
         """Every password, by variable name: the only way secrets reach a run."""
         return dict(self._secrets)
 
-    def pick(self, n: int, label: str) -> List[Target]:
+    def pick(self, n: int, label: str) -> list[Target]:
         """N targets spread over the registries, each a repository new to its registry."""
         self._runs += 1
         out = []
@@ -358,7 +358,7 @@ class Lab:
             )
         return out
 
-    def environment(self, name: str) -> Dict[str, str]:
+    def environment(self, name: str) -> dict[str, str]:
         """A fresh isolated HOME / DOCKER_CONFIG / XDG / TMPDIR, tools first on PATH, the secrets set.
 
         With TLS, SSL_CERT_FILE is the lab CA: crane, skopeo and regctl (Go's
@@ -381,7 +381,7 @@ class Lab:
     def source_egress(self) -> int:
         return self.source.proxy.counters.upstream_to_client
 
-    def cpu(self) -> Dict[str, float]:
+    def cpu(self) -> dict[str, float]:
         """CPU seconds so far: the registries, this process (the WAN proxies), and reaped children
         (authscope / the loop, and the tools they ran)."""
         me = resource.getrusage(resource.RUSAGE_SELF)
@@ -434,7 +434,7 @@ def _wipe_storage(registry: Registry) -> None:
         shutil.rmtree(v2 / name, ignore_errors=True)
 
 
-def default_workdir() -> Optional[str]:
+def default_workdir() -> str | None:
     """/dev/shm when it is a writable tmpfs: registry storage off the (shared) disk; else $TMPDIR."""
     shm = "/dev/shm"
     if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
@@ -444,7 +444,7 @@ def default_workdir() -> Optional[str]:
     return None
 
 
-def _image_bytes(layout: Path) -> Tuple[int, int]:
+def _image_bytes(layout: Path) -> tuple[int, int]:
     blobs = layout / "blobs" / "sha256"
     index = json.loads((layout / "index.json").read_text())
     desc = index["manifests"][0]
@@ -460,7 +460,7 @@ def lab(
     image_mb: float,
     layers: int,
     delay_ms: float,
-    workdir: Optional[str] = None,
+    workdir: str | None = None,
     prefix: str = "authscope-bench-",
     tls: bool = False,
 ) -> Iterator[Lab]:
@@ -475,10 +475,10 @@ def lab(
     import secrets
 
     work = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
-    started: List[Endpoint] = []
+    started: list[Endpoint] = []
     delay = delay_ms / 1000
     loop = LoopThread(lifetime=6 * 3600).start()
-    ca: Optional[CA] = None
+    ca: CA | None = None
 
     def endpoint(name: str) -> Endpoint:
         registry = start_registry(
@@ -643,7 +643,7 @@ SOURCE_LOGIN = {
 # trusts the lab CA through SSL_CERT_FILE (Lab.environment), which crane,
 # skopeo and regctl all honour, so no CA flag is needed (`crane auth login`
 # only writes the config: it contacts nothing).
-LOOP_TLS_FLAGS: Dict[bool, Dict[str, Dict[str, str]]] = {
+LOOP_TLS_FLAGS: dict[bool, dict[str, dict[str, str]]] = {
     False: {
         "crane": {"@LOGIN_TLS@": "", "@COPY_TLS@": " --insecure"},
         "skopeo": {
@@ -697,7 +697,7 @@ def serial_loop(lab_: Lab, targets: Sequence[Target], tool: str) -> Outcome:
     return outcome
 
 
-def base_parser(doc: Optional[str], *, lab_options: bool = True) -> argparse.ArgumentParser:
+def base_parser(doc: str | None, *, lab_options: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=(doc or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -721,7 +721,7 @@ def base_parser(doc: Optional[str], *, lab_options: bool = True) -> argparse.Arg
     return p
 
 
-def open_lab(a: argparse.Namespace, registries: int) -> ContextManager[Lab]:
+def open_lab(a: argparse.Namespace, registries: int) -> AbstractContextManager[Lab]:
     """`lab` with the lab options of `base_parser` (image, layers, delay, work directory, TLS)."""
     return lab(
         registries=registries,

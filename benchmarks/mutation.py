@@ -31,13 +31,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "plugin" / "authscope"
 # Module -> the fast tests that exercise it (its mirror test file first: with
 # -x a mutant dies at the first failing test).
-MODULES: Dict[str, List[str]] = {
+MODULES: dict[str, list[str]] = {
     "dockerconfig": ["tests/test_dockerconfig.py", "tests/test_base.py"],
     "base": ["tests/test_base.py"],
     "scope": ["tests/test_scope.py"],
@@ -67,9 +67,11 @@ def restore_interrupted(workdir: Path) -> None:
     marker.unlink()
 
 
-def sample(items: List[Any], limit: Optional[int]) -> List[Any]:
+def sample(items: list[Any], limit: int | None) -> list[Any]:
     """A fixed, evenly spread sample of ``limit`` work items (all of them without a limit)."""
-    items = sorted(items, key=lambda w: (w.mutations[0].start_pos, w.mutations[0].operator_name, w.mutations[0].occurrence))
+    items = sorted(
+        items, key=lambda w: (w.mutations[0].start_pos, w.mutations[0].operator_name, w.mutations[0].occurrence)
+    )
     if limit is None or limit >= len(items):
         return items
     return [items[i * len(items) // limit] for i in range(limit)]
@@ -88,7 +90,7 @@ def session(workdir: Path, module: str) -> Any:
     return db
 
 
-def test_command(module: str, tests: Optional[List[str]]) -> str:
+def test_command(module: str, tests: list[str] | None) -> str:
     files = tests or MODULES[module]
     return shlex.join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files])
 
@@ -98,13 +100,15 @@ def baseline(command: str) -> float:
     import subprocess
 
     started = time.monotonic()
-    proc = subprocess.run(shlex.split(command), capture_output=True, text=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    proc = subprocess.run(
+        shlex.split(command), capture_output=True, text=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    )
     if proc.returncode != 0:
         raise SystemExit(f"the tests fail without any mutant ({command}):\n{proc.stdout[-2000:]}")
     return time.monotonic() - started
 
 
-def run_module(module: str, workdir: Path, limit: Optional[int], tests: Optional[List[str]]) -> None:
+def run_module(module: str, workdir: Path, limit: int | None, tests: list[str] | None) -> None:
     from cosmic_ray.mutating import mutate_and_test
 
     db = session(workdir, module)
@@ -118,7 +122,9 @@ def run_module(module: str, workdir: Path, limit: Optional[int], tests: Optional
     timeout = max(60.0, 4 * took)
     source = PACKAGE / f"{module}.py"
     backup = workdir / f"{module}.py.orig"
-    print(f"{module}: {len(pending)} of {len(chosen)} mutants to run (tests {took:.0f}s unmutated; timeout {timeout:.0f}s)")
+    print(
+        f"{module}: {len(pending)} of {len(chosen)} mutants to run (tests {took:.0f}s unmutated; timeout {timeout:.0f}s)"
+    )
     for n, item in enumerate(pending, 1):
         shutil.copyfile(source, backup)
         (workdir / IN_PROGRESS).write_text(json.dumps({"module": str(source), "backup": str(backup)}))
@@ -132,17 +138,20 @@ def run_module(module: str, workdir: Path, limit: Optional[int], tests: Optional
         db.set_result(item.job_id, result)
         m = item.mutations[0]
         outcome = result.test_outcome.value if result.test_outcome else result.worker_outcome.value
-        print(f"  [{n}/{len(pending)}] line {m.start_pos[0]} {m.operator_name}: {outcome} ({time.monotonic() - started:.0f}s)", flush=True)
+        print(
+            f"  [{n}/{len(pending)}] line {m.start_pos[0]} {m.operator_name}: {outcome} ({time.monotonic() - started:.0f}s)",
+            flush=True,
+        )
 
 
-def _changed_line(diff: Optional[str]) -> str:
+def _changed_line(diff: str | None) -> str:
     for line in (diff or "").splitlines():
         if line.startswith("+") and not line.startswith("+++"):
             return line[1:].strip()
     return ""
 
 
-def report(workdir: Path, modules: List[str], limit: Optional[int]) -> List[Tuple[str, int, int, int]]:
+def report(workdir: Path, modules: list[str], limit: int | None) -> list[tuple[str, int, int, int]]:
     """Print the figures; (module, run, killed, survived) per module."""
     figures = []
     for module in modules:
@@ -162,24 +171,34 @@ def report(workdir: Path, modules: List[str], limit: Optional[int]) -> List[Tupl
         )
         for w, r in sorted(survived, key=lambda wr: wr[0].mutations[0].start_pos):
             m = w.mutations[0]
-            print(f"  survived: {module}.py:{m.start_pos[0]} {m.operator_name.removeprefix('core/')}: {_changed_line(r.diff)}")
+            print(
+                f"  survived: {module}.py:{m.start_pos[0]} {m.operator_name.removeprefix('core/')}: {_changed_line(r.diff)}"
+            )
         figures.append((module, len(results), len(killed), len(survived)))
     return figures
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--module", action="append", choices=sorted(MODULES), help="a module to mutate (repeatable; default all)")
+    p.add_argument(
+        "--module", action="append", choices=sorted(MODULES), help="a module to mutate (repeatable; default all)"
+    )
     p.add_argument("--max-mutants", type=int, metavar="N", help="an evenly spread sample of N mutants per module")
-    p.add_argument("--tests", nargs="+", metavar="PATH", help="the tests to run instead of the module's own (e.g. tests)")
-    p.add_argument("--workdir", type=Path, default=REPO / ".mutation", help="where sessions are kept (default .mutation/)")
+    p.add_argument(
+        "--tests", nargs="+", metavar="PATH", help="the tests to run instead of the module's own (e.g. tests)"
+    )
+    p.add_argument(
+        "--workdir", type=Path, default=REPO / ".mutation", help="where sessions are kept (default .mutation/)"
+    )
     p.add_argument("--report", action="store_true", help="print the figures so far; run nothing")
     a = p.parse_args(argv)
     modules = a.module or list(MODULES)
     a.workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(REPO)
     # The tests import authscope from this checkout (subprocesses too), never an installed copy.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugin"), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "plugin"), str(REPO), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     restore_interrupted(a.workdir)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds (and restores) like Ctrl-C
     if not a.report:

@@ -25,8 +25,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List
 
 import _harness as H
 
@@ -78,7 +78,7 @@ def main() -> int:
 
     H.header("scope_lifecycle: open_scope + close over a base, vs mkdtemp + one write + rmtree")
     work = Path(tempfile.mkdtemp(prefix="authscope-bench-scope-"))
-    roots: List[str] = []
+    roots: list[str] = []
     try:
         base_dir = work / "base"
         data = make_base(base_dir, a.entries)
@@ -111,8 +111,8 @@ def main() -> int:
         for _ in range(min(50, a.runs)):  # warm up: imports, page cache, allocator
             scope_once()
             floor_once()
-        scope_us: List[float] = []
-        floor_us: List[float] = []
+        scope_us: list[float] = []
+        floor_us: list[float] = []
         for i in range(a.runs):
             if i % 2:
                 scope_us.append(timed(scope_once))
@@ -123,7 +123,7 @@ def main() -> int:
         if os.listdir(root):
             raise RuntimeError(f"scopes left behind in {root}: {os.listdir(root)[:5]}")
 
-        def q(values: List[float], pct: int) -> float:
+        def q(values: list[float], pct: int) -> float:
             return statistics.quantiles(values, n=100)[pct - 1]
 
         print(

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, List, Tuple
 
 import _harness as H
 
@@ -102,7 +101,7 @@ def main() -> int:
     print(flush=True)
 
     # (tool, n, way) -> outcomes
-    cells: Dict[Tuple[str, int, str], List[H.Outcome]] = {}
+    cells: dict[tuple[str, int, str], list[H.Outcome]] = {}
     with H.open_lab(a, registries) as lab:
         for rep in range(a.repeat):
             for n in ns:

@@ -34,8 +34,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, List, Optional, Set, Tuple, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -53,7 +54,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _split(hostport: str) -> Tuple[str, int]:
+def _split(hostport: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -74,7 +75,7 @@ class _Link:
     def __init__(self, delay: float, window: int) -> None:
         self.delay = delay
         self.window = window
-        self.queue: asyncio.Queue[Tuple[float, bytes]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self.in_flight = 0
         self.room = asyncio.Event()
         self.room.set()
@@ -188,7 +189,7 @@ class WanProxy:
         window: int = DEFAULT_WINDOW,
         lifetime: float = DEFAULT_LIFETIME,
         listen: str = "127.0.0.1:0",
-        loop: Optional[LoopThread] = None,
+        loop: LoopThread | None = None,
     ) -> None:
         self.upstream_host, self.upstream_port = _split(upstream)
         listen_host, listen_port = _split(listen)
@@ -201,8 +202,8 @@ class WanProxy:
         self._listen = (listen_host, listen_port)
         self._own_loop = loop is None
         self._loop = loop or LoopThread(lifetime)
-        self._server: Optional[asyncio.base_events.Server] = None
-        self._tasks: Set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @property
@@ -266,7 +267,7 @@ class WanProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        upstream_w: Optional[asyncio.StreamWriter] = None
+        upstream_w: asyncio.StreamWriter | None = None
         try:
             self.counters.connections += 1
             _nodelay(client_w)
@@ -307,7 +308,7 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
             pass
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="HOST:PORT on loopback, e.g. 127.0.0.1:5000")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT on loopback (default: an ephemeral port)")

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,7 +35,7 @@ def step(text: str) -> None:
     print(f"\n{BOLD}== {text}{RESET}", flush=True)
 
 
-def sh(argv: List[str], env: Dict[str, str], check: bool = True) -> int:
+def sh(argv: list[str], env: dict[str, str], check: bool = True) -> int:
     print(f"$ {shlex.join(argv)}", flush=True)
     code = subprocess.run(argv, env=env).returncode
     if check and code != 0:

@@ -28,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Counter, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugin"), str(REPO)]
@@ -59,7 +60,7 @@ def machine() -> str:
 # -- sections -----------------------------------------------------------------------------------
 
 
-def concurrency(a: argparse.Namespace, work: Path) -> List[str]:
+def concurrency(a: argparse.Namespace, work: Path) -> list[str]:
     lines = []
     for mode, procs, cycles in (
         ("cycle", a.procs, a.cycles),
@@ -75,7 +76,7 @@ def concurrency(a: argparse.Namespace, work: Path) -> List[str]:
     return lines
 
 
-def crash(a: argparse.Namespace, work: Path) -> List[str]:
+def crash(a: argparse.Namespace, work: Path) -> list[str]:
     r = measure.crash(work, kills=a.kills, writers=a.writers, seed=a.seed)
     lines = [r.line()]
     if r.errors:
@@ -83,7 +84,7 @@ def crash(a: argparse.Namespace, work: Path) -> List[str]:
     return lines
 
 
-def cancel(a: argparse.Namespace, work: Path) -> List[str]:
+def cancel(a: argparse.Namespace, work: Path) -> list[str]:
     lines = []
     for phase in measure.CANCEL_PHASES:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,7 +106,7 @@ def cancel(a: argparse.Namespace, work: Path) -> List[str]:
     return lines
 
 
-def badinput(a: argparse.Namespace, work: Path) -> List[str]:
+def badinput(a: argparse.Namespace, work: Path) -> list[str]:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
@@ -128,9 +129,9 @@ def badinput(a: argparse.Namespace, work: Path) -> List[str]:
         for example in failures[name][:3]:
             lines.append(f"  e.g. {example}")
 
-    failures: Dict[str, List[str]] = collections.defaultdict(list)
+    failures: dict[str, list[str]] = collections.defaultdict(list)
 
-    def count(name: str, problems: List[str], counts: Counter[str]) -> None:
+    def count(name: str, problems: list[str], counts: Counter[str]) -> None:
         counts["examples"] += 1
         if not problems:
             counts["ok"] += 1
@@ -184,12 +185,12 @@ def badinput(a: argparse.Namespace, work: Path) -> List[str]:
     return lines
 
 
-def hostile(a: argparse.Namespace, work: Path) -> List[str]:
+def hostile(a: argparse.Namespace, work: Path) -> list[str]:
     """The hostile-filesystem scenarios are pass/fail: run them and list each outcome."""
     return _pytest(["tests/reliability/test_hostile_fs.py"])
 
 
-def secrets(a: argparse.Namespace, work: Path) -> List[str]:
+def secrets(a: argparse.Namespace, work: Path) -> list[str]:
     search = f"{measure.TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
     missing = [
         t
@@ -209,7 +210,7 @@ def secrets(a: argparse.Namespace, work: Path) -> List[str]:
     return lines
 
 
-def _pytest(args: List[str]) -> List[str]:
+def _pytest(args: list[str]) -> list[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", *args],
         cwd=REPO,

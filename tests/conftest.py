@@ -5,8 +5,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Dict, Generator, Optional
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from tests.privilege import reachable_dir  # noqa: F401 - a fixture, for tests t
 # tests away (-m, --ignore, -k) is not skipping: a job that cannot run a suite
 # deselects it in .gitlab-ci.yml, and tests/test_project_pipeline.py checks
 # that every suite runs in some job.
-CI_ALLOWED_SKIPS: Dict[str, str] = {
+CI_ALLOWED_SKIPS: dict[str, str] = {
     # The hook's own probe (tests/test_ci_skips.py runs it under CI=true): an
     # allow-listed skip stays a skip.
     "tests/fixtures/skip_probe.py::test_allowed_skip": "proves that an allow-listed skip stays a skip",
@@ -34,7 +35,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() == "true"
 
 
-def ci_allowed_skip(nodeid: str) -> Optional[str]:
+def ci_allowed_skip(nodeid: str) -> str | None:
     """The reason ``nodeid`` may skip under CI=true, or None."""
     for pattern, reason in CI_ALLOWED_SKIPS.items():
         if fnmatch.fnmatchcase(nodeid, pattern):
@@ -76,7 +77,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Dict[str, str]:
+def env(tmp_path: Path) -> dict[str, str]:
     """An environment whose HOME, XDG_* and DOCKER_CONFIG all live in tmp_path."""
     home = tmp_path / "home"
     scopes = tmp_path / "scopes"
@@ -99,20 +100,20 @@ def env(tmp_path: Path) -> Dict[str, str]:
 
 
 @pytest.fixture
-def base(env: Dict[str, str]) -> Path:
+def base(env: dict[str, str]) -> Path:
     return Path(env["DOCKER_CONFIG"])
 
 
 @pytest.fixture
-def scopes(env: Dict[str, str]) -> Path:
+def scopes(env: dict[str, str]) -> Path:
     return Path(env["AUTHSCOPE_SCOPE_DIR"])
 
 
 @pytest.fixture
-def main(env: Dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+def main(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     """``cli.main`` in-process with the isolated environment."""
 
-    def call(*args: str, stdin: Optional[str] = None) -> int:
+    def call(*args: str, stdin: str | None = None) -> int:
         if stdin is not None:
             import io
 
@@ -123,7 +124,7 @@ def main(env: Dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.fixture
-def logged_in(base: Path, env: Dict[str, str], main: Any) -> Path:
+def logged_in(base: Path, env: dict[str, str], main: Any) -> Path:
     """A base holding the local registry's login (and a key tools don't know)."""
     write_config(base, {"auths": {}, "HttpHeaders": {"User-Agent": "authscope-tests"}, "x-unknown": [1, 2]})
     assert main("login", "gitlab.local:4567", "-u", "ci", "--password-env", "LOCAL_PASSWORD") == 0

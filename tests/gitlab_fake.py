@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 JOB_TOKEN = "glcbt-fake-job-token-0003"  # obviously fake test secrets
@@ -50,7 +51,7 @@ WRITES = ("create_release", "create_link", "update_link", "delete_link", "create
 class Request:
     method: str
     path: str  # as sent, with the query
-    headers: Dict[str, str]
+    headers: dict[str, str]
     body: Any
 
     @property
@@ -61,7 +62,7 @@ class Request:
 class Reply(Exception):
     """Ends a request with a status and a JSON body."""
 
-    def __init__(self, status: int, body: Any, headers: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         super().__init__(status)
         self.status, self.body, self.headers = status, body, headers or {}
 
@@ -72,22 +73,22 @@ class FakeGitLab:
     token_kind: str = "job"  # "job": JOB-TOKEN header; "private": PRIVATE-TOKEN header
     project_id: int = 42
     project_path: str = "group/app"
-    tags: Set[str] = field(default_factory=lambda: {"1.0"})
-    branches: Set[str] = field(default_factory=lambda: {"main"})
-    forbid: Set[str] = field(default_factory=set)
+    tags: set[str] = field(default_factory=lambda: {"1.0"})
+    branches: set[str] = field(default_factory=lambda: {"main"})
+    forbid: set[str] = field(default_factory=set)
     error_style: str = "modern"  # "modern" | "legacy" validation errors
-    before: Optional[Callable[[str, FakeGitLab], None]] = None  # called with the operation, under the lock
+    before: Callable[[str, FakeGitLab], None] | None = None  # called with the operation, under the lock
     echo_token: bool = False  # a 403 quotes the token it was sent
 
-    releases: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # tag -> release (links inside)
-    deployments: List[Dict[str, Any]] = field(default_factory=list)
-    environments: Dict[str, int] = field(default_factory=dict)
-    requests: List[Request] = field(default_factory=list)
+    releases: dict[str, dict[str, Any]] = field(default_factory=dict)  # tag -> release (links inside)
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+    environments: dict[str, int] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
     _ids: int = 0
     _presented: str = ""  # the token the request being handled carried
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: Optional[ThreadingHTTPServer] = None
-    _thread: Optional[threading.Thread] = None
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class FakeGitLab:
 
     # -- state helpers for tests -------------------------------------------------------
 
-    def add_release(self, tag: str, name: Optional[str] = None, links: Tuple[Tuple[str, str, str], ...] = ()) -> None:
+    def add_release(self, tag: str, name: str | None = None, links: tuple[tuple[str, str, str], ...] = ()) -> None:
         """A release made before the run (by hand, or by an earlier job)."""
         self.tags.add(tag)
         release = self._new_release(tag, name or tag, "")
@@ -140,15 +141,15 @@ class FakeGitLab:
             release["links"].append(self._new_link(tag, link_name, url, link_type))
         self.releases[tag] = release
 
-    def links(self, tag: str) -> List[Dict[str, Any]]:
+    def links(self, tag: str) -> list[dict[str, Any]]:
         return list(self.releases[tag]["links"]) if tag in self.releases else []
 
-    def calls(self, method: Optional[str] = None, contains: str = "") -> List[Request]:
+    def calls(self, method: str | None = None, contains: str = "") -> list[Request]:
         return [r for r in self.requests if (method is None or r.method == method) and contains in r.route]
 
     # -- routing -------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, headers: Dict[str, str], body: Any) -> Tuple[int, Any, Dict[str, str]]:
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: Any) -> tuple[int, Any, dict[str, str]]:
         with self._lock:
             self.requests.append(Request(method, raw_path, headers, body))
             self._presented = headers.get("job-token") or headers.get("private-token") or ""
@@ -157,7 +158,7 @@ class FakeGitLab:
             except Reply as reply:
                 return reply.status, reply.body, reply.headers
 
-    def _route(self, method: str, raw_path: str, headers: Dict[str, str], body: Any) -> Tuple[Any, Dict[str, str]]:
+    def _route(self, method: str, raw_path: str, headers: dict[str, str], body: Any) -> tuple[Any, dict[str, str]]:
         parts = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self._authenticate(headers)
@@ -168,7 +169,7 @@ class FakeGitLab:
             raise Reply(404, {"message": "404 Project Not Found"})
         rest = m.group(2) or ""
         # A tag is one path segment: GitLab wants a "/" in it URL-encoded (%2F).
-        routes: List[Tuple[str, str, Callable[..., Tuple[Any, Dict[str, str]]]]] = [
+        routes: list[tuple[str, str, Callable[..., tuple[Any, dict[str, str]]]]] = [
             ("GET", r"", self._get_project),
             ("GET", r"/releases/([^/]+)", self._get_release),
             ("POST", r"/releases", self._create_release),
@@ -186,7 +187,7 @@ class FakeGitLab:
                 return handler(*args, query=query, body=body if isinstance(body, dict) else {})
         raise Reply(404, {"error": "404 Not Found"})
 
-    def _authenticate(self, headers: Dict[str, str]) -> None:
+    def _authenticate(self, headers: dict[str, str]) -> None:
         header = "JOB-TOKEN" if self.token_kind == "job" else "PRIVATE-TOKEN"
         if headers.get(header.lower()) != self.token:
             raise Reply(401, {"message": "401 Unauthorized"})
@@ -200,7 +201,7 @@ class FakeGitLab:
                 raise Reply(403, {"message": f"403 Forbidden: token {token} (url {quote(token, safe='')}) may not"})
             raise Reply(403, {"message": "403 Forbidden"})
 
-    def _release(self, tag: str) -> Dict[str, Any]:
+    def _release(self, tag: str) -> dict[str, Any]:
         if tag not in self.releases:
             raise Reply(404, {"message": "404 Not found"})  # find_by_tag! -> RecordNotFound
         return self.releases[tag]
@@ -216,10 +217,10 @@ class FakeGitLab:
 
     # -- projects and releases -----------------------------------------------------------
 
-    def _get_project(self, **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _get_project(self, **_: Any) -> tuple[Any, dict[str, str]]:
         return {"id": self.project_id, "path_with_namespace": self.project_path, "web_url": self.web_url}, {}
 
-    def _new_release(self, tag: str, name: str, description: str) -> Dict[str, Any]:
+    def _new_release(self, tag: str, name: str, description: str) -> dict[str, Any]:
         return {
             "tag_name": tag,
             "name": name,
@@ -232,19 +233,19 @@ class FakeGitLab:
             "links": [],
         }
 
-    def _present_release(self, release: Dict[str, Any]) -> Dict[str, Any]:
+    def _present_release(self, release: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in release.items() if k != "links"}
         out["assets"] = {"count": len(release["links"]), "sources": [], "links": self._sorted(release["links"])}
         out["_links"] = {"self": f"{self.web_url}/-/releases/{release['tag_name']}"}
         return out
 
-    def _get_release(self, tag: str, **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _get_release(self, tag: str, **_: Any) -> tuple[Any, dict[str, str]]:
         self._check("read_release")
         if tag not in self.releases:
             raise Reply(404, {"message": "404 Not Found"})  # not_found!
         return self._present_release(self.releases[tag]), {}
 
-    def _create_release(self, body: Dict[str, Any], **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _create_release(self, body: dict[str, Any], **_: Any) -> tuple[Any, dict[str, str]]:
         self._check("create_release")
         tag = body.get("tag_name")
         if not tag:
@@ -261,7 +262,7 @@ class FakeGitLab:
 
     # -- release links -------------------------------------------------------------------
 
-    def _new_link(self, tag: str, name: str, url: str, link_type: str) -> Dict[str, Any]:
+    def _new_link(self, tag: str, name: str, url: str, link_type: str) -> dict[str, Any]:
         link_id = self._next_id()
         return {
             "id": link_id,
@@ -272,15 +273,15 @@ class FakeGitLab:
         }
 
     @staticmethod
-    def _sorted(links: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    def _sorted(links: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return sorted(links, key=lambda link: -link["id"])  # release.links.sorted: newest first
 
-    def _list_links(self, tag: str, query: Dict[str, str], **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _list_links(self, tag: str, query: dict[str, str], **_: Any) -> tuple[Any, dict[str, str]]:
         self._check("read_release")
         links = self._sorted(self._release(tag)["links"])
         return self._paginate(links, query, f"/api/v4/projects/{self.project_id}/releases/{tag}/assets/links")
 
-    def _paginate(self, items: List[Any], query: Dict[str, str], path: str) -> Tuple[Any, Dict[str, str]]:
+    def _paginate(self, items: list[Any], query: dict[str, str], path: str) -> tuple[Any, dict[str, str]]:
         per_page = max(1, min(100, int(query.get("per_page", 20))))
         page = max(1, int(query.get("page", 1)))
         pages = max(1, -(-len(items) // per_page))
@@ -304,7 +305,7 @@ class FakeGitLab:
         )
         return chunk, headers
 
-    def _validate_link(self, release: Dict[str, Any], body: Dict[str, Any], link_id: Optional[int]) -> None:
+    def _validate_link(self, release: dict[str, Any], body: dict[str, Any], link_id: int | None) -> None:
         link_type = body.get("link_type", "other")
         if link_type not in ("other", "runbook", "image", "package"):
             raise Reply(400, {"error": "link_type does not have a valid value"})
@@ -314,7 +315,7 @@ class FakeGitLab:
             if key in body and any(other[key] == body[key] and other["id"] != link_id for other in release["links"]):
                 raise self._invalid(key, "has already been taken")
 
-    def _create_link(self, tag: str, body: Dict[str, Any], **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _create_link(self, tag: str, body: dict[str, Any], **_: Any) -> tuple[Any, dict[str, str]]:
         release = self._release(tag)
         for key in ("name", "url"):
             if not body.get(key):
@@ -325,18 +326,18 @@ class FakeGitLab:
         release["links"].append(link)
         raise Reply(201, link)
 
-    def _find_link(self, tag: str, link_id: str) -> Dict[str, Any]:
-        links: List[Dict[str, Any]] = self._release(tag)["links"]
+    def _find_link(self, tag: str, link_id: str) -> dict[str, Any]:
+        links: list[dict[str, Any]] = self._release(tag)["links"]
         for link in links:
             if link["id"] == int(link_id):
                 return link  # the stored one: an update changes it in place
         raise Reply(404, {"message": "404 Not found"})
 
-    def _get_link(self, tag: str, link_id: str, **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _get_link(self, tag: str, link_id: str, **_: Any) -> tuple[Any, dict[str, str]]:
         self._check("read_release")
         return self._find_link(tag, link_id), {}
 
-    def _update_link(self, tag: str, link_id: str, body: Dict[str, Any], **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _update_link(self, tag: str, link_id: str, body: dict[str, Any], **_: Any) -> tuple[Any, dict[str, str]]:
         link = self._find_link(tag, link_id)
         if not (body.get("name") or body.get("url")):
             raise Reply(400, {"error": "name, url are missing, at least one parameter must be provided"})
@@ -349,7 +350,7 @@ class FakeGitLab:
         link["link_type"] = body.get("link_type", "other")  # Grape: default 'other', even on update
         return link, {}
 
-    def _delete_link(self, tag: str, link_id: str, **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _delete_link(self, tag: str, link_id: str, **_: Any) -> tuple[Any, dict[str, str]]:
         link = self._find_link(tag, link_id)
         self._check("delete_link")
         self._release(tag)["links"].remove(link)
@@ -357,7 +358,7 @@ class FakeGitLab:
 
     # -- deployments ---------------------------------------------------------------------
 
-    def _create_deployment(self, body: Dict[str, Any], **_: Any) -> Tuple[Any, Dict[str, str]]:
+    def _create_deployment(self, body: dict[str, Any], **_: Any) -> tuple[Any, dict[str, str]]:
         for key in ("environment", "sha", "ref", "tag", "status"):
             if body.get(key) is None or body.get(key) == "":
                 raise Reply(400, {"error": f"{key} is missing"})

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import Any
 
 AUTHSCOPE = [sys.executable, "-m", "authscope"]
 # Obviously fake test secrets: nothing here looks like a real credential.
@@ -27,7 +28,7 @@ def write_config(directory: Path, cfg: Mapping[str, Any], mode: int = 0o600) -> 
 
 
 def run_authscope(
-    args: List[str], env: Mapping[str, str], input: Optional[str] = None, timeout: float = 60, **kw: Any
+    args: list[str], env: Mapping[str, str], input: str | None = None, timeout: float = 60, **kw: Any
 ) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
     """The real CLI, in its own process."""
     return subprocess.run(

@@ -19,15 +19,16 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Tuple
+from typing import Any
 
 import pytest
 
 NOBODY = 65534
 
 
-def as_unprivileged(fn: Callable[[], Any]) -> Tuple[str, Any]:
+def as_unprivileged(fn: Callable[[], Any]) -> tuple[str, Any]:
     """("returned", value) or ("raised", "Type: message") of ``fn()`` run as nobody (when root)."""
     if os.geteuid() != 0:
         return _call(fn)
@@ -52,12 +53,12 @@ def as_unprivileged(fn: Callable[[], Any]) -> Tuple[str, Any]:
         while chunk := f.read(65536):
             chunks.append(chunk)
     os.waitpid(pid, 0)
-    outcome: Tuple[str, Any] = pickle.loads(b"".join(chunks))
+    outcome: tuple[str, Any] = pickle.loads(b"".join(chunks))
     assert outcome[0] != "crashed", outcome[1]
     return outcome
 
 
-def _call(fn: Callable[[], Any]) -> Tuple[str, Any]:
+def _call(fn: Callable[[], Any]) -> tuple[str, Any]:
     try:
         return "returned", fn()
     except Exception as exc:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -141,12 +141,21 @@ for i in range(rounds):
 """
 
 
-def _race(directories: List[Path], env: Dict[str, str], tmp: Path, lock: str = "real") -> List[int]:
+def _race(directories: list[Path], env: dict[str, str], tmp: Path, lock: str = "real") -> list[int]:
     """Run WRITERS writers (spread over ``directories``) at once; their exit codes."""
     go = tmp / f"go-{lock}"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", AUTHSCOPE_WRITER, str(directories[n % len(directories)]), f"w{n}", str(ROUNDS), str(go), lock],
+            [
+                sys.executable,
+                "-c",
+                AUTHSCOPE_WRITER,
+                str(directories[n % len(directories)]),
+                f"w{n}",
+                str(ROUNDS),
+                str(go),
+                lock,
+            ],
             env=env,
         )
         for n in range(WRITERS)
@@ -156,20 +165,20 @@ def _race(directories: List[Path], env: Dict[str, str], tmp: Path, lock: str = "
     return [p.wait(timeout=120) for p in procs]
 
 
-def test_concurrent_logins_lose_nothing(base: Path, env: Dict[str, str], tmp_path: Path) -> None:
+def test_concurrent_logins_lose_nothing(base: Path, env: dict[str, str], tmp_path: Path) -> None:
     path = write_config(base, {"auths": {}})
     assert _race([base], env, tmp_path) == [0] * WRITERS
     assert len(read_json(path)["auths"]) == WRITERS * ROUNDS
 
 
-def test_control_logins_without_the_lock_lose_entries(base: Path, env: Dict[str, str], tmp_path: Path) -> None:
+def test_control_logins_without_the_lock_lose_entries(base: Path, env: dict[str, str], tmp_path: Path) -> None:
     """Control: the same logins with authscope's lock replaced by a no-op lose some."""
     path = write_config(base, {"auths": {}})
     assert _race([base], env, tmp_path, lock="none") == [0] * WRITERS
     assert len(read_json(path)["auths"]) < WRITERS * ROUNDS
 
 
-def test_logins_through_two_links_to_one_file_lose_nothing(env: Dict[str, str], tmp_path: Path) -> None:
+def test_logins_through_two_links_to_one_file_lose_nothing(env: dict[str, str], tmp_path: Path) -> None:
     """Two base directories whose config.json links to one file: the lock is the real file's."""
     real = tmp_path / "dotfiles" / "docker.json"
     real.parent.mkdir()
@@ -276,7 +285,7 @@ def test_damaged_journal_errs_on_keeping_the_base() -> None:
 HOLD = 'while [ ! -e "$GO" ]; do sleep 0.05; done; touch "$DONE"'
 
 
-def _open_scope_and_hold(env: Dict[str, str], tmp: Path, name: str) -> tuple[subprocess.Popen[str], Dict[str, str]]:
+def _open_scope_and_hold(env: dict[str, str], tmp: Path, name: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     henv = dict(env, GO=str(tmp / f"{name}.go"), DONE=str(tmp / f"{name}.done"))
     proc = subprocess.Popen(
         AUTHSCOPE
@@ -305,7 +314,7 @@ def _open_scope_and_hold(env: Dict[str, str], tmp: Path, name: str) -> tuple[sub
     return proc, henv
 
 
-def test_concurrent_authscope_logout_is_not_resurrected(logged_in: Path, env: Dict[str, str], tmp_path: Path) -> None:
+def test_concurrent_authscope_logout_is_not_resurrected(logged_in: Path, env: dict[str, str], tmp_path: Path) -> None:
     """Two jobs, one base: job B logs out and logs in while job A's scope is open."""
     a, aenv = _open_scope_and_hold(env, tmp_path, "a")
     assert run_authscope(["logout", "gitlab.local:4567"], env).returncode == 0
@@ -317,7 +326,7 @@ def test_concurrent_authscope_logout_is_not_resurrected(logged_in: Path, env: Di
     assert set(read_json(logged_in)["auths"]) == {"other.example"}
 
 
-def test_control_concurrent_naive_logout_is_restored(logged_in: Path, env: Dict[str, str], tmp_path: Path) -> None:
+def test_control_concurrent_naive_logout_is_restored(logged_in: Path, env: dict[str, str], tmp_path: Path) -> None:
     """Control: the same logout by a tool that bypasses authscope is damage."""
     a, aenv = _open_scope_and_hold(env, tmp_path, "a")
     cfg = read_json(logged_in)
@@ -331,7 +340,7 @@ def test_control_concurrent_naive_logout_is_restored(logged_in: Path, env: Dict[
     assert "gitlab.local:4567" in read_json(logged_in)["auths"]
 
 
-def test_many_scopes_and_writers_at_once(logged_in: Path, env: Dict[str, str], tmp_path: Path) -> None:
+def test_many_scopes_and_writers_at_once(logged_in: Path, env: dict[str, str], tmp_path: Path) -> None:
     """Four scopes open while another process logs in and out repeatedly: no false restores."""
     holders = [_open_scope_and_hold(env, tmp_path, f"h{i}") for i in range(4)]
     for i in range(5):
@@ -392,11 +401,14 @@ def test_guard_narrows_a_widened_mode_and_restores_privately(logged_in: Path) ->
     assert logged_in.stat().st_mode & 0o777 == 0o600
 
 
-def test_next_locked_write_removes_temp_files_of_killed_writers(base: Path, env: Dict[str, str]) -> None:
+def test_next_locked_write_removes_temp_files_of_killed_writers(base: Path, env: dict[str, str]) -> None:
     path = write_config(base, {"auths": {}})
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = [base / f".config.json.{dead.pid}.{'a' * 12}.tmp", base / f".config.json.authscope.{dead.pid}.{'b' * 12}.tmp"]
+    stale = [
+        base / f".config.json.{dead.pid}.{'a' * 12}.tmp",
+        base / f".config.json.authscope.{dead.pid}.{'b' * 12}.tmp",
+    ]
     live = base / f".config.json.{os.getpid()}.{'c' * 12}.tmp"  # ours: a write under way
     other = base / ".config.json.notes.tmp"  # not a temp file of write_atomic
     for f in [*stale, live, other]:

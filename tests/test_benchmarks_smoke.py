@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import pytest
 
@@ -64,7 +63,7 @@ def _run(script: str, *args: str, timeout: float = 240) -> str:
     return proc.stdout
 
 
-def _table_rows(out: str, first_header: str) -> List[List[str]]:
+def _table_rows(out: str, first_header: str) -> list[list[str]]:
     """The rows of the (first) table whose header line starts with `first_header`."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(first_header))
@@ -144,7 +143,7 @@ def test_source_egress_counts_bytes_per_mode() -> None:
 def test_fanout_memory_reports_authscope_own_peak() -> None:
     _require(*REGISTRY_TOOLS)
     out = _run("fanout_memory.py", "--quick")
-    rows: Dict[str, Tuple[float, ...]] = {}
+    rows: dict[str, tuple[float, ...]] = {}
     for line in out.splitlines():
         m = re.match(
             r"^(--dry-run \(baseline\)|fanout --jobs 2 \((?:normal|pull-once)\))\s+([\d.]+)\s+([\d.]+)\s+(\d+)", line

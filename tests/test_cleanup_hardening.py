@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,7 @@ def immutable() -> Iterator[Callable[[Path], None]]:
     """``chattr +i`` a file; undone at teardown whatever happens."""
     if os.geteuid() != 0 or shutil.which("chattr") is None:
         pytest.skip("chattr +i needs root and chattr")
-    made: List[Path] = []
+    made: list[Path] = []
 
     def make(path: Path) -> None:
         done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True, check=False)
@@ -94,7 +95,7 @@ def immutable() -> Iterator[Callable[[Path], None]]:
         subprocess.run(["chattr", "-i", str(path)], capture_output=True, check=False)
 
 
-def logins(config: Path) -> Dict[str, Any]:
+def logins(config: Path) -> dict[str, Any]:
     return dict(json.loads(config.read_text()).get("auths", {}))
 
 
@@ -106,7 +107,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def holding(needle: str) -> List[int]:
+def holding(needle: str) -> list[int]:
     """Live processes whose environment holds ``needle``."""
     found = []
     for entry in os.listdir("/proc"):
@@ -120,7 +121,7 @@ def holding(needle: str) -> List[int]:
     return found
 
 
-def kill_and_reap(pids: List[int]) -> None:
+def kill_and_reap(pids: list[int]) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -194,9 +195,7 @@ def test_immutable_file_is_named_and_the_rest_removed(tmp_path: Path, immutable:
     assert sorted(p.name for p in scope.rglob("*")) == ["stuck", "x"]  # config.json went
 
 
-def test_control_former_removal_raises_on_an_immutable_file(
-    tmp_path: Path, immutable: Callable[[Path], None]
-) -> None:
+def test_control_former_removal_raises_on_an_immutable_file(tmp_path: Path, immutable: Callable[[Path], None]) -> None:
     scope = tmp_path / "scope"
     scope.mkdir()
     (scope / "stuck").write_text("x")
@@ -214,10 +213,10 @@ def _wipe_base_and_stick(base_dir: Path, scope: S.Scope, immutable: Callable[[Pa
 
 
 def test_guard_runs_when_the_scope_cannot_be_removed(
-    logged_in: Path, env: Dict[str, str], immutable: Callable[[Path], None]
+    logged_in: Path, env: dict[str, str], immutable: Callable[[Path], None]
 ) -> None:
     base = Base(str(logged_in.parent))
-    warned: List[str] = []
+    warned: list[str] = []
     with S.open_scope(base, "harbor.example", {"auth": "eDp5"}, environ=env, warn=warned.append) as (scope, _):
         _wipe_base_and_stick(logged_in.parent, scope, immutable)
     assert warned == scope.left_behind == [f"{scope.path}/stuck: Operation not permitted"]
@@ -226,7 +225,7 @@ def test_guard_runs_when_the_scope_cannot_be_removed(
 
 
 def test_control_former_removal_skips_the_guard(
-    logged_in: Path, env: Dict[str, str], immutable: Callable[[Path], None], monkeypatch: pytest.MonkeyPatch
+    logged_in: Path, env: dict[str, str], immutable: Callable[[Path], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(S, "remove_tree", old_remove_tree)
     base = Base(str(logged_in.parent))
@@ -245,7 +244,7 @@ def test_exec_names_what_is_left_and_chooses_the_exit_code(
     tail: str,
     code: int,
     logged_in: Path,
-    env: Dict[str, str],
+    env: dict[str, str],
     main: Any,
     capsys: pytest.CaptureFixture[str],
     immutable: Callable[[Path], None],
@@ -299,7 +298,7 @@ def _signal_then(real: Callable[..., Any], sig: int = signal.SIGTERM) -> Callabl
 
 @pytest.mark.parametrize("during", ["removal", "guard"])
 def test_signal_during_cleanup_lets_removal_and_guard_finish(
-    during: str, logged_in: Path, env: Dict[str, str], monkeypatch: pytest.MonkeyPatch
+    during: str, logged_in: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if during == "removal":
         monkeypatch.setattr(S, "remove_tree", _signal_then(S.remove_tree))
@@ -317,7 +316,7 @@ def test_signal_during_cleanup_lets_removal_and_guard_finish(
 
 @pytest.mark.parametrize("during", ["removal", "guard"])
 def test_control_without_the_shield_the_signal_breaks_the_cleanup(
-    during: str, logged_in: Path, env: Dict[str, str], monkeypatch: pytest.MonkeyPatch
+    during: str, logged_in: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(run, "uninterrupted", lambda work: work())
     if during == "removal":
@@ -335,7 +334,7 @@ def test_control_without_the_shield_the_signal_breaks_the_cleanup(
 
 
 def test_exec_signalled_during_cleanup_exits_128_plus_n(
-    logged_in: Path, env: Dict[str, str], main: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    logged_in: Path, env: dict[str, str], main: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(S, "remove_tree", _signal_then(S.remove_tree, signal.SIGHUP))
     status = main("exec", "--registry", "harbor.example", "-u", "ci", "--password-env", "TARGET_PASSWORD", "--", "true")
@@ -362,7 +361,7 @@ def test_signal_just_before_the_cleanup_is_marked_still_runs_it_once(monkeypatch
             self.real.release()
 
     monkeypatch.setattr(run, "_children_lock", LandsOnce())
-    calls: List[int] = []
+    calls: list[int] = []
     with pytest.raises(Interrupted):
         run.uninterrupted(lambda: calls.append(1))
     assert calls == [1] and run._cleaning == 0
@@ -386,7 +385,9 @@ def test_signal_while_the_main_thread_holds_the_children_lock(variant: str) -> N
     pythonpath = os.pathsep.join(p for p in (str(Path(run.__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-c", _LOCK_HOLDER, variant]
     if variant == "fixed":
-        done = subprocess.run(argv, env=dict(os.environ, PYTHONPATH=pythonpath), capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            argv, env=dict(os.environ, PYTHONPATH=pythonpath), capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 0 and done.stdout == "handled 15\n", done.stderr
         return
     with pytest.raises(subprocess.TimeoutExpired):  # the damage: a deadlock, forever
@@ -409,13 +410,13 @@ LEAVE_BEHIND = (
 
 
 @pytest.fixture
-def probe(env: Dict[str, str]) -> str:
+def probe(env: dict[str, str]) -> str:
     """A password no other test on this machine uses, to find who holds it."""
     env["TARGET_PASSWORD"] = f"cleanup-probe-{uuid.uuid4().hex}"
     return env["TARGET_PASSWORD"]
 
 
-def _exec_leaving(main: Any, capfd: pytest.CaptureFixture[str]) -> tuple[int, List[int], float]:
+def _exec_leaving(main: Any, capfd: pytest.CaptureFixture[str]) -> tuple[int, list[int], float]:
     started = time.monotonic()
     status = main(
         "exec", "-q", "--registry", "harbor.example", "-u", "ci", "--password-env", "TARGET_PASSWORD", "--",
@@ -428,7 +429,7 @@ def _exec_leaving(main: Any, capfd: pytest.CaptureFixture[str]) -> tuple[int, Li
 
 
 def test_nothing_the_command_started_outlives_it(
-    logged_in: Path, env: Dict[str, str], main: Any, capfd: pytest.CaptureFixture[str], probe: str
+    logged_in: Path, env: dict[str, str], main: Any, capfd: pytest.CaptureFixture[str], probe: str
 ) -> None:
     status, pids, took = _exec_leaving(main, capfd)
     try:
@@ -442,7 +443,7 @@ def test_nothing_the_command_started_outlives_it(
 
 def test_control_without_ending_leftovers_they_hold_the_password(
     logged_in: Path,
-    env: Dict[str, str],
+    env: dict[str, str],
     main: Any,
     capfd: pytest.CaptureFixture[str],
     probe: str,
@@ -462,15 +463,13 @@ def test_control_without_ending_leftovers_they_hold_the_password(
         kill_and_reap(pids + holding(probe))
 
 
-def test_leftovers_of_a_captured_command_are_ended_but_not_another_commands(
-    tmp_path: Path, probe: str
-) -> None:
+def test_leftovers_of_a_captured_command_are_ended_but_not_another_commands(tmp_path: Path, probe: str) -> None:
     """fanout's path (run_captured, from threads): a command's leftovers go, a
     concurrent command's tool and children stay."""
     env_a = dict(os.environ, AUTHSCOPE_SCOPE=str(tmp_path / "scope-a"), TARGET_PASSWORD=probe)
     env_b = dict(os.environ, AUTHSCOPE_SCOPE=str(tmp_path / "scope-b"), TARGET_PASSWORD=probe)
-    lines: Dict[str, List[bytes]] = {"a": [], "b": []}
-    result: Dict[str, Any] = {}
+    lines: dict[str, list[bytes]] = {"a": [], "b": []}
+    result: dict[str, Any] = {}
 
     def b() -> None:
         result["b"] = run.run_captured(

@@ -7,9 +7,10 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_password_file_trailing_newline_stripped(main: Any, base: Path, tmp_path
     assert read_json(base / "config.json")["auths"]["h.example"] == dc.auth_entry("u", LOCAL_PASSWORD)
 
 
-def test_username_env_and_robot_literal(main: Any, base: Path, env: Dict[str, str]) -> None:
+def test_username_env_and_robot_literal(main: Any, base: Path, env: dict[str, str]) -> None:
     env["ROBOT"] = "robot$release+ci"
     assert main("login", "h.example", "--username-env", "ROBOT", "--password-env", "LOCAL_PASSWORD") == 0
     assert main("login", "g.example", "-u", "robot$release+ci", "--password-env", "LOCAL_PASSWORD") == 0
@@ -95,7 +96,7 @@ def test_unexpected_error_keeps_traceback_and_distinct_code(
     assert "Traceback" in err and "simulated bug" in err and "bug in authscope" in err
 
 
-def test_exec_path_imports_nothing_heavy(env: Dict[str, str], base: Path) -> None:
+def test_exec_path_imports_nothing_heavy(env: dict[str, str], base: Path) -> None:
     """Start-up budget: the exec path must not import yaml, filelock, gitlab or requests."""
     probe = (
         "import sys\n"
@@ -108,7 +109,7 @@ def test_exec_path_imports_nothing_heavy(env: Dict[str, str], base: Path) -> Non
     assert out.strip() == "0 []"
 
 
-def test_python_dash_m_works(env: Dict[str, str]) -> None:
+def test_python_dash_m_works(env: dict[str, str]) -> None:
     result = run_authscope(["--version"], env)
     assert result.returncode == 0 and result.stdout.startswith("authscope ")
 
@@ -129,7 +130,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
         expected = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         return self.headers.get("Authorization") == f"Basic {expected}"
 
-    def _send(self, code: int, body: bytes = b"{}", headers: Dict[str, str] | None = None) -> None:
+    def _send(self, code: int, body: bytes = b"{}", headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -160,7 +161,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(params=["basic", "bearer"])
-def fake_registry(request: pytest.FixtureRequest) -> Iterator[Tuple[str, str]]:
+def fake_registry(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     handler = type("Handler", (FakeRegistry,), {"mode": request.param})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -170,7 +171,7 @@ def fake_registry(request: pytest.FixtureRequest) -> Iterator[Tuple[str, str]]:
     server.server_close()
 
 
-def test_verify_accepts_good_credentials(fake_registry: Tuple[str, str], env: Dict[str, str], base: Path) -> None:
+def test_verify_accepts_good_credentials(fake_registry: tuple[str, str], env: dict[str, str], base: Path) -> None:
     host, _ = fake_registry
     env["PW"] = FakeRegistry.password
     result = run_authscope(["login", host, "-u", FakeRegistry.user, "--password-env", "PW", "--verify"], env)
@@ -179,7 +180,7 @@ def test_verify_accepts_good_credentials(fake_registry: Tuple[str, str], env: Di
 
 
 def test_verify_rejects_bad_credentials_and_writes_nothing(
-    fake_registry: Tuple[str, str], env: Dict[str, str], base: Path
+    fake_registry: tuple[str, str], env: dict[str, str], base: Path
 ) -> None:
     host, _ = fake_registry
     env["PW"] = "wrong-password-123"
@@ -190,13 +191,13 @@ def test_verify_rejects_bad_credentials_and_writes_nothing(
     assert not (base / "config.json").exists()
 
 
-def test_verify_unreachable_registry(env: Dict[str, str], base: Path) -> None:
+def test_verify_unreachable_registry(env: dict[str, str], base: Path) -> None:
     result = run_authscope(["login", "127.0.0.1:1", "-u", "u", "--password-env", "LOCAL_PASSWORD", "--verify"], env)
     assert result.returncode == 1 and "cannot reach" in result.stderr
     assert not (base / "config.json").exists()
 
 
-def test_authscope_process_never_has_secret_in_argv(env: Dict[str, str], base: Path) -> None:
+def test_authscope_process_never_has_secret_in_argv(env: dict[str, str], base: Path) -> None:
     """Sample /proc/*/cmdline while a scope's command runs."""
     proc = subprocess.Popen(
         AUTHSCOPE

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Tuple
 
 import pytest
 from hypothesis import given, settings
@@ -238,7 +238,7 @@ print(reads, broken)
 """
 
 
-def _hammered(tmp_path: Path, write: Callable[[str, bytes], None], rounds: int = 40) -> Tuple[int, int]:
+def _hammered(tmp_path: Path, write: Callable[[str, bytes], None], rounds: int = 40) -> tuple[int, int]:
     """(reads, broken reads) of a concurrent reader while ``write`` rewrites a large config
     at least ``rounds`` times and for at least a second."""
     path = tmp_path / "config.json"
@@ -247,9 +247,7 @@ def _hammered(tmp_path: Path, write: Callable[[str, bytes], None], rounds: int =
     ]
     path.write_bytes(configs[0])
     stop = tmp_path / "stop"
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(path), str(stop)], stdout=subprocess.PIPE, text=True
-    )
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(stop)], stdout=subprocess.PIPE, text=True)
     try:
         assert reader.stdout is not None and reader.stdout.readline() == "ready\n"
         n, end = 0, time.monotonic() + 1.0
@@ -311,7 +309,7 @@ def test_control_in_place_write_that_fails_loses_the_old_file(tmp_path: Path, mo
     path = tmp_path / "config.json"
     path.write_text('{"auths": {"keep": {}}}')
     real_write = os.write
-    calls: List[int] = []
+    calls: list[int] = []
 
     def short_then_full(fd: int, data: bytes) -> int:
         calls.append(len(data))

@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Set, Tuple
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -57,7 +58,7 @@ TEST_REF = re.compile(r"((?:[\w.-]+/)*test_\w+\.py)::((?:Test\w+::)?test_\w+)")
 # -- markdown: fences, headings, slugs, links ----------------------------------------
 
 
-def prose_lines(text: str) -> Iterator[Tuple[int, str]]:
+def prose_lines(text: str) -> Iterator[tuple[int, str]]:
     """(line number, line) of every line outside fenced code blocks."""
     fence = ""
     for number, line in enumerate(text.splitlines(), 1):
@@ -73,9 +74,9 @@ def prose_lines(text: str) -> Iterator[Tuple[int, str]]:
         yield number, line
 
 
-def heading_texts(text: str) -> List[str]:
+def heading_texts(text: str) -> list[str]:
     """The text of every ATX and setext heading outside code blocks, in order."""
-    headings: List[str] = []
+    headings: list[str] = []
     previous = ""
     for _, line in prose_lines(text):
         atx = ATX.match(line)
@@ -107,11 +108,11 @@ def gitlab_slug(heading: str) -> str:
     return re.sub(r"-{2,}", "-", github_slug(heading))
 
 
-def anchors(text: str) -> Set[str]:
+def anchors(text: str) -> set[str]:
     """Anchors that work on GitHub *and* GitLab (duplicates get -1, -2, ...)."""
     sets = []
     for slug in (github_slug, gitlab_slug):
-        seen: Dict[str, int] = {}
+        seen: dict[str, int] = {}
         found = set()
         for heading in heading_texts(text):
             base = slug(heading)
@@ -122,7 +123,7 @@ def anchors(text: str) -> Set[str]:
     return sets[0] & sets[1]
 
 
-def links(text: str) -> Iterator[Tuple[int, str]]:
+def links(text: str) -> Iterator[tuple[int, str]]:
     """(line, target) of every inline link, image, reference definition and HTML link."""
     for number, line in prose_lines(text):
         line = INLINE_CODE.sub(lambda m: " " * len(m.group(0)), line)
@@ -131,7 +132,7 @@ def links(text: str) -> Iterator[Tuple[int, str]]:
                 yield number, match.group(1).strip("<>")
 
 
-def resolve(root: Path, here: Path, target: str, where: str) -> List[str]:
+def resolve(root: Path, here: Path, target: str, where: str) -> list[str]:
     """Problems with `target` (path#anchor), a link or mention found at `where`."""
     path_part, _, anchor = target.partition("#")
     path_part = unquote(path_part)
@@ -151,7 +152,7 @@ def resolve(root: Path, here: Path, target: str, where: str) -> List[str]:
     return []
 
 
-def link_problems(md: Path, root: Path = REPO_ROOT) -> List[str]:
+def link_problems(md: Path, root: Path = REPO_ROOT) -> list[str]:
     """Every relative link of markdown file `md` that does not resolve."""
     problems = []
     for number, target in links(md.read_text()):
@@ -161,7 +162,7 @@ def link_problems(md: Path, root: Path = REPO_ROOT) -> List[str]:
     return problems
 
 
-def tree_mention_problems(md: Path, root: Path = REPO_ROOT) -> List[str]:
+def tree_mention_problems(md: Path, root: Path = REPO_ROOT) -> list[str]:
     """Every repository path `md` names in backticks (outside code blocks) that is missing."""
     problems = []
     for number, line in prose_lines(md.read_text()):
@@ -174,7 +175,7 @@ def tree_mention_problems(md: Path, root: Path = REPO_ROOT) -> List[str]:
     return problems
 
 
-def mention_problems(path: Path, root: Path = REPO_ROOT) -> List[str]:
+def mention_problems(path: Path, root: Path = REPO_ROOT) -> list[str]:
     """Every docs/*.md or README.md path (with its #anchor) in `path` that does not resolve."""
     problems = []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
@@ -184,7 +185,7 @@ def mention_problems(path: Path, root: Path = REPO_ROOT) -> List[str]:
     return problems
 
 
-def cited_test_problems(md: Path, root: Path = REPO_ROOT) -> List[str]:
+def cited_test_problems(md: Path, root: Path = REPO_ROOT) -> list[str]:
     """Every `file.py::test_name` in `md` whose file or test function does not exist."""
     problems = []
     for number, line in enumerate(md.read_text().splitlines(), 1):
@@ -202,7 +203,7 @@ def cited_test_problems(md: Path, root: Path = REPO_ROOT) -> List[str]:
     return problems
 
 
-def markdown_files(root: Path = REPO_ROOT) -> List[Path]:
+def markdown_files(root: Path = REPO_ROOT) -> list[Path]:
     found = []
     for directory, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
@@ -210,8 +211,8 @@ def markdown_files(root: Path = REPO_ROOT) -> List[Path]:
     return found
 
 
-def mentioning_files(root: Path = REPO_ROOT) -> List[Path]:
-    found: Set[Path] = set()
+def mentioning_files(root: Path = REPO_ROOT) -> list[Path]:
+    found: set[Path] = set()
     for pattern in MENTIONING:
         found |= {p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
     return sorted(p for p in found if p.resolve() != THIS_FILE and "fixtures" not in p.parts)
@@ -246,7 +247,7 @@ def test_every_docs_path_the_code_and_templates_mention_exists() -> None:
 # -- controls: the same functions report what is broken ----------------------------------
 
 
-def _tree(tmp_path: Path, files: Dict[str, str]) -> Path:
+def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -333,7 +334,7 @@ def test_control_a_missing_path_or_test_is_reported(tmp_path: Path) -> None:
 # -- docs/cli.md against the CLI -------------------------------------------------------
 
 
-def sections(text: str) -> Dict[str, str]:
+def sections(text: str) -> dict[str, str]:
     """Heading text (rendered) -> the text up to the next heading of the same or a higher level."""
     lines = text.splitlines()
     starts = []
@@ -348,9 +349,9 @@ def sections(text: str) -> Dict[str, str]:
     return found
 
 
-def table_rows(text: str) -> List[List[str]]:
+def table_rows(text: str) -> list[list[str]]:
     """The cells of every row of the first table in `text` (header and rule dropped)."""
-    rows: List[List[str]] = []
+    rows: list[list[str]] = []
     for _, line in prose_lines(text):
         if line.lstrip().startswith("|"):
             cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
@@ -363,7 +364,7 @@ def table_rows(text: str) -> List[List[str]]:
 OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
 
-def cli_doc_problems(text: str) -> List[str]:
+def cli_doc_problems(text: str) -> list[str]:
     """What docs/cli.md (given as text) gets wrong about the commands, options and exit codes."""
     from authscope import cli
 
@@ -416,7 +417,7 @@ def test_control_a_command_or_option_missing_from_the_cli_doc_is_reported() -> N
 # -- docs/components.md against templates/*.yml ------------------------------------------
 
 
-def component_inputs(template: Path) -> Dict[str, Dict[str, Any]]:
+def component_inputs(template: Path) -> dict[str, dict[str, Any]]:
     header = next(yaml.safe_load_all(template.read_text()))
     return {name: decl or {} for name, decl in header["spec"]["inputs"].items()}
 
@@ -430,7 +431,7 @@ def _cell_value(cell: str, kind: str) -> Any:
     return yaml.safe_load(text)
 
 
-def components_doc_problems(text: str, templates: Path = REPO_ROOT / "templates") -> List[str]:
+def components_doc_problems(text: str, templates: Path = REPO_ROOT / "templates") -> list[str]:
     """What docs/components.md (given as text) gets wrong about each component's inputs."""
     problems = []
     by_title = sections(text)
@@ -486,7 +487,7 @@ def test_control_a_wrong_or_missing_input_in_the_components_doc_is_reported() ->
 # -- docs/design.md's layout, the README's shape -------------------------------------------
 
 
-def layout_problems(text: str, package: Path = REPO_ROOT / "plugin" / "authscope") -> List[str]:
+def layout_problems(text: str, package: Path = REPO_ROOT / "plugin" / "authscope") -> list[str]:
     """Modules the layout block of docs/design.md (given as text) lists but the package lacks, and back."""
     block = re.search(r"^```\n(plugin/authscope/.*?)^```", text, re.MULTILINE | re.DOTALL)
     if not block:
@@ -510,7 +511,7 @@ def test_control_a_module_missing_from_the_layout_is_reported() -> None:
     assert layout_problems(extra) == ["the layout lists flow.py, which is not in authscope/"]
 
 
-def front_page_problems(text: str) -> List[str]:
+def front_page_problems(text: str) -> list[str]:
     problems = []
     if len(text.splitlines()) >= 200:
         problems.append(f"README.md has {len(text.splitlines())} lines (a front page has under 200)")

@@ -6,7 +6,6 @@ import base64
 import os
 import textwrap
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -205,7 +204,7 @@ def test_credentials_read_from_env_and_files(spec: Fanout) -> None:
 def test_every_missing_credential_reported_at_once(spec: Fanout, tmp_path: Path) -> None:
     with pytest.raises(TargetsFileError) as info:
         F.resolve_credentials(spec, ENVIRON)
-    found: Dict[str, str] = {p.where: p.message for p in info.value.problems}
+    found: dict[str, str] = {p.where: p.message for p in info.value.problems}
     assert set(found) == {
         "targets[env-missing].password_env",
         "targets[env-empty].password_env",

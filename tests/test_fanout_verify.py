@@ -10,8 +10,9 @@ comparison switched off and shows the report calling that image "landed".
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def registry() -> Iterator[FakeRegistry]:
         yield r
 
 
-def _fanout(registry: FakeRegistry, main: Any, tmp_path: Path) -> tuple[int, Dict[str, Any]]:
+def _fanout(registry: FakeRegistry, main: Any, tmp_path: Path) -> tuple[int, dict[str, Any]]:
     assert main("login", registry.host, "-u", "ci", "--password-env", "TARGET_PASSWORD") == 0
     targets = tmp_path / "authscope.yml"
     targets.write_text(
@@ -65,7 +66,7 @@ def test_destination_with_another_digest_fails_its_target(
 def test_control_without_the_digest_check_another_image_is_reported_landed(
     registry: FakeRegistry, main: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def read_back_and_accept_any(tp: F.TargetPlan, ctx: Any, session: Any, deadline: float) -> Dict[str, Any]:
+    def read_back_and_accept_any(tp: F.TargetPlan, ctx: Any, session: Any, deadline: float) -> dict[str, Any]:
         return {tag: session.manifest_digest(tp.target.repository, tag) for tag in tp.target.tags}
 
     monkeypatch.setattr(F, "_verify", read_back_and_accept_any)

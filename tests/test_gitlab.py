@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -47,7 +47,7 @@ def fake() -> Iterator[FakeGitLab]:
         yield server
 
 
-def ci_env(fake: FakeGitLab, **extra: str) -> Dict[str, str]:
+def ci_env(fake: FakeGitLab, **extra: str) -> dict[str, str]:
     env = {
         "CI_SERVER_URL": fake.url,
         "CI_PROJECT_ID": str(fake.project_id),
@@ -60,14 +60,14 @@ def ci_env(fake: FakeGitLab, **extra: str) -> Dict[str, str]:
     return {k: v for k, v in env.items() if v != ""}
 
 
-def settings(fake: FakeGitLab, token_env: Optional[str] = None, **extra: str) -> GitLabSettings:
+def settings(fake: FakeGitLab, token_env: str | None = None, **extra: str) -> GitLabSettings:
     return settings_from_env(ci_env(fake, **extra), token_env, release=True, deployments=True)
 
 
 def result(
-    name: str, registry: str, status: str = R.OK, digest: Optional[str] = D1, tags: Sequence[str] = ("1.0", "latest")
+    name: str, registry: str, status: str = R.OK, digest: str | None = D1, tags: Sequence[str] = ("1.0", "latest")
 ) -> R.Result:
-    digests: Dict[str, Optional[str]] = {t: digest for t in tags} if status == R.OK else {}
+    digests: dict[str, str | None] = {t: digest for t in tags} if status == R.OK else {}
     return R.Result(
         name,
         registry,
@@ -81,14 +81,14 @@ def result(
 
 
 def make_report(
-    statuses: Optional[Dict[str, str]] = None, digest: str = D1, targets: Sequence[Tuple[str, str]] = TARGETS
+    statuses: dict[str, str] | None = None, digest: str = D1, targets: Sequence[tuple[str, str]] = TARGETS
 ) -> R.Report:
     statuses = statuses or {}
     results = tuple(result(name, reg, statuses.get(name, R.OK), digest) for name, reg in targets)
     return R.Report("gitlab.local:4567/group/app:1.0", digest, "crane", results, 0.0, 1.0)
 
 
-def link_names(fake: FakeGitLab, tag: str = "1.0") -> List[str]:
+def link_names(fake: FakeGitLab, tag: str = "1.0") -> list[str]:
     return sorted(link["name"] for link in fake.links(tag))
 
 

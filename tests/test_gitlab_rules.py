@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import shlex
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any
 
 import pytest
 import yaml
@@ -75,7 +76,7 @@ def file_variable(tmp: Path, name: str, content: str) -> str:
 
 
 @pytest.fixture
-def many(tmp_path: Path) -> Dict[str, Any]:
+def many(tmp_path: Path) -> dict[str, Any]:
     """The targets file and, per environment, the variables GitLab scopes to it."""
     path = tmp_path / "authscope.yml"
     path.write_text(MANY)
@@ -97,15 +98,15 @@ def many(tmp_path: Path) -> Dict[str, Any]:
     return {"path": str(path), "scoped": scoped}
 
 
-def generate(path: str, environ: Mapping[str, str], capsys: pytest.CaptureFixture[str], *args: str) -> Dict[str, Any]:
+def generate(path: str, environ: Mapping[str, str], capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
     code = main(["pipeline", "-f", path, *args], environ=dict(environ))
     out = capsys.readouterr()
     assert code == 0, out.err
-    child: Dict[str, Any] = yaml.safe_load(out.out)
+    child: dict[str, Any] = yaml.safe_load(out.out)
     return child
 
 
-def job_argv(job: Mapping[str, Any]) -> List[str]:
+def job_argv(job: Mapping[str, Any]) -> list[str]:
     """The `authscope ...` arguments of a generated job's one script line."""
     (line,) = job["script"]
     words = shlex.split(line)
@@ -116,7 +117,7 @@ def job_argv(job: Mapping[str, Any]) -> List[str]:
 # -- 1. environment-scoped variables ------------------------------------------------
 
 
-def test_generator_needs_no_target_variable(many: Dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_generator_needs_no_target_variable(many: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     """The generator job has the pipeline's variables, none scoped to a target's
     environment: `authscope pipeline` plans every target from its name alone."""
     child = generate(many["path"], COMMON, capsys)
@@ -125,7 +126,7 @@ def test_generator_needs_no_target_variable(many: Dict[str, Any], capsys: pytest
         assert child[f"authscope:{name}"]["environment"] == {"name": f"registry/{name}", "action": "start"}
 
 
-def test_control_a_full_load_needs_every_targets_variables(many: Dict[str, Any]) -> None:
+def test_control_a_full_load_needs_every_targets_variables(many: dict[str, Any]) -> None:
     """Control: expanding every target (what `pipeline` did) needs the variables
     the generator job does not have, each reported with its line."""
     with pytest.raises(TargetsFileError) as caught:
@@ -137,7 +138,7 @@ def test_control_a_full_load_needs_every_targets_variables(many: Dict[str, Any])
 
 
 def test_each_generated_child_job_runs_with_only_its_own_variables(
-    many: Dict[str, Any], capsys: pytest.CaptureFixture[str]
+    many: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Every generated job, run as GitLab runs it: the pipeline's variables plus
     those scoped to the job's environment, nothing of the other targets'."""
@@ -156,7 +157,7 @@ def test_each_generated_child_job_runs_with_only_its_own_variables(
 
 
 def test_control_a_child_job_without_target_fails_on_the_others_variables(
-    many: Dict[str, Any], capsys: pytest.CaptureFixture[str]
+    many: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Control: the same job environment, but every target selected: the other
     targets' variables are missing (exit 2)."""
@@ -206,7 +207,7 @@ def test_selected_targets_report_every_error_at_once_unselected_only_static_ones
     assert all(p.file == str(path) for p in caught.value.problems)
 
 
-def test_unknown_target_message_lists_every_target(many: Dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_target_message_lists_every_target(many: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fanout", "-f", many["path"], "--target", "harbor-z", "--dry-run"], environ=dict(COMMON)) == 2
     err = capsys.readouterr().err
     assert "no target named 'harbor-z'" in err and "its targets are: harbor-a, harbor-b, harbor-c" in err
@@ -223,7 +224,7 @@ def lxml_parse(data: bytes) -> Any:
 
 
 def failed(name: str = "harbor-1", **fields: Any) -> R.Result:
-    base: Dict[str, Any] = dict(
+    base: dict[str, Any] = dict(
         name=name,
         registry="harbor-1.example",
         repository="release/app",
@@ -390,7 +391,7 @@ def test_a_longer_target_name_is_a_config_error_with_its_line(
     ],
 )
 def test_pipeline_refuses_names_gitlab_or_the_shell_would_not_take(
-    args: List[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = named(tmp_path, "a")
     with pytest.raises(SystemExit) as caught:
@@ -417,7 +418,7 @@ def test_control_valid_names_are_taken(tmp_path: Path, capsys: pytest.CaptureFix
 HOSTILE = '"; touch {pwned}; :"'
 
 
-def string_inputs(name: str) -> List[str]:
+def string_inputs(name: str) -> list[str]:
     spec = load_component(name)[0]["spec"]["inputs"]
     # install is shell code by contract; job-name and stage are YAML keys/values only.
     return [k for k, v in spec.items() if v.get("type", "string") == "string" and k != "install"]
@@ -441,12 +442,12 @@ def test_no_string_input_runs_as_code(component: str, job: str, tmp_path: Path) 
         assert not pwned.exists(), f"{component}: input {input_name} ran as shell code"
 
 
-def old_generator(pwned: Path) -> Dict[str, Any]:
+def old_generator(pwned: Path) -> dict[str, Any]:
     """Control: the generator's script line as it was, with child-stage interpolated."""
     header, body = load_component("fanout-pipeline")
     job = body["$[[ inputs.job-name ]]-generate"]
     job["script"] = [line.replace('"$AUTHSCOPE_CHILD_STAGE"', '"$[[ inputs.child-stage ]]"') for line in job["script"]]
-    rendered: Dict[str, Any] = render(body, header["spec"]["inputs"], {"child-stage": HOSTILE.format(pwned=pwned)})
+    rendered: dict[str, Any] = render(body, header["spec"]["inputs"], {"child-stage": HOSTILE.format(pwned=pwned)})
     return rendered
 
 
@@ -503,7 +504,7 @@ def test_templates_with_hostile_inputs_validate(tmp_path: Path) -> None:
 
 
 def test_per_target_jobs_leave_the_deployment_to_their_environment(
-    many: Dict[str, Any], capsys: pytest.CaptureFixture[str]
+    many: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     child = generate(many["path"], COMMON, capsys, "--gitlab-deployments", "--gitlab-release")
     for name in ("harbor-a", "harbor-b", "harbor-c"):
@@ -548,7 +549,7 @@ def custom_file(tmp_path: Path, field: str) -> str:
     return str(path)
 
 
-def custom_env(tmp_path: Path) -> Dict[str, str]:
+def custom_env(tmp_path: Path) -> dict[str, str]:
     return {
         "ONE_PASSWORD": ONE_PASSWORD,
         "TWO_USER": "robot$two",

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -40,7 +40,7 @@ BASE_CONFIG = {
 SHELLS = [sh for sh in ("bash", "dash") if shutil.which(sh)]
 
 
-def ci_variables(job_id: str = "4711", **more: str) -> Dict[str, str]:
+def ci_variables(job_id: str = "4711", **more: str) -> dict[str, str]:
     variables = {
         "CI_SERVER_URL": "https://gitlab.example.com",
         "CI_PROJECT_ID": "17",
@@ -58,7 +58,7 @@ def ci_variables(job_id: str = "4711", **more: str) -> Dict[str, str]:
 
 
 @pytest.fixture
-def job_env(env: Dict[str, str]) -> Dict[str, str]:
+def job_env(env: dict[str, str]) -> dict[str, str]:
     """A shell runner's job: the base is ~/.docker (no DOCKER_CONFIG), CI variables set."""
     job = {k: v for k, v in env.items() if k != "DOCKER_CONFIG"}
     job.update(ci_variables())
@@ -66,12 +66,12 @@ def job_env(env: Dict[str, str]) -> Dict[str, str]:
 
 
 @pytest.fixture
-def runner_base(job_env: Dict[str, str]) -> Path:
+def runner_base(job_env: dict[str, str]) -> Path:
     """The runner's ~/.docker/config.json: a login, a credsStore, keys tools don't know."""
     return write_config(Path(job_env["HOME"]) / ".docker", BASE_CONFIG)
 
 
-def run_job(script: str, env: Dict[str, str], shell: str = "bash") -> subprocess.CompletedProcess[str]:
+def run_job(script: str, env: dict[str, str], shell: str = "bash") -> subprocess.CompletedProcess[str]:
     """`script` as a GitLab job's shell runs it (errexit on)."""
     return subprocess.run(
         [shell, "-c", f"set -e\n{script}"], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -82,17 +82,17 @@ OPEN = 'eval "$(authscope job open)"\n'
 SHOW = 'python3 -c "import json,os; print(json.dumps({k: os.environ.get(k) for k in %s}))"\n'
 
 
-def shown(stdout: str) -> Dict[str, Any]:
-    last: Dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+def shown(stdout: str) -> dict[str, Any]:
+    last: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return last
 
 
-def job_dirs(env: Dict[str, str]) -> List[Path]:
+def job_dirs(env: dict[str, str]) -> list[Path]:
     return sorted(Path(env["AUTHSCOPE_SCOPE_DIR"]).glob("authscope-job-*"))
 
 
 @pytest.fixture(autouse=True)
-def _authscope_on_path(env: Dict[str, str], tmp_path: Path) -> None:
+def _authscope_on_path(env: dict[str, str], tmp_path: Path) -> None:
     """`authscope` for the shells: this checkout's, whatever is installed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -107,7 +107,7 @@ def _authscope_on_path(env: Dict[str, str], tmp_path: Path) -> None:
 
 
 def test_open_layers_the_jobs_logins_over_the_base_which_is_only_read(
-    job_env: Dict[str, str], runner_base: Path
+    job_env: dict[str, str], runner_base: Path
 ) -> None:
     before = runner_base.read_bytes()
     listing = sorted(p.name for p in runner_base.parent.iterdir())
@@ -142,7 +142,7 @@ def test_open_layers_the_jobs_logins_over_the_base_which_is_only_read(
 
 
 def test_no_registry_login_and_a_file_variable_auth_config(
-    job_env: Dict[str, str], runner_base: Path, tmp_path: Path
+    job_env: dict[str, str], runner_base: Path, tmp_path: Path
 ) -> None:
     variable = tmp_path / "DOCKER_AUTH_CONFIG"  # a GitLab File variable: the value is its path
     variable.write_text(json.dumps({"auths": {"registry.example.org": {"auth": "eDp5"}}, "credHelpers": {"a.io": "x"}}))
@@ -165,7 +165,7 @@ def test_no_registry_login_and_a_file_variable_auth_config(
     ids=["truncated", "wrong-shape", "not-json"],
 )
 def test_invalid_auth_config_is_exit_2_naming_the_variable_and_stops_the_job(
-    job_env: Dict[str, str], runner_base: Path, value: str, reason: str
+    job_env: dict[str, str], runner_base: Path, value: str, reason: str
 ) -> None:
     env = dict(job_env, DOCKER_AUTH_CONFIG=value)
     result = run_authscope(["job", "open"], env)
@@ -182,7 +182,7 @@ def test_invalid_auth_config_is_exit_2_naming_the_variable_and_stops_the_job(
     assert control.stdout == "reached\n"
 
 
-def test_a_base_that_does_not_parse_is_refused_and_left_as_it_is(job_env: Dict[str, str]) -> None:
+def test_a_base_that_does_not_parse_is_refused_and_left_as_it_is(job_env: dict[str, str]) -> None:
     path = Path(job_env["HOME"]) / ".docker" / "config.json"
     path.parent.mkdir()
     path.write_bytes(b'{"auths": {')
@@ -192,7 +192,7 @@ def test_a_base_that_does_not_parse_is_refused_and_left_as_it_is(job_env: Dict[s
     assert job_dirs(job_env) == []
 
 
-def test_open_outside_a_ci_job_is_a_usage_error(env: Dict[str, str]) -> None:
+def test_open_outside_a_ci_job_is_a_usage_error(env: dict[str, str]) -> None:
     result = run_authscope(["job", "open"], env)
     assert result.returncode == 2
     assert "CI_JOB_ID is not set" in result.stderr
@@ -206,7 +206,7 @@ def test_open_outside_a_ci_job_is_a_usage_error(env: Dict[str, str]) -> None:
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_shell_lines_survive_spaces_quotes_and_dollars_in_paths(
-    job_env: Dict[str, str], runner_base: Path, tmp_path: Path, shell: str
+    job_env: dict[str, str], runner_base: Path, tmp_path: Path, shell: str
 ) -> None:
     root = tmp_path / 'scope root with spaces, it\'s "quoted" $HOME `x` ;'
     root.mkdir(mode=0o700)
@@ -234,7 +234,7 @@ def test_shell_lines_refuse_a_name_that_is_not_a_variable() -> None:
         J.shell_lines({"X; rm -rf /": "v"})
 
 
-def test_isolate_home_points_home_and_xdg_into_the_scope(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_isolate_home_points_home_and_xdg_into_the_scope(job_env: dict[str, str], runner_base: Path) -> None:
     before = runner_base.read_bytes()
     wipe = "echo '{}' > ~/.docker/config.json\n"  # a tool that ignores DOCKER_CONFIG
     script = 'eval "$(authscope job open --isolate-home)"\n' + wipe
@@ -252,7 +252,7 @@ def test_isolate_home_points_home_and_xdg_into_the_scope(job_env: Dict[str, str]
     assert runner_base.read_text() == "{}\n"
 
 
-def test_daemon_tls_keys_stay_reachable(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_daemon_tls_keys_stay_reachable(job_env: dict[str, str], runner_base: Path) -> None:
     """docker's daemon TLS keys default to $DOCKER_CONFIG: the lines point DOCKER_CERT_PATH at the base's."""
     (runner_base.parent / "ca.pem").write_text("not a real CA\n")
     result = run_job(OPEN + SHOW % "['DOCKER_CERT_PATH']", job_env)
@@ -267,7 +267,7 @@ def test_daemon_tls_keys_stay_reachable(job_env: Dict[str, str], runner_base: Pa
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("form", ["$(authscope job open)", "$(authscope job open; true)"])
 def test_the_owner_is_the_jobs_shell_not_a_subshell(
-    job_env: Dict[str, str], runner_base: Path, shell: str, form: str
+    job_env: dict[str, str], runner_base: Path, shell: str, form: str
 ) -> None:
     result = run_job(f'eval "{form}"\necho "$$"', job_env, shell)
     assert result.returncode == 0, result.stderr
@@ -283,7 +283,7 @@ def test_the_owner_is_the_jobs_shell_not_a_subshell(
 
 
 def test_open_twice_in_one_shell_gives_the_same_scope_another_shell_is_refused(
-    job_env: Dict[str, str], runner_base: Path
+    job_env: dict[str, str], runner_base: Path
 ) -> None:
     script = OPEN + 'first="$DOCKER_CONFIG"\n' + OPEN + 'test "$first" = "$DOCKER_CONFIG"\n'
     result = run_job(script, job_env)
@@ -298,7 +298,7 @@ def test_open_twice_in_one_shell_gives_the_same_scope_another_shell_is_refused(
     assert other.returncode == 2 and "already open in process" in other.stderr
 
 
-def test_a_stale_scope_of_the_same_job_is_retired_on_open(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_a_stale_scope_of_the_same_job_is_retired_on_open(job_env: dict[str, str], runner_base: Path) -> None:
     run_job(OPEN, job_env)  # its shell is gone now: a killed run of this job
     (stale,) = job_dirs(job_env)
     result = run_job(OPEN, job_env)
@@ -310,7 +310,7 @@ def test_a_stale_scope_of_the_same_job_is_retired_on_open(job_env: Dict[str, str
 # -- close -----------------------------------------------------------------------------
 
 
-def test_close_in_a_new_shell_finds_removes_and_guards(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_close_in_a_new_shell_finds_removes_and_guards(job_env: dict[str, str], runner_base: Path) -> None:
     before = runner_base.read_bytes()
     script = OPEN + "echo '{}' > \"$DOCKER_CONFIG/config.json\"\n"
     assert run_job(script, job_env).returncode == 0
@@ -324,7 +324,7 @@ def test_close_in_a_new_shell_finds_removes_and_guards(job_env: Dict[str, str], 
     assert nothing.returncode == 0 and "no job scope to close" in nothing.stderr
 
 
-def test_close_restores_a_base_a_tool_wrote_outside_the_scope(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_close_restores_a_base_a_tool_wrote_outside_the_scope(job_env: dict[str, str], runner_base: Path) -> None:
     wipe = "echo '{}' > ~/.docker/config.json\n"
     assert run_job(OPEN + wipe, job_env).returncode == 0
     assert runner_base.read_text() == "{}\n"  # the damage, while the job ran
@@ -337,7 +337,7 @@ def test_close_restores_a_base_a_tool_wrote_outside_the_scope(job_env: Dict[str,
 
 
 def test_control_close_without_the_guard_leaves_the_base_wiped(
-    job_env: Dict[str, str], runner_base: Path, monkeypatch: pytest.MonkeyPatch
+    job_env: dict[str, str], runner_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert run_job(OPEN + "echo '{}' > ~/.docker/config.json\n", job_env).returncode == 0
     monkeypatch.setattr(B.Base, "check", lambda self, snap, leaks=(): [])
@@ -346,7 +346,7 @@ def test_control_close_without_the_guard_leaves_the_base_wiped(
     assert runner_base.read_text() == "{}\n"
 
 
-def test_close_removes_the_jobs_login_that_leaked_into_the_base(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_close_removes_the_jobs_login_that_leaked_into_the_base(job_env: dict[str, str], runner_base: Path) -> None:
     leak = 'cp "$DOCKER_CONFIG/config.json" ~/.docker/config.json\n'  # e.g. a tool that "saves" the config
     assert run_job(OPEN + leak, job_env).returncode == 0
     assert REGISTRY in read_json(runner_base)["auths"]
@@ -355,7 +355,7 @@ def test_close_removes_the_jobs_login_that_leaked_into_the_base(job_env: Dict[st
     assert REGISTRY not in read_json(runner_base)["auths"]
 
 
-def test_two_runners_same_job_id_never_close_each_others_scope(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_two_runners_same_job_id_never_close_each_others_scope(job_env: dict[str, str], runner_base: Path) -> None:
     """Job ids are per GitLab instance; two runners (or instances) on one machine can share one."""
     other_runner = dict(job_env, CI_RUNNER_ID="8", CI_CONCURRENT_ID="1")
     other_instance = dict(job_env, CI_SERVER_URL="https://gitlab.other.example")
@@ -372,7 +372,7 @@ def test_two_runners_same_job_id_never_close_each_others_scope(job_env: Dict[str
 
 
 def test_close_with_a_damaged_state_still_removes_and_says_the_base_was_not_checked(
-    job_env: Dict[str, str], runner_base: Path
+    job_env: dict[str, str], runner_base: Path
 ) -> None:
     assert run_authscope(["job", "open"], job_env).returncode == 0
     (job_dir,) = job_dirs(job_env)
@@ -386,15 +386,15 @@ def test_close_with_a_damaged_state_still_removes_and_says_the_base_was_not_chec
 
 
 def test_retire_defers_signals_until_the_guard_has_run(
-    job_env: Dict[str, str], runner_base: Path, monkeypatch: pytest.MonkeyPatch
+    job_env: dict[str, str], runner_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A SIGTERM during close (GitLab's after_script timeout) lands after the guard, not in the middle."""
     assert run_job(OPEN + "echo '{}' > ~/.docker/config.json\n", job_env).returncode == 0
     (job_dir,) = job_dirs(job_env)
-    events: List[str] = []
+    events: list[str] = []
     remove = S.remove_tree
 
-    def remove_then_signal(path: str) -> List[str]:
+    def remove_then_signal(path: str) -> list[str]:
         os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-close
         left = remove(path)
         events.append("removed")
@@ -402,7 +402,7 @@ def test_retire_defers_signals_until_the_guard_has_run(
 
     check = B.Base.check
 
-    def checked(self: B.Base, snap: B.Snapshot, leaks: Any = ()) -> List[B.Damage]:
+    def checked(self: B.Base, snap: B.Snapshot, leaks: Any = ()) -> list[B.Damage]:
         events.append("guarded")
         return check(self, snap, leaks)
 
@@ -451,7 +451,7 @@ def _age_marker(job_dir: str | Path) -> None:
     os.utime(marker, (past, past))
 
 
-def test_sweep_retires_dead_and_expired_job_scopes_only(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_sweep_retires_dead_and_expired_job_scopes_only(job_env: dict[str, str], runner_base: Path) -> None:
     root = job_env["AUTHSCOPE_SCOPE_DIR"]
     now = time.time()
     dead, _ = J.open_job(dict(job_env, CI_JOB_ID="1"), root=root, shell=_dead_shell())
@@ -474,7 +474,7 @@ def test_sweep_retires_dead_and_expired_job_scopes_only(job_env: Dict[str, str],
     assert (first.stderr + second.stderr).count("removed the scope of a job that is over") == 2
 
 
-def test_sweep_runs_the_guard_of_a_killed_job(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_sweep_runs_the_guard_of_a_killed_job(job_env: dict[str, str], runner_base: Path) -> None:
     """A job killed before after_script: a later sweep restores what its tools broke."""
     assert run_job(OPEN + "echo '{}' > ~/.docker/config.json\n", job_env).returncode == 0
     assert run_authscope(["sweep"], job_env).returncode == 0
@@ -488,7 +488,7 @@ def test_sweep_runs_the_guard_of_a_killed_job(job_env: Dict[str, str], runner_ba
 
 
 def test_another_jobs_sweep_between_script_and_after_script_leaves_the_close_to_the_job(
-    job_env: Dict[str, str], runner_base: Path, monkeypatch: pytest.MonkeyPatch
+    job_env: dict[str, str], runner_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The job's shell is gone before its after_script starts: a concurrent job's
     sweep then must not take the scope, or the job's own log would not say
@@ -506,7 +506,7 @@ def test_another_jobs_sweep_between_script_and_after_script_leaves_the_close_to_
     assert nothing.returncode == 0 and "no job scope to close" in nothing.stderr
 
 
-def test_target_scope_sweep_leaves_a_live_job_scope_alone(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_target_scope_sweep_leaves_a_live_job_scope_alone(job_env: dict[str, str], runner_base: Path) -> None:
     """`job open` exits at once; a sweep by owner pid would remove every job scope."""
     subprocess.run([*AUTHSCOPE, "job", "open"], env=job_env, capture_output=True, check=True)
     (job_dir,) = job_dirs(job_env)
@@ -527,7 +527,7 @@ def test_target_scope_sweep_leaves_a_live_job_scope_alone(job_env: Dict[str, str
 EXEC = "authscope exec -q --registry harbor.example.com -u robot --password-env TARGET_PASSWORD -- "
 
 
-def test_exec_in_a_job_scope_layers_over_it_and_guards_it(job_env: Dict[str, str], runner_base: Path) -> None:
+def test_exec_in_a_job_scope_layers_over_it_and_guards_it(job_env: dict[str, str], runner_base: Path) -> None:
     script = 'eval "$(authscope job open --isolate-home)"\njob_config="$DOCKER_CONFIG/config.json"\n'
     script += (
         EXEC
@@ -564,7 +564,7 @@ def test_exec_in_a_job_scope_layers_over_it_and_guards_it(job_env: Dict[str, str
     ids=["defaults", "no-login-isolate-home"],
 )
 def test_scope_component_opens_in_before_script_and_closes_in_after_script(
-    job_env: Dict[str, str], runner_base: Path, inputs: Dict[str, Any], logged_in: bool, home_moved: bool
+    job_env: dict[str, str], runner_base: Path, inputs: dict[str, Any], logged_in: bool, home_moved: bool
 ) -> None:
     from tests.test_templates import as_text, render_component
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import textwrap
 from pathlib import Path
-from typing import Dict
 
 import pytest
 
@@ -123,7 +122,7 @@ def test_cli_unknown_target_exits_2(fanout: Fanout, capsys: pytest.CaptureFixtur
 # -- render (--dry-run) -------------------------------------------------------------------
 
 
-def all_secret_forms() -> Dict[str, str]:
+def all_secret_forms() -> dict[str, str]:
     forms = dict(SECRETS)
     forms["file"] = FILE_SECRET
     forms["b64-1"] = base64.b64encode(f"robot$release+ci:{SECRETS['HARBOR_1_PASSWORD']}".encode()).decode()

@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Tuple
+from typing import Any
 
 import pytest
 import yaml
@@ -31,12 +31,12 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13", "3.14"]
 SETUP = "./scripts/install-deps.sh"
 
 
-def load() -> Dict[str, Any]:
-    doc: Dict[str, Any] = yaml.safe_load(PIPELINE.read_text())
+def load() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(PIPELINE.read_text())
     return doc
 
 
-def resolved(doc: Dict[str, Any], name: str) -> Dict[str, Any]:
+def resolved(doc: dict[str, Any], name: str) -> dict[str, Any]:
     """A job with its `extends` merged in (one level of keys, as GitLab merges scripts)."""
     job = dict(doc[name])
     parents = job.pop("extends", [])
@@ -45,7 +45,7 @@ def resolved(doc: Dict[str, Any], name: str) -> Dict[str, Any]:
     return job
 
 
-def pytest_args(job: Dict[str, Any]) -> List[Tuple[str, ...]]:
+def pytest_args(job: dict[str, Any]) -> list[tuple[str, ...]]:
     """The arguments of each `python -m pytest` line of a job's script."""
     found = []
     for line in job.get("script", []):
@@ -72,10 +72,10 @@ for args in json.loads(sys.argv[1]):
     out[json.dumps(args)] = [int(code), getattr(ids, "ids", [])]
 print("\\n" + json.dumps(out))
 """
-_collected: Dict[Tuple[str, ...], FrozenSet[str]] = {}
+_collected: dict[tuple[str, ...], frozenset[str]] = {}
 
 
-def collect(*arg_lists: Tuple[str, ...]) -> None:
+def collect(*arg_lists: tuple[str, ...]) -> None:
     """Collect, for real, what `pytest ARGS` selects for each argument list not collected yet."""
     todo = sorted({args for args in arg_lists if args not in _collected})
     if not todo:
@@ -95,12 +95,12 @@ def collect(*arg_lists: Tuple[str, ...]) -> None:
         _collected[tuple(json.loads(key))] = frozenset(ids)
 
 
-def collected(args: Tuple[str, ...]) -> FrozenSet[str]:
+def collected(args: tuple[str, ...]) -> frozenset[str]:
     collect(args)
     return _collected[args]
 
 
-def jobs_running_pytest(doc: Dict[str, Any]) -> Dict[str, List[Tuple[str, ...]]]:
+def jobs_running_pytest(doc: dict[str, Any]) -> dict[str, list[tuple[str, ...]]]:
     jobs = {}
     for name in doc:
         if name.startswith(".") or not isinstance(doc[name], dict) or "script" not in resolved(doc, name):
@@ -111,12 +111,12 @@ def jobs_running_pytest(doc: Dict[str, Any]) -> Dict[str, List[Tuple[str, ...]]]
     return jobs
 
 
-def problems(doc: Dict[str, Any]) -> List[str]:
+def problems(doc: dict[str, Any]) -> list[str]:
     """Everything wrong with how ``doc`` runs the suite (empty: nothing)."""
-    found: List[str] = []
+    found: list[str] = []
     jobs = jobs_running_pytest(doc)
     collect(("tests",), ("tests", "-m", "e2e"), *(args for lines in jobs.values() for args in lines))
-    run_by: Dict[str, List[str]] = {}
+    run_by: dict[str, list[str]] = {}
     for name, lines in jobs.items():
         for args in lines:
             for test in collected(args):
@@ -168,7 +168,9 @@ def test_control_a_unit_job_that_runs_reliability_is_caught() -> None:
         line.replace(" --ignore=tests/reliability", "") if "pytest" in line else line for line in doc["unit"]["script"]
     ]
     found = problems(doc)
-    assert any(p.startswith("job unit (python:${PYTHON}-slim) runs") and "tests/reliability/" in p for p in found), found
+    assert any(p.startswith("job unit (python:${PYTHON}-slim) runs") and "tests/reliability/" in p for p in found), (
+        found
+    )
 
 
 def test_control_a_unit_job_without_the_marker_is_caught() -> None:

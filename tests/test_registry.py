@@ -23,9 +23,10 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import pytest
 
@@ -42,7 +43,7 @@ class Seen(NamedTuple):
     connection: int  # the server's count of the connection it came on
     method: str
     path: str
-    authorization: Optional[str]
+    authorization: str | None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -106,10 +107,10 @@ class DualServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, tls: Optional[ssl.SSLContext]) -> None:
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
         self.tls = tls
         self.lock = threading.Lock()
-        self.seen: List[Seen] = []
+        self.seen: list[Seen] = []
         self.connections = 0
         super().__init__(("127.0.0.1", 0), Handler)
 
@@ -117,7 +118,7 @@ class DualServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def host(self) -> str:
         return f"127.0.0.1:{self.server_address[1]}"
 
-    def clear(self) -> List[Seen]:
+    def clear(self) -> list[Seen]:
         return [s for s in self.seen if s.scheme == "http"]
 
 
@@ -131,7 +132,7 @@ def _forget_registries() -> Iterator[None]:
     registry._CHALLENGE.clear()
 
 
-def serve(tls: Optional[ssl.SSLContext]) -> Iterator[DualServer]:
+def serve(tls: ssl.SSLContext | None) -> Iterator[DualServer]:
     server = DualServer(tls)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -148,7 +149,7 @@ def plain() -> Iterator[DualServer]:
 
 
 @pytest.fixture(scope="module")
-def ca_and_context(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, ssl.SSLContext]:
+def ca_and_context(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
     from tests.support.registry import CA
 
     work = tmp_path_factory.mktemp("tls")
@@ -160,7 +161,7 @@ def ca_and_context(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, ssl.
 
 
 @pytest.fixture
-def dual(ca_and_context: Tuple[Path, ssl.SSLContext]) -> Iterator[DualServer]:
+def dual(ca_and_context: tuple[Path, ssl.SSLContext]) -> Iterator[DualServer]:
     yield from serve(ca_and_context[1])
 
 
@@ -173,7 +174,7 @@ def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
     return False
 
 
-def leaks(seen: List[Seen]) -> List[Seen]:
+def leaks(seen: list[Seen]) -> list[Seen]:
     """Clear-text requests that carry more than the probe's bare `GET /v2/`."""
     return [s for s in seen if s.scheme == "http" and (s.authorization or s.path != "/v2/" or s.method != "GET")]
 
@@ -216,7 +217,7 @@ def test_without_credentials_the_challenge_is_returned(plain: DualServer) -> Non
 
 
 def test_https_registry_sees_nothing_but_a_bare_probe_in_clear(
-    dual: DualServer, ca_and_context: Tuple[Path, ssl.SSLContext]
+    dual: DualServer, ca_and_context: tuple[Path, ssl.SSLContext]
 ) -> None:
     ca_file = str(ca_and_context[0])
     with Session(dual.host, (USER, PASSWORD), ca_file=ca_file) as session:  # loopback: HTTP allowed
@@ -259,7 +260,7 @@ def test_unreachable_names_both_schemes() -> None:
 
 
 def test_https_only_registry_does_not_probe_clear_text(
-    dual: DualServer, ca_and_context: Tuple[Path, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+    dual: DualServer, ca_and_context: tuple[Path, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A registry that is neither insecure nor loopback gets HTTPS only: no probe at all."""
     monkeypatch.setattr(registry, "is_loopback", lambda host: False)

@@ -32,8 +32,9 @@ import socketserver
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -52,17 +53,17 @@ class Request(NamedTuple):
     scheme: str  # "https" or "http"
     method: str
     path: str
-    headers: Dict[str, str]  # names in lower case
+    headers: dict[str, str]  # names in lower case
 
     @property
     def authorization(self) -> str:
         return self.headers.get("authorization", "")
 
 
-Answer = Union[bytes, Iterable[bytes]]  # bytes: one answer, kept alive; an iterable: streamed, then closed
+Answer = bytes | Iterable[bytes]  # bytes: one answer, kept alive; an iterable: streamed, then closed
 
 
-def answer(req: Request, status: int = 200, headers: Iterable[Tuple[str, str]] = (), body: bytes = b"{}") -> bytes:
+def answer(req: Request, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: bytes = b"{}") -> bytes:
     head = [f"HTTP/1.1 {status} X", *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body)}", "", ""]
     return "\r\n".join(head).encode("latin-1") + (b"" if req.method == "HEAD" else body)
 
@@ -85,7 +86,7 @@ class _RawHandler(socketserver.BaseRequestHandler):
                 if not line.strip():
                     return
                 method, path, _ = line.decode("latin-1").split(" ", 2)
-                headers: Dict[str, str] = {}
+                headers: dict[str, str] = {}
                 while (h := rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
                     name, _, value = h.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
@@ -112,10 +113,10 @@ class Hostile(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, tls: Optional[ssl.SSLContext]) -> None:
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
         self.tls = tls
         self.lock = threading.Lock()
-        self.seen: List[Request] = []
+        self.seen: list[Request] = []
         self.respond: Callable[[Request], Answer] = lambda req: answer(req, 404)
         super().__init__(("127.0.0.1", 0), _RawHandler)
 
@@ -127,12 +128,12 @@ class Hostile(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def to(self, path: str) -> List[Request]:
+    def to(self, path: str) -> list[Request]:
         return [r for r in self.seen if r.path.startswith(path)]
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, ssl.SSLContext]:
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
     """(the CA's certificate, a server context with a certificate for 127.0.0.1, ::1 and localhost)."""
     from tests.support.registry import CA
 
@@ -145,9 +146,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, ssl.SSLContext]
 
 
 @pytest.fixture
-def hostile(tls: Tuple[Path, ssl.SSLContext]) -> Iterator[Callable[..., Hostile]]:
+def hostile(tls: tuple[Path, ssl.SSLContext]) -> Iterator[Callable[..., Hostile]]:
     """``hostile(tls=True)``: a started Hostile server, stopped after the test."""
-    started: List[Hostile] = []
+    started: list[Hostile] = []
     context = tls[1]
 
     def make(tls: bool = True) -> Hostile:
@@ -163,7 +164,7 @@ def hostile(tls: Tuple[Path, ssl.SSLContext]) -> Iterator[Callable[..., Hostile]
 
 
 @pytest.fixture
-def ca(tls: Tuple[Path, ssl.SSLContext]) -> str:
+def ca(tls: tuple[Path, ssl.SSLContext]) -> str:
     return str(tls[0])
 
 
@@ -376,7 +377,7 @@ def source(main: Any) -> Iterator[FakeRegistry]:
         yield fake
 
 
-def run_fanout(env: Dict[str, str], tmp_path: Path, targets: Path) -> Tuple[int, Any, str]:
+def run_fanout(env: dict[str, str], tmp_path: Path, targets: Path) -> tuple[int, Any, str]:
     """The real CLI in its own process (the fan-out's log stream is bound at import)."""
     report = tmp_path / "report.json"
     result = run_authscope(["fanout", "-f", str(targets), "--json", str(report)], env)
@@ -389,7 +390,7 @@ def test_fanout_preflight_refuses_the_realm_as_a_target_failure(
     source: FakeRegistry,
     main: Any,
     tmp_path: Path,
-    env: Dict[str, str],
+    env: dict[str, str],
 ) -> None:
     """Guards check_realm on the fan-out's credential check (and the hint
     fanout._check_credentials gives RealmRefused): the target fails, with
@@ -411,7 +412,7 @@ def test_fanout_preflight_refuses_the_realm_as_a_target_failure(
 
 
 def test_source_resolution_refuses_the_realm(
-    hostile: Callable[..., Hostile], ca: str, main: Any, tmp_path: Path, env: Dict[str, str]
+    hostile: Callable[..., Hostile], ca: str, main: Any, tmp_path: Path, env: dict[str, str]
 ) -> None:
     """Guards check_realm on fanout.resolve_source: the base's login for the
     source is not sent to an http realm; the run fails with exit 1."""
@@ -563,7 +564,7 @@ BAD_TOKEN_ANSWERS = {
 
 @pytest.mark.parametrize("hostile_answer", BAD_TOKEN_ANSWERS.values(), ids=BAD_TOKEN_ANSWERS.keys())
 def test_a_bad_token_answer_is_a_clear_error(
-    hostile_answer: Tuple[Callable[[Request], Answer], str],
+    hostile_answer: tuple[Callable[[Request], Answer], str],
     hostile: Callable[..., Hostile],
     ca: str,
     main: Any,
@@ -643,7 +644,7 @@ def forever_trailer(req: Request) -> Iterator[bytes]:
         yield b"X-Trailer: " + b"t" * 1000 + b"\r\n"
 
 
-BAD_REGISTRY_ANSWERS: Dict[str, Tuple[Callable[[Request], Answer], str]] = {
+BAD_REGISTRY_ANSWERS: dict[str, tuple[Callable[[Request], Answer], str]] = {
     "150 headers": (
         lambda req: head_of(b"HTTP/1.1 200 OK", *(b"X-H%d: v" % i for i in range(150))),
         "sent a malformed answer (got more than 100 headers)",
@@ -679,7 +680,7 @@ def basic_registry(bad: Callable[[Request], Answer]) -> Callable[[Request], Answ
 
 @pytest.mark.parametrize("hostile_answer", BAD_REGISTRY_ANSWERS.values(), ids=BAD_REGISTRY_ANSWERS.keys())
 def test_a_malformed_answer_is_a_clear_error(
-    hostile_answer: Tuple[Callable[[Request], Answer], str],
+    hostile_answer: tuple[Callable[[Request], Answer], str],
     hostile: Callable[..., Hostile],
     ca: str,
     main: Any,
@@ -788,7 +789,7 @@ BAD_CHALLENGES = {
 
 @pytest.mark.parametrize("challenge", BAD_CHALLENGES.values(), ids=BAD_CHALLENGES.keys())
 def test_an_unanswerable_challenge_is_not_called_a_rejection(
-    challenge: Tuple[str, str], hostile: Callable[..., Hostile], ca: str, main: Any, capsys: pytest.CaptureFixture[str]
+    challenge: tuple[str, str], hostile: Callable[..., Hostile], ca: str, main: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Guards Session._request's check of the 401: the credentials were never
     sent, so "rejected the credentials" would send the user to the wrong fix."""
@@ -858,7 +859,7 @@ def test_fanout_preflight_bad_token_answer_is_a_target_failure(
     source: FakeRegistry,
     main: Any,
     tmp_path: Path,
-    env: Dict[str, str],
+    env: dict[str, str],
 ) -> None:
     """Guards the token-answer checks and fanout._check_credentials' hint: a
     JSON list from the token service fails the target (it was an "internal
@@ -881,7 +882,7 @@ def test_fanout_preflight_answer_that_trickles_is_a_target_failure_within_the_ti
     source: FakeRegistry,
     main: Any,
     tmp_path: Path,
-    env: Dict[str, str],
+    env: dict[str, str],
 ) -> None:
     """The preflight's session has the plan's timeout (here 2 s) for the whole answer."""
     server = hostile()
@@ -910,7 +911,7 @@ def test_fanout_verify_bad_answer_is_a_target_failure(
     source: FakeRegistry,
     main: Any,
     tmp_path: Path,
-    env: Dict[str, str],
+    env: dict[str, str],
 ) -> None:
     """Guards the read-back: after the copy, a destination that answers
     garbage fails its target with RegistryAnswerError's hint."""
@@ -940,7 +941,7 @@ def test_fanout_verify_bad_answer_is_a_target_failure(
 
 
 def test_fanout_source_with_a_bad_digest_fails_the_run(
-    hostile: Callable[..., Hostile], ca: str, main: Any, tmp_path: Path, env: Dict[str, str]
+    hostile: Callable[..., Hostile], ca: str, main: Any, tmp_path: Path, env: dict[str, str]
 ) -> None:
     """A source digest that is not a digest never reaches a tool's argv: exit 1, nothing copied."""
     server = hostile()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from typing import Any, List
+from typing import Any
 
 import pytest
 
@@ -30,7 +30,7 @@ def result(name: str, status: str = R.OK, **kw: Any) -> R.Result:
     return R.Result(**fields)
 
 
-def report(results: List[R.Result], **kw: Any) -> R.Report:
+def report(results: list[R.Result], **kw: Any) -> R.Report:
     fields: dict = dict(
         source="gitlab.local:4567/group/app:1.0",
         source_digest=DIGEST,
@@ -326,7 +326,7 @@ def test_tail() -> None:
         ([result("a", R.INTERRUPTED)], {"signal": 15}, 143),
     ],
 )
-def test_fanout_exit_codes(results: List[R.Result], kw: dict, code: int, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fanout_exit_codes(results: list[R.Result], kw: dict, code: int, capsys: pytest.CaptureFixture[str]) -> None:
     from authscope.cli import _fanout_exit
 
     assert _fanout_exit(report(results, **kw)) == code

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -26,7 +26,7 @@ from tests.test_scope import EXEC
 WIPE_BASE = 'printf \'{"auths": {}}\' > "$BASE_CONFIG"'
 
 
-def _env(env: Dict[str, str], logged_in: Path) -> Dict[str, str]:
+def _env(env: dict[str, str], logged_in: Path) -> dict[str, str]:
     return dict(env, BASE_CONFIG=str(logged_in))
 
 
@@ -37,14 +37,14 @@ def _assert_restored(logged_in: Path, before: bytes, stderr: str) -> None:
     assert LOCAL_PASSWORD not in stderr and TARGET_PASSWORD not in stderr
 
 
-def test_exec_wipe_then_failing_command_exits_3(logged_in: Path, env: Dict[str, str]) -> None:
+def test_exec_wipe_then_failing_command_exits_3(logged_in: Path, env: dict[str, str]) -> None:
     before = logged_in.read_bytes()
     result = run_authscope(EXEC + ["sh", "-c", f"{WIPE_BASE}; exit 1"], _env(env, logged_in))
     assert result.returncode == 3, result.stderr
     _assert_restored(logged_in, before, result.stderr)
 
 
-def test_exec_control_failing_command_without_a_wipe_keeps_its_code(logged_in: Path, env: Dict[str, str]) -> None:
+def test_exec_control_failing_command_without_a_wipe_keeps_its_code(logged_in: Path, env: dict[str, str]) -> None:
     """Control: the 3 above comes from the restore, not from the failure."""
     result = run_authscope(EXEC + ["sh", "-c", "exit 1"], _env(env, logged_in))
     assert result.returncode == 1, result.stderr
@@ -52,7 +52,7 @@ def test_exec_control_failing_command_without_a_wipe_keeps_its_code(logged_in: P
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_exec_wipe_then_signal_exits_3(logged_in: Path, env: Dict[str, str], signum: int) -> None:
+def test_exec_wipe_then_signal_exits_3(logged_in: Path, env: dict[str, str], signum: int) -> None:
     """The command wipes the base, then authscope is signalled: the guard's
     restore is still reported, and outranks 128+N."""
     before = logged_in.read_bytes()
@@ -79,7 +79,7 @@ def test_exec_wipe_then_signal_exits_3(logged_in: Path, env: Dict[str, str], sig
     _assert_restored(logged_in, before, stderr)
 
 
-def test_exec_control_signal_without_a_wipe_exits_128_plus_n(logged_in: Path, env: Dict[str, str]) -> None:
+def test_exec_control_signal_without_a_wipe_exits_128_plus_n(logged_in: Path, env: dict[str, str]) -> None:
     proc = subprocess.Popen(
         [*AUTHSCOPE, *EXEC, "sh", "-c", "echo ready; sleep 30"],
         env=_env(env, logged_in),
@@ -117,7 +117,7 @@ NOTE = "auths entry 'gitlab.local:4567' was removed by a tool outside its scope;
     ids=["failed-target", "signal", "signal-pull", "failed-pull"],
 )
 def test_fanout_restore_outranks_failure_and_signal(
-    results: List[R.Result], kw: Dict[str, Any], capsys: pytest.CaptureFixture[str]
+    results: list[R.Result], kw: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from authscope.cli import _fanout_exit
 

@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
@@ -32,7 +32,7 @@ WIPES = {
 
 
 @pytest.mark.parametrize("wipe", sorted(WIPES))
-def test_command_wiping_its_config_leaves_base_byte_identical(logged_in: Path, env: Dict[str, str], wipe: str) -> None:
+def test_command_wiping_its_config_leaves_base_byte_identical(logged_in: Path, env: dict[str, str], wipe: str) -> None:
     before = logged_in.read_bytes()
     result = run_authscope(EXEC + ["sh", "-c", WIPES[wipe]], env)
     assert result.returncode == 0, result.stderr
@@ -41,12 +41,12 @@ def test_command_wiping_its_config_leaves_base_byte_identical(logged_in: Path, e
 
 
 @pytest.mark.parametrize("wipe", ["empty-auths", "delete"])
-def test_control_same_command_on_the_base_loses_the_login(logged_in: Path, env: Dict[str, str], wipe: str) -> None:
+def test_control_same_command_on_the_base_loses_the_login(logged_in: Path, env: dict[str, str], wipe: str) -> None:
     subprocess.run(["sh", "-c", WIPES[wipe]], env=env, check=True)
     assert "gitlab.local:4567" not in (logged_in.read_text() if logged_in.exists() else "")
 
 
-def test_scope_holds_base_plus_target_with_private_modes(logged_in: Path, env: Dict[str, str]) -> None:
+def test_scope_holds_base_plus_target_with_private_modes(logged_in: Path, env: dict[str, str]) -> None:
     probe = (
         'stat -c "%a" "$DOCKER_CONFIG" "$DOCKER_CONFIG/config.json"; '
         'test "$REGISTRY_AUTH_FILE" = "$DOCKER_CONFIG/config.json" && echo same-file; '
@@ -61,18 +61,18 @@ def test_scope_holds_base_plus_target_with_private_modes(logged_in: Path, env: D
     assert lines[4] == "['HttpHeaders', 'auths', 'x-unknown']"
 
 
-def test_exit_code_is_the_commands(logged_in: Path, env: Dict[str, str]) -> None:
+def test_exit_code_is_the_commands(logged_in: Path, env: dict[str, str]) -> None:
     assert run_authscope(EXEC + ["sh", "-c", "exit 42"], env).returncode == 42
 
 
-def test_missing_command_is_reported(logged_in: Path, env: Dict[str, str]) -> None:
+def test_missing_command_is_reported(logged_in: Path, env: dict[str, str]) -> None:
     result = run_authscope(EXEC + ["no-such-tool-xyz"], env)
     assert result.returncode == 127
     assert "command not found: no-such-tool-xyz" in result.stderr
     assert not list(Path(env["AUTHSCOPE_SCOPE_DIR"]).iterdir())
 
 
-def test_output_masked_including_base_secrets(logged_in: Path, env: Dict[str, str]) -> None:
+def test_output_masked_including_base_secrets(logged_in: Path, env: dict[str, str]) -> None:
     script = 'echo "t=$TARGET_PASSWORD"; cat "$DOCKER_CONFIG/config.json"; echo "l=$LOCAL_PASSWORD" >&2'
     result = run_authscope(EXEC + ["sh", "-c", script], env)
     assert result.returncode == 0
@@ -87,7 +87,7 @@ def test_output_masked_including_base_secrets(logged_in: Path, env: Dict[str, st
     assert "t=[MASKED]" in result.stdout and "l=[MASKED]" in result.stderr
 
 
-def test_tool_ignoring_docker_config_is_caught_and_restored(logged_in: Path, env: Dict[str, str]) -> None:
+def test_tool_ignoring_docker_config_is_caught_and_restored(logged_in: Path, env: dict[str, str]) -> None:
     """A tool that writes ~/.docker/config.json while DOCKER_CONFIG is the base's HOME copy."""
     # Here the base *is* ~/.docker: a tool resolving HOME writes it directly.
     env = dict(env)
@@ -108,7 +108,7 @@ def test_tool_ignoring_docker_config_is_caught_and_restored(logged_in: Path, env
     assert (home_docker / "config.json").read_bytes() != b'{"auths": {}}\n'
 
 
-def test_tool_leaking_target_login_into_base_is_cleaned(logged_in: Path, env: Dict[str, str]) -> None:
+def test_tool_leaking_target_login_into_base_is_cleaned(logged_in: Path, env: dict[str, str]) -> None:
     leak = f'cp "$DOCKER_CONFIG/config.json" {logged_in}'
     result = run_authscope(EXEC + ["sh", "-c", leak], env)
     assert result.returncode == 3
@@ -132,7 +132,7 @@ json.dump(cfg, open(path, "w"))
 
 
 @pytest.fixture
-def helper_env(env: Dict[str, str], base: Path, tmp_path: Path) -> Dict[str, str]:
+def helper_env(env: dict[str, str], base: Path, tmp_path: Path) -> dict[str, str]:
     env = dict(env)
     env["PATH"] = f"{FIXTURE_BIN}{os.pathsep}{env['PATH']}"
     env["RECORDING_HELPER_STORE"] = str(tmp_path / "helper-store.json")
@@ -144,7 +144,7 @@ def helper_env(env: Dict[str, str], base: Path, tmp_path: Path) -> Dict[str, str
     return env
 
 
-def test_logout_in_scope_never_reaches_shared_helper(helper_env: Dict[str, str], base: Path) -> None:
+def test_logout_in_scope_never_reaches_shared_helper(helper_env: dict[str, str], base: Path) -> None:
     args = ["exec", "--source-registry", "gitlab.local:4567"] + EXEC[1:]
     script = f"{sys.executable} -c '{FAKE_DOCKER_LOGOUT}' gitlab.local:4567 && cat \"$DOCKER_CONFIG/config.json\""
     result = run_authscope(args + ["sh", "-c", script], helper_env)
@@ -155,7 +155,7 @@ def test_logout_in_scope_never_reaches_shared_helper(helper_env: Dict[str, str],
     assert LOCAL_PASSWORD not in result.stdout
 
 
-def test_source_credential_from_helper_is_inlined(helper_env: Dict[str, str]) -> None:
+def test_source_credential_from_helper_is_inlined(helper_env: dict[str, str]) -> None:
     args = ["exec", "--source-registry", "gitlab.local:4567"] + EXEC[1:]
     script = "python3 -c \"import json,os,base64; c=json.load(open(os.environ['REGISTRY_AUTH_FILE'])); print('credsStore' in c, base64.b64decode(c['auths']['gitlab.local:4567']['auth']).decode().split(':')[0])\""
     result = run_authscope(args + ["sh", "-c", script], helper_env)
@@ -163,14 +163,14 @@ def test_source_credential_from_helper_is_inlined(helper_env: Dict[str, str]) ->
     assert result.stdout.strip() == "False ci"
 
 
-def test_control_logout_with_helper_in_config_erases_shared_credential(helper_env: Dict[str, str], base: Path) -> None:
+def test_control_logout_with_helper_in_config_erases_shared_credential(helper_env: dict[str, str], base: Path) -> None:
     env = dict(helper_env, DOCKER_CONFIG=str(base))
     subprocess.run([sys.executable, "-c", FAKE_DOCKER_LOGOUT, "gitlab.local:4567"], env=env, check=True)
     assert "erase gitlab.local:4567" in Path(env["RECORDING_HELPER_LOG"]).read_text()
     assert "gitlab.local:4567" not in json.loads(Path(env["RECORDING_HELPER_STORE"]).read_text())
 
 
-def test_helper_failure_is_a_clear_error(helper_env: Dict[str, str]) -> None:
+def test_helper_failure_is_a_clear_error(helper_env: dict[str, str]) -> None:
     Path(helper_env["RECORDING_HELPER_STORE"]).write_text("{}")
     args = ["exec", "--source-registry", "gitlab.local:4567"] + EXEC[1:]
     result = run_authscope(args + ["true"], helper_env)
@@ -205,7 +205,7 @@ def test_world_writable_root_without_sticky_bit_refused(tmp_path: Path) -> None:
 # -- signals (invariant 4) ------------------------------------------------------------
 
 
-def _start_held(env: Dict[str, str]) -> subprocess.Popen[str]:
+def _start_held(env: dict[str, str]) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         AUTHSCOPE + EXEC + ["sh", "-c", "trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.05; done"],
         env=env,
@@ -219,7 +219,7 @@ def _start_held(env: Dict[str, str]) -> subprocess.Popen[str]:
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
-def test_signal_forwarded_scope_removed(logged_in: Path, env: Dict[str, str], sig: int, code: int) -> None:
+def test_signal_forwarded_scope_removed(logged_in: Path, env: dict[str, str], sig: int, code: int) -> None:
     before = logged_in.read_bytes()
     proc = _start_held(env)
     assert len(list(Path(env["AUTHSCOPE_SCOPE_DIR"]).iterdir())) == 1
@@ -232,7 +232,7 @@ def test_signal_forwarded_scope_removed(logged_in: Path, env: Dict[str, str], si
     assert logged_in.read_bytes() == before
 
 
-def test_control_sigkill_leaves_scope_and_sweep_removes_it(logged_in: Path, env: Dict[str, str]) -> None:
+def test_control_sigkill_leaves_scope_and_sweep_removes_it(logged_in: Path, env: dict[str, str]) -> None:
     proc = _start_held(env)
     proc.kill()
     proc.wait()
@@ -308,7 +308,7 @@ def test_scope_dir_name_identifies_its_owner(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
 
 
-def test_scope_links_cli_plugins_but_no_helpers(env: Dict[str, str], base: Path, main: Any) -> None:
+def test_scope_links_cli_plugins_but_no_helpers(env: dict[str, str], base: Path, main: Any) -> None:
     write_config(base, {"auths": {}, "credHelpers": {"harbor.remote-1": "ecr-login"}, "credsStore": "pass"})
     (base / "cli-plugins").mkdir()
     (base / "buildx").mkdir()
@@ -318,14 +318,14 @@ def test_scope_links_cli_plugins_but_no_helpers(env: Dict[str, str], base: Path,
     assert result.stdout.split() == ["bin", "cli-plugins", "config.json", "['auths']"]
 
 
-def test_robot_username_survives_literally(logged_in: Path, env: Dict[str, str]) -> None:
+def test_robot_username_survives_literally(logged_in: Path, env: dict[str, str]) -> None:
     probe = "python3 -c \"import json,os,base64; c=json.load(open(os.environ['REGISTRY_AUTH_FILE'])); print(base64.b64decode(c['auths']['harbor.remote-1']['auth']).decode().split(':')[0])\""
     result = run_authscope(EXEC + ["sh", "-c", probe], env)
     assert result.stdout.strip() == "robot$release+ci"
 
 
 def test_reset_lays_the_config_afresh_whatever_the_command_did(
-    logged_in: Path, env: Dict[str, str], tmp_path: Path
+    logged_in: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
     """A target's next command starts from the layered config, not from the last one's wipe."""
     from authscope.base import Base

@@ -18,8 +18,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -110,7 +111,7 @@ def test_control_a_multi_line_secret_is_never_whole_in_one_line() -> None:
     assert Masker([JSON_KEY]).secrets  # forms exist; the test above shows they are the lines
 
 
-def _forms_of(secret: str) -> Dict[str, str]:
+def _forms_of(secret: str) -> dict[str, str]:
     escaped = json.dumps(secret, ensure_ascii=False)[1:-1]
     return {
         "url": quote(secret),
@@ -184,7 +185,7 @@ def test_a_secret_that_is_not_utf8_is_masked_as_its_bytes() -> None:
 # -- short secrets --------------------------------------------------------------------------------
 
 
-def test_short_password_warns_once_naming_the_variable(env: Dict[str, str], main: Any, capsys: Any) -> None:
+def test_short_password_warns_once_naming_the_variable(env: dict[str, str], main: Any, capsys: Any) -> None:
     env["SHORT_PW"] = "abc12"
     assert main("login", "registry.example", "-u", "ci", "--password-env", "SHORT_PW") == 0
     err = capsys.readouterr().err
@@ -192,7 +193,7 @@ def test_short_password_warns_once_naming_the_variable(env: Dict[str, str], main
     assert "--password-env SHORT_PW" in err and "abc12" not in err
 
 
-def test_control_long_password_gives_no_warning(env: Dict[str, str], main: Any, capsys: Any) -> None:
+def test_control_long_password_gives_no_warning(env: dict[str, str], main: Any, capsys: Any) -> None:
     assert main("login", "registry.example", "-u", "ci", "--password-env", "LOCAL_PASSWORD") == 0
     assert "shorter than" not in capsys.readouterr().err
 
@@ -207,7 +208,7 @@ def test_short_target_passwords_warn_naming_each_target(tmp_path: Path) -> None:
         "  - {name: c, registry: c.example, repository: app, username: u, password_env: C_PW}\n"
     )
     spec = targets.load(str(path), {})
-    warnings: List[str] = []
+    warnings: list[str] = []
     fanout.resolve_credentials(spec, {"A_PW": "a-b-c", "C_PW": "long-enough-test-pw"}, warn=warnings.append)
     assert len(warnings) == 2
     assert "targets[a].password_env A_PW" in warnings[0] and "a-b-c" not in warnings[0]
@@ -284,7 +285,7 @@ def _dump_script(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("source", ["env", "file"])
-def test_json_key_password_is_accepted_and_masked(source: str, env: Dict[str, str], tmp_path: Path) -> None:
+def test_json_key_password_is_accepted_and_masked(source: str, env: dict[str, str], tmp_path: Path) -> None:
     key_file = tmp_path / "key.json"
     key_file.write_text(JSON_KEY + "\n")
     env = dict(env, KEY=JSON_KEY) if source == "env" else env
@@ -312,7 +313,7 @@ def test_json_key_password_is_accepted_and_masked(source: str, env: Dict[str, st
 BAD = b"test-\xff-not-utf8-0011"
 
 
-def _cli(args: List[str], env: Dict[str, str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+def _cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
     if "input" not in kw:
         kw["stdin"] = subprocess.DEVNULL
     return subprocess.run([*AUTHSCOPE, *args], env=env, capture_output=True, timeout=60, **kw)
@@ -333,7 +334,7 @@ def _clean(result: subprocess.CompletedProcess[bytes]) -> None:
         ["exec", "--registry", "registry.example", "-u", "ci", "--password-env", "BAD_PW", "--", "true"],
     ],
 )
-def test_non_utf8_variable_is_exit_2_naming_it(args: List[str], env: Dict[str, str]) -> None:
+def test_non_utf8_variable_is_exit_2_naming_it(args: list[str], env: dict[str, str]) -> None:
     environb = {k.encode(): v.encode() for k, v in env.items()}
     environb[b"BAD_PW"] = BAD
     result = _cli(args, environb)  # type: ignore[arg-type]
@@ -349,7 +350,7 @@ def test_control_encoding_such_a_value_raises_quoting_it() -> None:
     assert "\\udcff" in str(info.value)  # a traceback would show part of the password
 
 
-def test_non_utf8_on_stdin_is_exit_2(env: Dict[str, str]) -> None:
+def test_non_utf8_on_stdin_is_exit_2(env: dict[str, str]) -> None:
     result = _cli(["login", "registry.example", "-u", "ci", "--password-stdin"], env, input=BAD + b"\n")
     assert result.returncode == 2 and b"--password-stdin" in result.stderr and b"not UTF-8" in result.stderr
     _clean(result)
@@ -382,13 +383,13 @@ def test_encode_auth_never_raises_a_unicode_error() -> None:
 
 
 @pytest.fixture
-def base(env: Dict[str, str]) -> Base:
+def base(env: dict[str, str]) -> Base:
     directory = Path(env["DOCKER_CONFIG"])
     write_config(directory, {"auths": {"gitlab.local:4567": dockerconfig.auth_entry("ci", LOCAL_PASSWORD)}})
     return Base(str(directory))
 
 
-def test_scope_config_made_a_directory_is_laid_afresh(base: Base, env: Dict[str, str]) -> None:
+def test_scope_config_made_a_directory_is_laid_afresh(base: Base, env: dict[str, str]) -> None:
     entry = dockerconfig.auth_entry("robot", "test-target-password-0012")
     with open_scope(base, "harbor.example", entry, environ=env) as (scope, _):
         config = Path(scope.config_file)
@@ -403,7 +404,7 @@ def test_scope_config_made_a_directory_is_laid_afresh(base: Base, env: Dict[str,
     assert not scope.damage
 
 
-def test_base_config_made_a_directory_is_reported_not_a_traceback(base: Base, env: Dict[str, str]) -> None:
+def test_base_config_made_a_directory_is_reported_not_a_traceback(base: Base, env: dict[str, str]) -> None:
     entry = dockerconfig.auth_entry("robot", "test-target-password-0012")
     with open_scope(base, "harbor.example", entry, environ=env) as (scope, _):
         os.unlink(base.path)
@@ -415,7 +416,7 @@ def test_base_config_made_a_directory_is_reported_not_a_traceback(base: Base, en
     assert any("could NOT be restored" in d.describe() for d in scope.damage)
 
 
-def test_base_config_made_a_fifo_is_restored_without_waiting(base: Base, env: Dict[str, str]) -> None:
+def test_base_config_made_a_fifo_is_restored_without_waiting(base: Base, env: dict[str, str]) -> None:
     before = json.loads(Path(base.path).read_text())
     entry = dockerconfig.auth_entry("robot", "test-target-password-0012")
     started = time.monotonic()
@@ -517,7 +518,7 @@ def test_regular_file_through_a_symlink_is_read(tmp_path: Path) -> None:
     assert credentials.read_file(str(tmp_path / "link"), "x", 100) == b"test-linked-pw-0014\n"
 
 
-def test_password_file_fifo_cli_exits_2_at_once(fifo: Path, env: Dict[str, str]) -> None:
+def test_password_file_fifo_cli_exits_2_at_once(fifo: Path, env: dict[str, str]) -> None:
     started = time.monotonic()
     result = _cli(["login", "registry.example", "-u", "ci", "--password-file", str(fifo)], env)
     assert result.returncode == 2 and b"FIFO" in result.stderr and str(fifo).encode() in result.stderr
@@ -533,14 +534,14 @@ def _targets(tmp_path: Path, extra: str) -> Path:
     return path
 
 
-def test_fanout_password_file_fifo_is_a_config_error(fifo: Path, tmp_path: Path, env: Dict[str, str]) -> None:
+def test_fanout_password_file_fifo_is_a_config_error(fifo: Path, tmp_path: Path, env: dict[str, str]) -> None:
     path = _targets(tmp_path, f"password_file: {fifo}")
     result = _cli(["fanout", "-f", str(path), "--dry-run"], env)
     assert result.returncode == 2, result.stderr
     assert b"targets[a].password_file" in result.stderr and b"FIFO" in result.stderr
 
 
-def test_ca_file_fifo_or_device_is_refused_when_loading(fifo: Path, tmp_path: Path, env: Dict[str, str]) -> None:
+def test_ca_file_fifo_or_device_is_refused_when_loading(fifo: Path, tmp_path: Path, env: dict[str, str]) -> None:
     for ca in (fifo, "/dev/zero"):
         path = _targets(tmp_path, f"password_env: LOCAL_PASSWORD, ca_file: {ca}")
         result = _cli(["fanout", "-f", str(path), "--dry-run"], env)
@@ -565,13 +566,13 @@ def test_ca_file_swapped_for_a_fifo_after_loading_is_refused(tmp_path: Path) -> 
         registry.Session("a.example", ca_file=str(ca))
 
 
-def test_login_verify_ca_file_fifo_exits_2(fifo: Path, env: Dict[str, str]) -> None:
+def test_login_verify_ca_file_fifo_exits_2(fifo: Path, env: dict[str, str]) -> None:
     args = ["login", "127.0.0.1:1", "-u", "ci", "--password-env", "LOCAL_PASSWORD", "--verify", "--ca-file", str(fifo)]
     result = _cli(args, env)
     assert result.returncode == 2 and b"FIFO" in result.stderr
 
 
-def test_password_stdin_is_capped(env: Dict[str, str]) -> None:
+def test_password_stdin_is_capped(env: dict[str, str]) -> None:
     result = _cli(
         ["login", "registry.example", "-u", "ci", "--password-stdin"],
         env,
@@ -581,7 +582,7 @@ def test_password_stdin_is_capped(env: Dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_waiting_on_password_stdin_is_interruptible(signum: int, code: int, env: Dict[str, str]) -> None:
+def test_waiting_on_password_stdin_is_interruptible(signum: int, code: int, env: dict[str, str]) -> None:
     proc = subprocess.Popen(
         [*AUTHSCOPE, "login", "registry.example", "-u", "ci", "--password-stdin"],
         env=env,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
 
 import pytest
 import yaml
@@ -28,11 +28,11 @@ def write(tmp_path: Path, text: str, name: str = "authscope.yml") -> Path:
     return path
 
 
-def load_ok(tmp_path: Path, text: str, environ: Optional[Mapping[str, str]] = None) -> targets.Fanout:
+def load_ok(tmp_path: Path, text: str, environ: Mapping[str, str] | None = None) -> targets.Fanout:
     return load(str(write(tmp_path, text)), environ or {})
 
 
-def problems(tmp_path: Path, text: str, environ: Optional[Mapping[str, str]] = None) -> List[Problem]:
+def problems(tmp_path: Path, text: str, environ: Mapping[str, str] | None = None) -> list[Problem]:
     path = write(tmp_path, text)
     with pytest.raises(TargetsFileError) as info:
         load(str(path), environ or {})
@@ -45,7 +45,7 @@ def problems(tmp_path: Path, text: str, environ: Optional[Mapping[str, str]] = N
     return info.value.problems
 
 
-def one(found: List[Problem], where: str, text: str) -> Problem:
+def one(found: list[Problem], where: str, text: str) -> Problem:
     """The problem at ``where`` whose message holds ``text`` (exactly one)."""
     matches = [p for p in found if p.where == where and text in p.message]
     assert len(matches) == 1, f"expected one problem at {where!r} containing {text!r}, got {found}"
@@ -814,7 +814,7 @@ def test_merge_key_does_not_hide_real_duplicates(tmp_path: Path) -> None:
 # -- reading the file ---------------------------------------------------------------------------
 
 
-def load_bytes(tmp_path: Path, data: bytes, environ: Optional[Dict[str, str]] = None) -> targets.Fanout:
+def load_bytes(tmp_path: Path, data: bytes, environ: dict[str, str] | None = None) -> targets.Fanout:
     path = tmp_path / "authscope.yml"
     path.write_bytes(data)
     return load(str(path), environ or {})

@@ -19,8 +19,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Set, Tuple
+from typing import Any
 
 import pytest
 import yaml
@@ -38,7 +39,7 @@ DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
 INTERPOLATION = re.compile(r"\$\[\[\s*inputs\.([A-Za-z0-9_-]*)\s*(\|[^\]]*)?\]\]")
 KEBAB = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
-INPUT_TYPES: Dict[str, Any] = {"string": str, "number": (int, float), "boolean": bool, "array": list}
+INPUT_TYPES: dict[str, Any] = {"string": str, "number": (int, float), "boolean": bool, "array": list}
 # Keywords that configure the whole pipeline: a component must not set them.
 GLOBAL_KEYWORDS = {"default", "include", "stages", "variables", "workflow", "image", "services", "cache"}
 GLOBAL_KEYWORDS |= {"before_script", "after_script", "pages"}
@@ -51,7 +52,7 @@ class InputError(ValueError):
     """A component was given inputs GitLab would refuse."""
 
 
-def load_component(name: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def load_component(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, jobs) of templates/NAME.yml."""
     docs = list(yaml.safe_load_all((TEMPLATES / f"{name}.yml").read_text()))
     assert len(docs) == 2, f"{name}.yml: a spec header, ---, then the jobs"
@@ -60,7 +61,7 @@ def load_component(name: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return header, body
 
 
-def input_values(spec: Mapping[str, Any], given: Mapping[str, Any]) -> Dict[str, Any]:
+def input_values(spec: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     """Every input's value: given, else its default; checked as GitLab checks them."""
     unknown = set(given) - set(spec)
     if unknown:
@@ -121,14 +122,14 @@ def render(body: Any, spec: Mapping[str, Any], given: Mapping[str, Any]) -> Any:
     return walk(body)
 
 
-def render_component(name: str, **given: Any) -> Dict[str, Any]:
+def render_component(name: str, **given: Any) -> dict[str, Any]:
     header, body = load_component(name)
-    rendered: Dict[str, Any] = render(body, header["spec"].get("inputs") or {}, given)
+    rendered: dict[str, Any] = render(body, header["spec"].get("inputs") or {}, given)
     return rendered
 
 
-def used_inputs(node: Any) -> Set[str]:
-    found: Set[str] = set()
+def used_inputs(node: Any) -> set[str]:
+    found: set[str] = set()
     if isinstance(node, dict):
         for k, v in node.items():
             found |= used_inputs(k) | used_inputs(v)
@@ -161,7 +162,7 @@ def test_render_keeps_the_type_of_a_whole_value_and_writes_text_inside_a_string(
         ({}, "required value"),
     ],
 )
-def test_render_refuses_what_gitlab_refuses(given: Dict[str, Any], message: str) -> None:
+def test_render_refuses_what_gitlab_refuses(given: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message):
         render({"j": {"script": ["$[[ inputs.b ]]"]}}, {"b": {"type": "boolean"}}, given)
 
@@ -169,7 +170,7 @@ def test_render_refuses_what_gitlab_refuses(given: Dict[str, Any], message: str)
 # -- schema validation, one check-jsonschema run for every document ---------------------
 
 # Inputs each component is rendered with: its defaults, and every other input changed.
-RENDER_CASES: Dict[str, Dict[str, Dict[str, Any]]] = {
+RENDER_CASES: dict[str, dict[str, dict[str, Any]]] = {
     "fanout": {
         "defaults": {},
         "changed": {
@@ -210,17 +211,17 @@ RENDER_CASES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "defaults": {},
         "changed": {
             "job-name": ".release-scope",
-            "image": "python:3.9-slim",
+            "image": "python:3.10-slim",
             "install": "true",
             "registry-login": False,
             "isolate-home": True,
         },
     },
 }
-CHILD_CASES: Dict[str, List[str]] = {
+CHILD_CASES: dict[str, list[str]] = {
     "per-target": [],
     "slices": ["--slices", "2", "--jobs", "3", "--fail-fast", "--no-registry-login", "--stage", "copy"],
-    "custom-install": ["--image", "python:3.9-slim", "--install", 'pip install "$CI_PROJECT_DIR/dist/"*.whl'],
+    "custom-install": ["--image", "python:3.10-slim", "--install", 'pip install "$CI_PROJECT_DIR/dist/"*.whl'],
 }
 SCHEMA_CASES = (
     [f"header:{name}" for name in COMPONENTS]
@@ -241,7 +242,7 @@ def require_check_jsonschema() -> str:
     return found
 
 
-def child_environ(tmp: Path) -> Dict[str, str]:
+def child_environ(tmp: Path) -> dict[str, str]:
     """The variables tests/e2e/gitlab_ci_local/authscope.yml needs to be planned."""
     (tmp / "ca.crt").write_text("not read when planning\n")
     (tmp / "password").write_text("not read when planning\n")
@@ -256,7 +257,7 @@ def child_environ(tmp: Path) -> Dict[str, str]:
     return env
 
 
-def generate_child(args: List[str], tmp: Path) -> str:
+def generate_child(args: list[str], tmp: Path) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "authscope", "pipeline", "-f", str(TARGETS_FIXTURE), *args],
         env=child_environ(tmp),
@@ -269,12 +270,12 @@ def generate_child(args: List[str], tmp: Path) -> str:
     return proc.stdout
 
 
-def project_pipeline() -> Dict[str, Any]:
-    doc: Dict[str, Any] = yaml.safe_load(PROJECT_PIPELINE.read_text())
+def project_pipeline() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(PROJECT_PIPELINE.read_text())
     return doc
 
 
-def selftest_include() -> Dict[str, Any]:
+def selftest_include() -> dict[str, Any]:
     (include,) = [i for i in project_pipeline()["include"] if "component" in i]
     assert isinstance(include, dict)
     return include
@@ -299,11 +300,11 @@ def schema_document(case: str, tmp: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def schema_errors(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, List[str]]:
+def schema_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """Case -> the schema's complaints, from one check-jsonschema run over every document."""
     tool = require_check_jsonschema()
     tmp = tmp_path_factory.mktemp("schema")
-    files: Dict[str, str] = {}
+    files: dict[str, str] = {}
     for i, case in enumerate(SCHEMA_CASES):
         path = tmp / f"{i:02d}-{re.sub(r'[^A-Za-z0-9.-]+', '_', case)}.json"
         path.write_text(json.dumps(schema_document(case, tmp), indent=1))
@@ -316,7 +317,7 @@ def schema_errors(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, List[st
         check=False,
     )
     result = json.loads(proc.stdout)
-    errors: Dict[str, List[str]] = {case: [] for case in SCHEMA_CASES}
+    errors: dict[str, list[str]] = {case: [] for case in SCHEMA_CASES}
     for error in result.get("errors", []) + result.get("parse_errors", []):
         where = error.get("best_deep_match") or error
         errors[files[error["filename"]]].append(f"{where.get('path', '')}: {where.get('message', error)}")
@@ -325,7 +326,7 @@ def schema_errors(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, List[st
 
 
 @pytest.mark.parametrize("case", SCHEMA_CASES)
-def test_document_validates_against_gitlab_ci_schema(case: str, schema_errors: Dict[str, List[str]]) -> None:
+def test_document_validates_against_gitlab_ci_schema(case: str, schema_errors: dict[str, list[str]]) -> None:
     assert schema_errors[case] == []
 
 
@@ -379,8 +380,8 @@ def test_scope_job_name_must_be_hidden() -> None:
 
 
 def run_job_shell(
-    job: Mapping[str, Any], tmp: Path, keys: Tuple[str, ...] = ("before_script", "script")
-) -> List[List[str]]:
+    job: Mapping[str, Any], tmp: Path, keys: tuple[str, ...] = ("before_script", "script")
+) -> list[list[str]]:
     """Run the job's script lines in bash (set -eo pipefail, as GitLab does), with
     the job's variables and a stub `authscope` that records its arguments; return
     the stub's calls."""
@@ -439,7 +440,7 @@ REPORTS = ["--junit", "authscope-junit.xml", "--dotenv", "authscope.env", "--jso
     ids=["defaults", "all-flags", "path-with-space"],
 )
 def test_fanout_job_runs_authscope_fanout_with_the_inputs(
-    given: Dict[str, Any], login: bool, flags: List[str], tmp_path: Path
+    given: dict[str, Any], login: bool, flags: list[str], tmp_path: Path
 ) -> None:
     job = render_component("fanout", install="true", **given)["authscope-fanout"]
     calls = run_job_shell(job, tmp_path)
@@ -472,7 +473,7 @@ def test_fanout_job_publishes_its_reports_always() -> None:
     ids=["defaults", "all-flags"],
 )
 def test_generator_job_passes_the_inputs_to_authscope_pipeline(
-    given: Dict[str, Any], flags: List[str], tmp_path: Path
+    given: dict[str, Any], flags: list[str], tmp_path: Path
 ) -> None:
     install = 'pip install "$CI_PROJECT_DIR/dist/authscope.whl"'
     rendered = render_component("fanout-pipeline", install=install, **given)
@@ -546,7 +547,7 @@ def test_project_pipeline_covers_lint_tests_packages_and_release() -> None:
 # -- the README and docs/ ----------------------------------------------------------
 
 
-def doc_pipelines() -> Iterator[Tuple[str, int, str]]:
+def doc_pipelines() -> Iterator[tuple[str, int, str]]:
     """(doc, line, block) of each ```yaml block of the docs whose first line is `# .gitlab-ci.yml`."""
     for doc in DOCS:
         text = doc.read_text()

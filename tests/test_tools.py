@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -34,17 +34,17 @@ CREDENTIAL_FLAGS = (
 )
 
 
-def source(insecure: bool = False, ca_file: Optional[str] = None) -> Source:
+def source(insecure: bool = False, ca_file: str | None = None) -> Source:
     return Source(ImageRef("gitlab.local:4567", "group/app", "1.0", None), insecure, ca_file)
 
 
 def target(
     tool: str = "crane",
     *,
-    tags: Tuple[str, ...] = ("1.0", "latest", "stable"),
+    tags: tuple[str, ...] = ("1.0", "latest", "stable"),
     insecure: bool = False,
-    ca_file: Optional[str] = None,
-    command: Optional[Tuple[str, ...]] = None,
+    ca_file: str | None = None,
+    command: tuple[str, ...] | None = None,
     registry: str = "harbor.example",
 ) -> Target:
     return Target(
@@ -116,7 +116,7 @@ def test_skopeo_copy_all_preserving_digests() -> None:
     assert first[:5] == ("skopeo", "copy", "--all", "--preserve-digests", "--retry-times=0")
     assert "--src-tls-verify=true" in first and "--dest-tls-verify=true" in first
     assert first[-2:] == (f"docker://{SOURCE_REF}", f"docker://{DESTS[0]}")
-    for step, dest in zip(steps[1:], DESTS[1:]):
+    for step, dest in zip(steps[1:], DESTS[1:], strict=False):
         assert step.argv[-2:] == (f"docker://{DESTS[0]}", f"docker://{dest}")
         assert "--all" in step.argv and "--preserve-digests" in step.argv
     assert not any("cert-dir" in a for s in steps for a in s.argv)
@@ -199,7 +199,7 @@ def test_no_tool_argv_holds_a_secret(tool: str, insecure: bool, with_ca: bool, t
     t = target(tool, insecure=insecure, ca_file=ca, command=command)
     steps = tools.steps_for(source(insecure=insecure, ca_file=ca), t, SOURCE_REF)
     assert len(steps) == 3
-    argvs: List[Sequence[str]] = [s.argv for s in steps]
+    argvs: list[Sequence[str]] = [s.argv for s in steps]
     assert_secret_free(argvs)
     assert_secret_free([tools.fill_scope(a, str(tmp_path / "scope")) for a in argvs])
     # Copy by digest: the first step reads the source pinned, never by tag.
@@ -240,14 +240,14 @@ def scope(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cas(tmp_path: Path) -> Tuple[str, str]:
+def cas(tmp_path: Path) -> tuple[str, str]:
     src, dst = tmp_path / "src-ca.crt", tmp_path / "dst-ca.crt"
     src.write_text("-----BEGIN CERTIFICATE-----\nSOURCE\n-----END CERTIFICATE-----\n")
     dst.write_text("-----BEGIN CERTIFICATE-----\nTARGET\n-----END CERTIFICATE-----\n")
     return str(src), str(dst)
 
 
-def files(root: Path) -> List[str]:
+def files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
@@ -257,7 +257,7 @@ def test_prepare_writes_nothing_without_tls_settings(scope: Path) -> None:
     assert files(scope) == []
 
 
-def test_prepare_skopeo_cert_dirs(scope: Path, cas: Tuple[str, str]) -> None:
+def test_prepare_skopeo_cert_dirs(scope: Path, cas: tuple[str, str]) -> None:
     src_ca, dst_ca = cas
     env = tools.prepare(str(scope), source(ca_file=src_ca), target("skopeo", ca_file=dst_ca))
     assert env == {}  # skopeo gets them through --*-cert-dir
@@ -274,7 +274,7 @@ def test_prepare_skopeo_cert_dirs(scope: Path, cas: Tuple[str, str]) -> None:
 
 
 @pytest.mark.parametrize("tool", ["crane", "custom"])
-def test_prepare_ssl_cert_file_bundle(tool: str, scope: Path, cas: Tuple[str, str]) -> None:
+def test_prepare_ssl_cert_file_bundle(tool: str, scope: Path, cas: tuple[str, str]) -> None:
     src_ca, dst_ca = cas
     env = tools.prepare(str(scope), source(ca_file=src_ca), target(tool, ca_file=dst_ca, command=("x",)))
     bundle = scope / "ca-bundle.crt"
@@ -288,13 +288,13 @@ def test_prepare_ssl_cert_file_bundle(tool: str, scope: Path, cas: Tuple[str, st
         assert data.startswith(Path(system).read_bytes())
 
 
-def test_prepare_bundle_with_only_the_target_ca(scope: Path, cas: Tuple[str, str]) -> None:
+def test_prepare_bundle_with_only_the_target_ca(scope: Path, cas: tuple[str, str]) -> None:
     env = tools.prepare(str(scope), source(), target("crane", ca_file=cas[1]))
     data = Path(env["SSL_CERT_FILE"]).read_bytes()
     assert b"TARGET" in data and b"SOURCE" not in data
 
 
-def test_prepare_regctl_config(scope: Path, cas: Tuple[str, str]) -> None:
+def test_prepare_regctl_config(scope: Path, cas: tuple[str, str]) -> None:
     src_ca, dst_ca = cas
     env = tools.prepare(
         str(scope), source(insecure=True), target("regctl", ca_file=dst_ca), plain_http=("gitlab.local:4567",)
@@ -325,7 +325,7 @@ def test_prepare_regctl_config(scope: Path, cas: Tuple[str, str]) -> None:
     ],
 )
 def test_regctl_config_per_host(
-    src_insecure: bool, dst_insecure: bool, plain_http: Tuple[str, ...], expected: dict, scope: Path
+    src_insecure: bool, dst_insecure: bool, plain_http: tuple[str, ...], expected: dict, scope: Path
 ) -> None:
     env = tools.prepare(str(scope), source(insecure=src_insecure), target("regctl", insecure=dst_insecure), plain_http)
     assert json.loads(Path(env["REGCTL_CONFIG"]).read_text()) == {"hosts": expected}
@@ -338,7 +338,7 @@ def test_prepare_regctl_without_tls_settings_still_isolates_config(scope: Path) 
     assert json.loads((scope / "regctl.json").read_text()) == {"hosts": {}}
 
 
-def test_prepare_refuses_to_follow_a_planted_link(scope: Path, cas: Tuple[str, str], tmp_path: Path) -> None:
+def test_prepare_refuses_to_follow_a_planted_link(scope: Path, cas: tuple[str, str], tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("keep")
     os.symlink(victim, scope / "ca-bundle.crt")

@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Collection, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 from . import dockerconfig as dc
 from .errors import BaseWriteError, ConfigError, LockTimeout
@@ -52,7 +53,7 @@ KEEP_ABSENT = 256
 
 # (section, key): section is "auths" or "credHelpers" for one registry's
 # entry, "" for any other top-level key, compared whole.
-EntryPath = Tuple[str, str]
+EntryPath = tuple[str, str]
 
 
 class Snapshot(NamedTuple):
@@ -60,8 +61,8 @@ class Snapshot(NamedTuple):
 
     generation: int
     config: dc.Config
-    values: Dict[EntryPath, str]
-    mode: Optional[int] = None  # the file's permission bits; None when there was no file
+    values: dict[EntryPath, str]
+    mode: int | None = None  # the file's permission bits; None when there was no file
 
 
 class Damage(NamedTuple):
@@ -69,7 +70,7 @@ class Damage(NamedTuple):
 
     path: EntryPath
     what: str  # "removed", "changed", "leaked", "lost", "gone", "mode"
-    restore: Optional[str]  # canonical JSON to put back; None: remove the entry
+    restore: str | None  # canonical JSON to put back; None: remove the entry
     restorable: bool
     failed: str = ""  # why the restore could not be written (a full disk)
 
@@ -103,15 +104,15 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def fingerprint(value: Optional[str]) -> Optional[str]:
+def fingerprint(value: str | None) -> str | None:
     import hashlib  # only needed once something differs: keep it off the exec path
 
     return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def flatten(cfg: dc.Config) -> Dict[EntryPath, str]:
+def flatten(cfg: dc.Config) -> dict[EntryPath, str]:
     """Every guarded entry of a config, as canonical JSON."""
-    out: Dict[EntryPath, str] = {}
+    out: dict[EntryPath, str] = {}
     for key, value in cfg.items():
         if key in ("auths", "credHelpers") and isinstance(value, dict):
             for registry, entry in value.items():
@@ -121,7 +122,7 @@ def flatten(cfg: dc.Config) -> Dict[EntryPath, str]:
     return out
 
 
-def apply(cfg: dc.Config, path: EntryPath, value: Optional[str]) -> dc.Config:
+def apply(cfg: dc.Config, path: EntryPath, value: str | None) -> dc.Config:
     """A copy of ``cfg`` with one entry set (``value`` canonical JSON) or removed."""
     new = dict(cfg)
     section, key = path
@@ -142,7 +143,7 @@ def apply(cfg: dc.Config, path: EntryPath, value: Optional[str]) -> dc.Config:
 
 class Journal(NamedTuple):
     generation: int
-    entries: Dict[EntryPath, Tuple[int, Optional[str]]]  # path -> (generation, fingerprint)
+    entries: dict[EntryPath, tuple[int, str | None]]  # path -> (generation, fingerprint)
     pruned_through: int = 0  # the newest generation whose records may have been dropped
 
 
@@ -157,9 +158,7 @@ def parse_journal(data: bytes) -> Journal:
         return Journal(0, {})
 
 
-def prune(
-    entries: Dict[EntryPath, Tuple[int, Optional[str]]], present: Collection[EntryPath], pruned_through: int
-) -> int:
+def prune(entries: dict[EntryPath, tuple[int, str | None]], present: Collection[EntryPath], pruned_through: int) -> int:
     """Drop all but ``KEEP_ABSENT`` records of entries not ``present`` (in
     place); the new horizon: the newest generation dropped.
 
@@ -176,10 +175,10 @@ def prune(
 
 def find_damage(
     snap: Snapshot,
-    current: Dict[EntryPath, str],
+    current: dict[EntryPath, str],
     journal: Journal,
     leaks: Collection[str] = (),
-) -> List[Damage]:
+) -> list[Damage]:
     """Pure: what differs from the snapshot that no authscope write explains.
 
     ``leaks`` are ``auth`` strings only this scope's target holds; an auths
@@ -237,7 +236,7 @@ class Base:
         journal = self.read_journal()  # first: see the module docstring
         _, cfg = dc.read_config(self.path)
         try:
-            mode: Optional[int] = os.stat(self.path).st_mode & 0o7777
+            mode: int | None = os.stat(self.path).st_mode & 0o7777
         except FileNotFoundError:
             mode = None
         return Snapshot(journal.generation, cfg, flatten(cfg), mode)
@@ -268,7 +267,7 @@ class Base:
             except OSError as exc:
                 raise BaseWriteError(directory, exc.strerror or str(exc)) from None
 
-    def _commit(self, old: dc.Config, new: dc.Config, journal: Journal, mode: Optional[int] = None) -> None:
+    def _commit(self, old: dc.Config, new: dc.Config, journal: Journal, mode: int | None = None) -> None:
         """Write ``new`` and then the journal; the caller holds the lock."""
         dc.write_atomic(self.path, dc.serialize(new), dc.file_mode(self.path) if mode is None else mode)
         before, after = flatten(old), flatten(new)
@@ -314,7 +313,7 @@ class Base:
 
     # -- the guard -------------------------------------------------------------
 
-    def _current(self) -> Tuple[Optional[bytes], dc.Config, bool]:
+    def _current(self) -> tuple[bytes | None, dc.Config, bool]:
         """(raw, config, parsed): a config a tool corrupted reads as empty."""
         try:
             raw, cfg = dc.read_config(self.path)
@@ -325,7 +324,7 @@ class Base:
             except ConfigError:  # made a directory or a FIFO: nothing to keep, all is lost
                 return None, {}, False
 
-    def check(self, snap: Snapshot, leaks: Collection[str] = ()) -> List[Damage]:
+    def check(self, snap: Snapshot, leaks: Collection[str] = ()) -> list[Damage]:
         """Compare the base with ``snap``; restore what a stray tool broke.
 
         Lock-free when nothing changed (the common case); otherwise the
@@ -378,7 +377,7 @@ class Base:
         return now if now & ~snap.mode else 0
 
 
-def login(directory: str, registry: str, entry: Dict[str, Any]) -> bool:
+def login(directory: str, registry: str, entry: dict[str, Any]) -> bool:
     """Store ``entry`` for ``registry`` in the base; True when the file changed."""
     key = dc.registry_key(registry)
     return Base(directory).update(lambda cfg: dc.with_login(cfg, key, entry))

@@ -8,18 +8,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
-    Callable,
-    Dict,
-    List,
-    Mapping,
     NoReturn,
-    Optional,
-    Sequence,
     TextIO,
-    Tuple,
 )
 
 from . import __version__
@@ -78,7 +72,7 @@ Secrets are never taken on the command line: use --password-env VAR,
 """
 
 
-def say(message: str, stream: Optional[TextIO] = None) -> None:
+def say(message: str, stream: TextIO | None = None) -> None:
     from .run import mask_known
 
     # Every secret read so far is masked, in every form: an error may quote
@@ -506,7 +500,7 @@ def _describe(p: argparse.ArgumentParser, description: str, epilog: str) -> None
     p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
-COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "login": ("store a registry login in the base config (locked, atomic)", _define_login),
     "logout": ("remove one registry's login from the base config", _define_logout),
     "exec": ("run a command in a fresh scope holding one extra login", _define_exec),
@@ -517,7 +511,7 @@ COMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
 }
 
 
-def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, just that command's (faster start-up)."""
     parser = _Parser(
         prog="authscope",
@@ -543,7 +537,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 # -- commands: unpack argparse values into plain calls --------------------------
 
 
-def _base_dir(config_dir: Optional[str], environ: Mapping[str, str]) -> str:
+def _base_dir(config_dir: str | None, environ: Mapping[str, str]) -> str:
     from .dockerconfig import base_dir
 
     return base_dir(config_dir, environ)
@@ -583,7 +577,7 @@ def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import credentials, dockerconfig, run, scope
     from .base import Base
 
-    argv: List[str] = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
+    argv: list[str] = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
     if not argv:
         raise UsageError(
             "exec needs a command after --, e.g. `authscope exec --registry HOST ... -- crane copy SRC DST`"
@@ -716,9 +710,7 @@ def _publish_to_gitlab(settings: Any, report: R.Report, a: argparse.Namespace) -
     return ok
 
 
-def _publish(
-    report: R.Report, junit: Optional[str], dotenv: Optional[str], json_path: Optional[str], *, gitlab: bool
-) -> None:
+def _publish(report: R.Report, junit: str | None, dotenv: str | None, json_path: str | None, *, gitlab: bool) -> None:
     """Sections per target (GitLab's collapsible ones with ``gitlab``), the
     summary table, and the report files."""
     from . import report as R
@@ -867,7 +859,7 @@ def _cmd_job(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-def _scope_roots(environ: Mapping[str, str]) -> List[str]:
+def _scope_roots(environ: Mapping[str, str]) -> list[str]:
     from . import scope
 
     return scope.default_roots(environ)
@@ -896,7 +888,7 @@ def _sweep_jobs(roots: Sequence[str]) -> int:
     return max([EXIT_OK, *codes])
 
 
-def main(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point: ``authscope COMMAND ...``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from typing import IO, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import IO
 
 from .errors import SecretSourceError, UsageError
 
@@ -109,7 +110,7 @@ def check_text(value: str, source: str) -> str:
     return value
 
 
-def warn_if_short(value: str, source: str, warn: Optional[Warn]) -> None:
+def warn_if_short(value: str, source: str, warn: Warn | None) -> None:
     """Warn (naming the source, not the value) when GitLab would not mask it."""
     if warn is not None and len(value) < GITLAB_MIN_MASKED:
         from .run import MIN_SECRET
@@ -130,7 +131,7 @@ def _strip_newline(value: str) -> str:
     return value
 
 
-def username(literal: Optional[str], env_var: Optional[str], environ: Mapping[str, str]) -> str:
+def username(literal: str | None, env_var: str | None, environ: Mapping[str, str]) -> str:
     """The username, taken literally (``robot$project+ci`` needs no escaping)."""
     if literal is not None:
         if not literal:
@@ -147,12 +148,12 @@ def username(literal: Optional[str], env_var: Optional[str], environ: Mapping[st
 
 
 def password(
-    env_var: Optional[str],
-    file: Optional[str],
+    env_var: str | None,
+    file: str | None,
     use_stdin: bool,
     environ: Mapping[str, str],
-    stdin: Optional[IO[str]] = None,
-    warn: Optional[Warn] = None,
+    stdin: IO[str] | None = None,
+    warn: Warn | None = None,
 ) -> str:
     """The password from exactly one of a variable, a file or stdin.
 

@@ -11,7 +11,8 @@ import json
 import os
 import re
 import stat
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .errors import BaseWriteError, ConfigError, SecretSourceError, UsageError
 
@@ -19,7 +20,7 @@ CONFIG_NAME = "config.json"
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
-Config = Dict[str, Any]
+Config = dict[str, Any]
 
 # The docker CLI picks a credential store on its own (docker-credential-
 # secretservice, or -pass when `pass` is on PATH) for a config that holds no
@@ -34,7 +35,7 @@ SENTINEL = "authscope-scope.invalid"
 # -- locating ---------------------------------------------------------------
 
 
-def base_dir(config_dir: Optional[str], environ: Mapping[str, str]) -> str:
+def base_dir(config_dir: str | None, environ: Mapping[str, str]) -> str:
     """The base Docker config directory: --config-dir, $DOCKER_CONFIG, ~/.docker."""
     if config_dir:
         return os.path.abspath(config_dir)
@@ -153,8 +154,8 @@ class _DuplicateKey(ValueError):
         self.key = key
 
 
-def _no_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
             raise _DuplicateKey(key)
@@ -200,7 +201,7 @@ def parse_config(data: bytes, path: str) -> Config:
     return cfg
 
 
-def read_bytes(path: str) -> Optional[bytes]:
+def read_bytes(path: str) -> bytes | None:
     """The bytes of the config file ``path``, None when it doesn't exist.
 
     Anything but a regular file is a ConfigError, found without waiting: a
@@ -229,7 +230,7 @@ def read_bytes(path: str) -> Optional[bytes]:
         return f.read()
 
 
-def read_config(path: str) -> Tuple[Optional[bytes], Config]:
+def read_config(path: str) -> tuple[bytes | None, Config]:
     """(raw bytes or None when missing, parsed config)."""
     data = read_bytes(path)
     if data is None:
@@ -245,7 +246,7 @@ def serialize(cfg: Config) -> bytes:
 # -- entries and layering -----------------------------------------------------
 
 
-def auth_entry(username: str, password: str) -> Dict[str, str]:
+def auth_entry(username: str, password: str) -> dict[str, str]:
     """The ``auths`` value docker, crane, skopeo and regctl all read."""
     return {"auth": encode_auth(username, password)}
 
@@ -284,7 +285,7 @@ def without_login(cfg: Config, registry: str) -> Config:
 
 def layer(
     base: Config,
-    key: Optional[str],
+    key: str | None,
     entry: Mapping[str, Any],
     inline: Mapping[str, Mapping[str, Any]] = {},  # noqa: B006 - read-only default
 ) -> Config:
@@ -304,7 +305,7 @@ def layer(
     return with_login(cfg, key, entry) if key else cfg
 
 
-def helper_for(cfg: Config, key: str) -> Optional[str]:
+def helper_for(cfg: Config, key: str) -> str | None:
     """The credential helper the docker CLI would use for ``key``, if any."""
     helpers = cfg.get("credHelpers", {})
     for registry, helper in helpers.items():
@@ -320,7 +321,7 @@ def has_inline_auth(cfg: Config, key: str) -> bool:
     return False
 
 
-def entry_from_helper(username: str, secret: str) -> Dict[str, str]:
+def entry_from_helper(username: str, secret: str) -> dict[str, str]:
     """An ``auths`` entry from a helper's answer; ``<token>`` means an identity token."""
     if username == "<token>":
         return {"identitytoken": secret}

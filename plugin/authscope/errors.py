@@ -7,7 +7,7 @@ else prints errors or chooses exit codes.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 
 class AuthscopeError(Exception):
@@ -43,7 +43,7 @@ class Problem(NamedTuple):
 class TargetsFileError(AuthscopeError):
     """Raised when authscope.yml can't be used; lists every problem found."""
 
-    def __init__(self, path: str, problems: List[Problem]) -> None:
+    def __init__(self, path: str, problems: list[Problem]) -> None:
         self.path = path
         self.problems = problems
         if len(problems) == 1 and not problems[0].line:  # the file itself: missing, unreadable
@@ -121,12 +121,12 @@ class GitLabError(AuthscopeError):
     already done when it failed (the lines it would have returned).
     """
 
-    def __init__(self, operation: str, status: Optional[int], detail: str, hint: str) -> None:
+    def __init__(self, operation: str, status: int | None, detail: str, hint: str) -> None:
         self.operation = operation
         self.status = status
         self.detail = detail
         self.hint = hint
-        self.done: Tuple[str, ...] = ()
+        self.done: tuple[str, ...] = ()
         answer = f"HTTP {status}" if status is not None else "no answer"
         said = f" ({detail})" if detail else ""
         super().__init__(f"GitLab: {operation}: {answer}{said}. {hint[:1].upper()}{hint[1:]}")

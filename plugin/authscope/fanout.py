@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
+from typing import IO, TypeVar
 
 from . import dockerconfig as dc
 from . import report as R
@@ -39,12 +40,12 @@ class Credentials:
     username: str
     password: str
 
-    def secrets(self) -> List[str]:
+    def secrets(self) -> list[str]:
         """The password and its base64 ``auth`` form, for masking."""
         return [self.password, dc.encode_auth(self.username, self.password)]
 
 
-def all_secrets(credentials: Mapping[str, Credentials]) -> List[str]:
+def all_secrets(credentials: Mapping[str, Credentials]) -> list[str]:
     """Every target's secrets: a target's output must not show another
     target's either (a tool could find it some other way than its environment)."""
     return [secret for creds in credentials.values() for secret in creds.secrets()]
@@ -52,11 +53,11 @@ def all_secrets(credentials: Mapping[str, Credentials]) -> List[str]:
 
 def tool_environ(
     environ: Mapping[str, str],
-    own: Optional[Target],
+    own: Target | None,
     targets: Sequence[Target],
     credentials: Mapping[str, Credentials],
     withheld: Sequence[str] = (),
-) -> Dict[str, str]:
+) -> dict[str, str]:
     """The job's environment as one target's tool gets it (``own`` None: the
     pull_once step, which is no target's).
 
@@ -84,8 +85,8 @@ def resolve_credentials(
     fanout: Fanout,
     environ: Mapping[str, str],
     only: Sequence[str] = (),
-    warn: Optional[Callable[[str], None]] = None,
-) -> Dict[str, Credentials]:
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Credentials]:
     """Every chosen target's credentials, read now; every missing one reported at once.
 
     ``warn`` gets a warning for each password too short for GitLab to mask.
@@ -94,8 +95,8 @@ def resolve_credentials(
     """
     from .credentials import PASSWORD_LIMIT, check_text, read_file, text, warn_if_short
 
-    problems: List[Problem] = []
-    out: Dict[str, Credentials] = {}
+    problems: list[Problem] = []
+    out: dict[str, Credentials] = {}
     for t in fanout.targets:
         if only and t.name not in only:
             continue
@@ -109,7 +110,7 @@ def resolve_credentials(
             user = environ.get(t.username_env) or None
             if user is None:
                 problem("username_env", f"${t.username_env} is not set or empty")
-        password: Optional[str] = None
+        password: str | None = None
         if t.password_env:
             password = environ.get(t.password_env) or None
             if password is None:
@@ -147,7 +148,7 @@ def resolve_credentials(
 
 def source_credentials(
     cfg: dc.Config, registry: str, environ: Mapping[str, str], path: str = "config.json"
-) -> Optional[Tuple[str, str]]:
+) -> tuple[str, str] | None:
     """The base's login for the source registry (inline or via its helper)."""
     key = dc.registry_key(registry)
     for name, entry in cfg.get("auths", {}).items():
@@ -185,7 +186,7 @@ _HTTP = re.compile(
 _NOT_FOUND = re.compile(r"manifest[ _]unknown|name[ _]unknown|not found|\b404\b", re.IGNORECASE)
 
 
-def diagnose(output: Sequence[str], target: Target, source_registry: str) -> Tuple[bool, str]:
+def diagnose(output: Sequence[str], target: Target, source_registry: str) -> tuple[bool, str]:
     """(transient, hint) from what a tool printed."""
     text = "\n".join(output[-40:])
     if _AUTH.search(text):
@@ -241,18 +242,18 @@ class _Log:
 class _Context:
     plan: Plan
     source_digest: str
-    credentials: Dict[str, Credentials]
+    credentials: dict[str, Credentials]
     base: Base
     environ: Mapping[str, str]
-    scope_dir: Optional[str]
+    scope_dir: str | None
     fail_fast: bool
     log: _Log
-    plain_http: Tuple[str, ...]
+    plain_http: tuple[str, ...]
     failed: threading.Event
-    secrets: Tuple[str, ...]
-    preflights: Optional[Preflights] = None
-    targets: Tuple[Target, ...] = ()  # every target of the file, for tool_environ
-    withheld: Tuple[str, ...] = ()  # variables no tool gets (tool_environ)
+    secrets: tuple[str, ...]
+    preflights: Preflights | None = None
+    targets: tuple[Target, ...] = ()  # every target of the file, for tool_environ
+    withheld: tuple[str, ...] = ()  # variables no tool gets (tool_environ)
 
 
 class _Failure(Exception):
@@ -272,14 +273,14 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     if ctx.fail_fast and ctx.failed.is_set():
         return R.Result(**fields, status=R.SKIPPED, error="not started: --fail-fast after an earlier failure")  # type: ignore[arg-type]
     creds = ctx.credentials[t.name]
-    output: Deque[str] = deque(maxlen=R.TAIL_LINES)
+    output: deque[str] = deque(maxlen=R.TAIL_LINES)
     attempts = 0
-    digests: Dict[str, Optional[str]] = {}
+    digests: dict[str, str | None] = {}
     error = hint = ""
     status = R.OK
-    restored: Tuple[str, ...] = ()
+    restored: tuple[str, ...] = ()
     deadline = started + ctx.plan.timeout
-    scope: Optional[Scope] = None
+    scope: Scope | None = None
 
     def line(data: bytes, is_stderr: bool) -> None:
         for text in data.decode("utf-8", "replace").splitlines():
@@ -345,7 +346,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     return result
 
 
-def _pause(seconds: float, cancel: Optional[threading.Event]) -> bool:
+def _pause(seconds: float, cancel: threading.Event | None) -> bool:
     """Sleep; False when a signal, or ``cancel``, cut it short."""
     if cancel is None:
         return run.sleep_unless_stopped(seconds)
@@ -368,7 +369,7 @@ def _retrying(
     retries: int,
     action: Callable[[int], T],
     log: _Log,
-    cancel: Optional[threading.Event] = None,
+    cancel: threading.Event | None = None,
 ) -> T:
     """Run ``action(attempt)``; retry RegistryError that is transient."""
     for attempt in range(1, retries + 2):
@@ -386,7 +387,7 @@ def _retrying(
 
 
 def _preflight(
-    t: Target, creds: Credentials, timeout: float, retries: int, log: _Log, cancel: Optional[threading.Event] = None
+    t: Target, creds: Credentials, timeout: float, retries: int, log: _Log, cancel: threading.Event | None = None
 ) -> Session:
     """Check the target's credentials at /v2/ before any tool runs; the
     session (its connection and token) is then reused to verify digests."""
@@ -415,13 +416,13 @@ class Preflights:
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope-check"
         )
-        self.futures: Dict[str, Future[Session]] = {
+        self.futures: dict[str, Future[Session]] = {
             tp.target.name: self.pool.submit(
                 _preflight, tp.target, credentials[tp.target.name], plan.timeout, plan.retries, log, self.cancel
             )
             for tp in plan.targets
         }
-        self.taken: Set[str] = set()
+        self.taken: set[str] = set()
 
     def take(self, name: str) -> Session:
         """The checked session of one target (raises its _Failure)."""
@@ -444,7 +445,7 @@ class Preflights:
 
 
 def _check_credentials(
-    t: Target, session: Session, timeout: float, retries: int, log: _Log, cancel: Optional[threading.Event] = None
+    t: Target, session: Session, timeout: float, retries: int, log: _Log, cancel: threading.Event | None = None
 ) -> None:
     def ping(_attempt: int) -> int:
         status, _, _ = session.request("GET", "/v2/")
@@ -482,11 +483,11 @@ def _reach_hint(t: Target, reason: str) -> str:
 def _copy(
     tp: TargetPlan,
     ctx: _Context,
-    env: Dict[str, str],
+    env: dict[str, str],
     scope: Scope,
     masker: run.Masker,
     line: Callable[[bytes, bool], None],
-    output: Deque[str],
+    output: deque[str],
     deadline: float,
 ) -> int:
     """Run the steps; on a transient failure, run them all again after a backoff."""
@@ -498,7 +499,7 @@ def _copy(
         ctx.log(
             f"authscope: [{t.name}] copying to {len(tp.destinations)} tag(s) with {t.tool} (attempt {attempt}/{retries + 1})"
         )
-        failed: Optional[Tuple[tools.Step, int, bool]] = None
+        failed: tuple[tools.Step, int, bool] | None = None
         for step in tp.steps:
             scope.reset()  # each command starts from the layered config
             argv = tools.fill_scope(step.argv, scope.path)
@@ -537,10 +538,10 @@ def _copy(
     raise AssertionError("unreachable")
 
 
-def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) -> Dict[str, Optional[str]]:
+def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) -> dict[str, str | None]:
     """Every destination must now hold the source's digest (invariant 7)."""
     t = tp.target
-    digests: Dict[str, Optional[str]] = {}
+    digests: dict[str, str | None] = {}
     for tag in t.tags:
 
         def read(_attempt: int, tag: str = tag) -> str:
@@ -566,7 +567,7 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
 # -- the whole fan-out ----------------------------------------------------------------
 
 
-def none_copied(plan: Plan, status: str, error: str) -> Tuple[R.Result, ...]:
+def none_copied(plan: Plan, status: str, error: str) -> tuple[R.Result, ...]:
     """A Result per target when the run ended before any copy (the source failed)."""
     return tuple(
         R.Result(t.name, t.registry, t.repository, t.tool, t.tags, status, error=error, hint="no target was copied")
@@ -592,7 +593,7 @@ def masked_report(report: R.Report, mask: Callable[[str], str]) -> R.Report:
     return replace(report, results=results, error=mask(report.error))
 
 
-def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> Tuple[str, bool]:
+def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> tuple[str, bool]:
     """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
     src = fanout.source
     cfg = base.snapshot().config
@@ -616,13 +617,13 @@ def pull_source(
     base: Base,
     environ: Mapping[str, str],
     *,
-    scope_dir: Optional[str],
+    scope_dir: str | None,
     source_plain_http: bool,
     extra_secrets: Sequence[str] = (),
     targets: Sequence[Target] = (),
     withheld: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
-    restored: Optional[List[str]] = None,
+    restored: list[str] | None = None,
 ) -> None:
     """pull_once: fetch the source into ``plan.layout`` once, in a scope of its
     own; its tool gets no target's credential variables (tool_environ).
@@ -633,7 +634,7 @@ def pull_source(
     assert plan.pull is not None and plan.layout is not None
     log = _Log(stream)
     src = plan.source
-    output: Deque[str] = deque(maxlen=R.TAIL_LINES)
+    output: deque[str] = deque(maxlen=R.TAIL_LINES)
 
     def line(data: bytes, is_stderr: bool) -> None:
         for text in data.decode("utf-8", "replace").splitlines():
@@ -643,7 +644,7 @@ def pull_source(
 
     deadline = time.monotonic() + plan.timeout
     plain = (src.image.registry,) if source_plain_http else ()
-    opened: Optional[Scope] = None
+    opened: Scope | None = None
     try:
         with open_scope(
             base,
@@ -679,7 +680,7 @@ def pull_source(
     )
 
 
-def _source_diagnosis(output: Sequence[str], registry: str) -> Tuple[bool, str]:
+def _source_diagnosis(output: Sequence[str], registry: str) -> tuple[bool, str]:
     text = "\n".join(output[-40:])
     if _AUTH.search(text) or _DENIED.search(text):
         return False, f"the base's login for {registry} was refused: run `authscope login {registry} ...` first"
@@ -691,19 +692,19 @@ def _source_diagnosis(output: Sequence[str], registry: str) -> Tuple[bool, str]:
 def execute(
     plan: Plan,
     source_digest: str,
-    credentials: Dict[str, Credentials],
+    credentials: dict[str, Credentials],
     base: Base,
     environ: Mapping[str, str],
     *,
-    scope_dir: Optional[str],
+    scope_dir: str | None,
     fail_fast: bool,
     source_plain_http: bool = False,
-    preflights: Optional[Preflights] = None,
+    preflights: Preflights | None = None,
     targets: Sequence[Target] = (),
     withheld: Sequence[str] = (),
     secrets: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
-) -> Tuple[R.Result, ...]:
+) -> tuple[R.Result, ...]:
     """Run every target of ``plan``; a Result for each, in plan order.
 
     ``targets``: every target of the file (default: the plan's), whose
@@ -728,11 +729,11 @@ def execute(
         tuple(targets) or tuple(tp.target for tp in plan.targets),
         tuple(withheld),
     )
-    results: Dict[str, R.Result] = {}
+    results: dict[str, R.Result] = {}
     with ThreadPoolExecutor(
         max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope"
     ) as pool:
-        futures: Dict[Future[R.Result], TargetPlan] = {pool.submit(run_target, tp, ctx): tp for tp in plan.targets}
+        futures: dict[Future[R.Result], TargetPlan] = {pool.submit(run_target, tp, ctx): tp for tp in plan.targets}
         pending = set(futures)
         while pending:
             # Short waits keep the main thread free to take signals.

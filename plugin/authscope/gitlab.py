@@ -20,9 +20,10 @@ Deployments are records of attempts, so every run adds new ones.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AbstractSet, Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import __version__
 from . import report as R
@@ -61,13 +62,13 @@ class GitLabSettings:
 
     url: str  # the instance, e.g. https://gitlab.example.com (no /api/v4)
     project_id: str  # numeric ID or full path
-    tag: Optional[str]  # CI_COMMIT_TAG
-    sha: Optional[str]  # CI_COMMIT_SHA
-    ref: Optional[str]  # CI_COMMIT_TAG, else CI_COMMIT_REF_NAME
+    tag: str | None  # CI_COMMIT_TAG
+    sha: str | None  # CI_COMMIT_SHA
+    ref: str | None  # CI_COMMIT_TAG, else CI_COMMIT_REF_NAME
     token: str = field(repr=False)
     token_kind: str  # "job" (sent as JOB-TOKEN) | "private" (sent as PRIVATE-TOKEN)
     token_env: str = "CI_JOB_TOKEN"  # the variable the token came from, for messages
-    ca_file: Optional[str] = None  # CI_SERVER_TLS_CA_FILE: a private CA for the instance
+    ca_file: str | None = None  # CI_SERVER_TLS_CA_FILE: a private CA for the instance
 
     def __post_init__(self) -> None:
         if self.token_kind not in (JOB, PRIVATE):
@@ -76,7 +77,7 @@ class GitLabSettings:
 
 def settings_from_env(
     environ: Mapping[str, str],
-    token_env: Optional[str],
+    token_env: str | None,
     *,
     release: bool = False,
     deployments: bool = False,
@@ -89,8 +90,8 @@ def settings_from_env(
     a missing ``CI_COMMIT_TAG`` or ``CI_COMMIT_SHA`` is reported before the
     fan-out starts. Raises GitLabSettingsError (a UsageError: exit 2).
     """
-    missing: List[str] = []
-    problems: List[str] = []
+    missing: list[str] = []
+    problems: list[str] = []
 
     def need(name: str, why: str) -> str:
         value = environ.get(name, "").strip()
@@ -197,7 +198,7 @@ def manifest_url(registry: str, repository: str, digest: str) -> str:
     return f"https://{host}/v2/{repository}/manifests/{digest}"
 
 
-def plan_links(report: R.Report, taken: AbstractSet[str] = frozenset()) -> Tuple[List[PlannedLink], List[str]]:
+def plan_links(report: R.Report, taken: Set[str] = frozenset()) -> tuple[list[PlannedLink], list[str]]:
     """The links for every landed target and tag, and notes about tags without a digest.
 
     GitLab wants link URLs unique within a release, and two tags of one target
@@ -205,8 +206,8 @@ def plan_links(report: R.Report, taken: AbstractSet[str] = frozenset()) -> Tuple
     link or by one in ``taken``) gets the tag as a fragment (``#latest``), then
     the target and tag. Same report, same URLs: reruns match.
     """
-    planned: List[PlannedLink] = []
-    notes: List[str] = []
+    planned: list[PlannedLink] = []
+    notes: list[str] = []
     used = set(taken)
     for r in report.results:
         if r.status != R.OK:
@@ -230,7 +231,7 @@ def environment_name(result: R.Result) -> str:
 # -- talking to GitLab -----------------------------------------------------------------
 
 
-def publish_release_links(settings: GitLabSettings, report: R.Report) -> List[str]:
+def publish_release_links(settings: GitLabSettings, report: R.Report) -> list[str]:
     """Make sure the release for the tag exists and links every landed target and tag.
 
     Returns what it did, one line per release and link (created / updated /
@@ -243,7 +244,7 @@ def publish_release_links(settings: GitLabSettings, report: R.Report) -> List[st
         raise GitLabSettingsError(["CI_COMMIT_TAG"], [_NO_TAG])
     if not any(r.status == R.OK for r in report.results):
         return [f"release {tag}: no target landed, so there is nothing to link; the release was not touched"]
-    lines: List[str] = []
+    lines: list[str] = []
     with _client(settings, lines) as (gl, call):
         project = gl.projects.get(settings.project_id, lazy=True)  # lazy: no GET /projects/:id
         release = _ensure_release(project, settings, tag, call, lines)
@@ -285,7 +286,7 @@ def publish_release_links(settings: GitLabSettings, report: R.Report) -> List[st
     return lines
 
 
-def publish_deployments(settings: GitLabSettings, report: R.Report) -> List[str]:
+def publish_deployments(settings: GitLabSettings, report: R.Report) -> list[str]:
     """One deployment per target, in environment ``registry/<target>``.
 
     Status success for a landed target, failed for a failed one, canceled for
@@ -306,20 +307,20 @@ def publish_deployments(settings: GitLabSettings, report: R.Report) -> List[str]
     is_tag = settings.tag is not None and settings.tag == ref
     if not report.results:
         return ["no targets: no deployments recorded"]
-    lines: List[str] = []
+    lines: list[str] = []
     with _client(settings, lines) as (gl, call):
         project = gl.projects.get(settings.project_id, lazy=True)
         for r in report.results:
             environment = environment_name(r)
             status = DEPLOYMENT_STATUS.get(r.status, "failed")
-            data: Dict[str, Any] = {"environment": environment, "sha": sha, "ref": ref, "tag": is_tag, "status": status}
+            data: dict[str, Any] = {"environment": environment, "sha": sha, "ref": ref, "tag": is_tag, "status": status}
             deployment = call(f"create deployment to {environment}", "deployment", project.deployments.create, data)
             lines.append(f"deployment {deployment.get_id()} to {environment}: {status} ({ref} at {sha[:12]})")
     return lines
 
 
 def _ensure_release(
-    project: Project, settings: GitLabSettings, tag: str, call: _Call, lines: List[str]
+    project: Project, settings: GitLabSettings, tag: str, call: _Call, lines: list[str]
 ) -> ProjectRelease:
     try:
         release = call(f"get release {tag}", "read", project.releases.get, tag, missing_ok=True)
@@ -356,7 +357,8 @@ class _Conflict(Exception):
 
 
 if TYPE_CHECKING:
-    from typing import Callable, Protocol, TypeVar
+    from collections.abc import Callable
+    from typing import Protocol, TypeVar
 
     T = TypeVar("T")
 
@@ -374,7 +376,7 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def _client(settings: GitLabSettings, lines: List[str]) -> Iterator[Tuple[gitlab.Gitlab, _Call]]:
+def _client(settings: GitLabSettings, lines: list[str]) -> Iterator[tuple[gitlab.Gitlab, _Call]]:
     """A python-gitlab client (session closed on exit) and ``call``, which runs
     one request and turns python-gitlab's and requests' errors into GitLabError."""
     import gitlab
@@ -451,7 +453,7 @@ def _mask(text: str, secret: str) -> str:
     return Masker([secret]).text(text) if secret else text
 
 
-def explain(status: Optional[int], settings: GitLabSettings, kind: str, detail: str = "") -> str:
+def explain(status: int | None, settings: GitLabSettings, kind: str, detail: str = "") -> str:
     """What a status means for this step, in GitLab's terms, and how to fix it.
 
     ``kind`` is "read" or "write" (release and links) or "deployment".

@@ -39,8 +39,9 @@ import shlex
 import signal
 import stat
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple
 
 from . import dockerconfig as dc
 from . import scope as S
@@ -93,9 +94,9 @@ class Opened(NamedTuple):
     directory: str  # the job directory
     scope: S.Scope  # its docker/ part: DOCKER_CONFIG
     base: str  # the base config.json it layers over
-    exports: Dict[str, str]  # what the job's shell must export
-    logins: List[str]  # registries logged in to in the scope, with where from
-    notes: List[str]  # things worth a line on stderr
+    exports: dict[str, str]  # what the job's shell must export
+    logins: list[str]  # registries logged in to in the scope, with where from
+    notes: list[str]  # things worth a line on stderr
     reused: bool  # the same shell had opened it already
 
 
@@ -105,8 +106,8 @@ class Closed(NamedTuple):
     job: str
     directory: str
     base: str  # the base config.json the guard checked ("" when it could not)
-    damage: List[Damage]
-    problems: List[str]  # what could not be done (each is also why the exit code is not 0)
+    damage: list[Damage]
+    problems: list[str]  # what could not be done (each is also why the exit code is not 0)
     raced: bool = False  # another process retired it first: nothing was done here
 
 
@@ -129,7 +130,7 @@ def job_of(environ: Mapping[str, str]) -> Job:
     return Job(job_id, hashlib.sha256(ids.encode("utf-8", "surrogateescape")).hexdigest()[:12])
 
 
-def _stat_fields(pid: int) -> List[bytes]:
+def _stat_fields(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             line = f.read()
@@ -138,7 +139,7 @@ def _stat_fields(pid: int) -> List[bytes]:
     return line[line.rfind(b")") + 2 :].split()
 
 
-def _program(pid: int) -> Optional[Tuple[str, bytes]]:
+def _program(pid: int) -> tuple[str, bytes] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return os.readlink(f"/proc/{pid}/exe"), f.read()
@@ -146,7 +147,7 @@ def _program(pid: int) -> Optional[Tuple[str, bytes]]:
         return None
 
 
-def job_shell(start_from: Optional[int] = None) -> int:
+def job_shell(start_from: int | None = None) -> int:
     """The pid of the shell that will eval ``job open``'s lines.
 
     That is our parent, unless the parent is a forked copy of its own parent:
@@ -175,7 +176,7 @@ def dir_name(job: Job, owner: Owner) -> str:
     return f"{job.prefix}{owner.pid}-{owner.start}-{owner.namespace}-{owner.expires}"
 
 
-def parse_name(name: str) -> Optional[Tuple[str, Owner]]:
+def parse_name(name: str) -> tuple[str, Owner] | None:
     """(job id, owner) of a job directory's name; None for any other name."""
     match = NAME.fullmatch(name)
     if not match:
@@ -215,7 +216,7 @@ FAILED_LINE = (
 # -- open -----------------------------------------------------------------------
 
 
-def auth_config(environ: Mapping[str, str]) -> Tuple[dc.Config, List[str]]:
+def auth_config(environ: Mapping[str, str]) -> tuple[dc.Config, list[str]]:
     """DOCKER_AUTH_CONFIG, parsed (JSON, or the path of a File variable
     holding it); ({}, []) when unset. Never echoes the value."""
     value = environ.get("DOCKER_AUTH_CONFIG", "")
@@ -250,8 +251,8 @@ def layer_job(
     base: dc.Config,
     inline: Mapping[str, Mapping[str, Any]],
     extra: dc.Config,
-    registry: Optional[Tuple[str, Dict[str, str]]],
-) -> Tuple[dc.Config, List[str]]:
+    registry: tuple[str, dict[str, str]] | None,
+) -> tuple[dc.Config, list[str]]:
     """Pure: the job scope's config and the registries logged in to in it.
 
     The base without helpers (plus ``inline`` credentials read from them),
@@ -276,7 +277,7 @@ def layer_job(
     return cfg, logins
 
 
-def _registry_login(environ: Mapping[str, str], wanted: bool, notes: List[str]) -> Optional[Tuple[str, Dict[str, str]]]:
+def _registry_login(environ: Mapping[str, str], wanted: bool, notes: list[str]) -> tuple[str, dict[str, str]] | None:
     from . import credentials
 
     if not wanted:
@@ -292,7 +293,7 @@ def _registry_login(environ: Mapping[str, str], wanted: bool, notes: List[str]) 
     return dc.registry_key(host), dc.auth_entry(user, secret)
 
 
-def _exports(scope: S.Scope, base_dir: str, environ: Mapping[str, str]) -> Dict[str, str]:
+def _exports(scope: S.Scope, base_dir: str, environ: Mapping[str, str]) -> dict[str, str]:
     # DOCKER_CONFIG, REGISTRY_AUTH_FILE, AUTHSCOPE_SCOPE, PATH with the scope's
     # refusing store shims first (the job's own PATH after them), + HOME, XDG_*.
     exports = scope.env({"PATH": environ.get("PATH") or os.defpath})
@@ -304,7 +305,7 @@ def _exports(scope: S.Scope, base_dir: str, environ: Mapping[str, str]) -> Dict[
     return exports
 
 
-def _state(directory: str) -> Dict[str, Any]:
+def _state(directory: str) -> dict[str, Any]:
     """job.json, refusing a link planted in its place."""
     fd = os.open(os.path.join(directory, STATE), os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as f:
@@ -314,7 +315,7 @@ def _state(directory: str) -> Dict[str, Any]:
     return doc
 
 
-def find(roots: Sequence[str], job: Job) -> List[str]:
+def find(roots: Sequence[str], job: Job) -> list[str]:
     """This job's directories under ``roots`` (this user's, real directories)."""
     found = []
     for root in roots:
@@ -350,14 +351,14 @@ def _reopened(path: str, job: Job, environ: Mapping[str, str]) -> Opened:
 def open_job(
     environ: Mapping[str, str],
     *,
-    root: Optional[str] = None,
-    config_dir: Optional[str] = None,
+    root: str | None = None,
+    config_dir: str | None = None,
     registry_login: bool = True,
     isolate_home: bool = False,
     sources: Sequence[str] = (),
-    shell: Optional[int] = None,
-    now: Optional[float] = None,
-) -> Tuple[Opened, List[Closed]]:
+    shell: int | None = None,
+    now: float | None = None,
+) -> tuple[Opened, list[Closed]]:
     """Make this job's scope; (it, stale directories of the same job retired).
 
     The base is only read. Nothing secret is printed or put in argv.
@@ -381,7 +382,7 @@ def open_job(
 
     base = Base(dc.base_dir(config_dir, environ))
     snap = base.snapshot()  # a base that does not parse: exit 2, nothing made
-    notes: List[str] = []
+    notes: list[str] = []
     extra, extra_notes = auth_config(environ)
     notes += extra_notes
     login = _registry_login(environ, registry_login, notes)
@@ -436,8 +437,8 @@ def signals_deferred() -> Iterator[None]:
     runs its handler in the main thread at once. Outside the main thread
     (where handlers cannot be set) nothing is deferred.
     """
-    pending: List[int] = []
-    previous: Dict[int, Any] = {}
+    pending: list[int] = []
+    previous: dict[int, Any] = {}
     try:
         for sig in DEFERRED_SIGNALS:
             previous[sig] = signal.signal(sig, lambda signum, _frame: pending.append(signum))
@@ -452,7 +453,7 @@ def signals_deferred() -> Iterator[None]:
             os.kill(os.getpid(), signum)  # now, to the handlers in place again
 
 
-def _snapshot(doc: Mapping[str, Any]) -> Tuple[Snapshot, List[str]]:
+def _snapshot(doc: Mapping[str, Any]) -> tuple[Snapshot, list[str]]:
     config = doc["config"]
     if not isinstance(config, dict):
         raise ValueError("config is not an object")
@@ -467,8 +468,8 @@ def retire(path: str) -> Closed:
     name = os.path.basename(path)
     parsed = parse_name(name)
     job = parsed[0] if parsed else "?"
-    problems: List[str] = []
-    damage: List[Damage] = []
+    problems: list[str] = []
+    damage: list[Damage] = []
     base_path = ""
     with signals_deferred():
         work = path
@@ -484,7 +485,7 @@ def retire(path: str) -> Closed:
                 os.rmdir(claimed)  # keep going on the directory where it is
         except Exception as exc:  # a cleanup path must not stop half-way
             problems.append(f"could not claim {path}: {exc}")
-        doc: Optional[Dict[str, Any]] = None
+        doc: dict[str, Any] | None = None
         try:
             doc = _state(work)
         except Exception as exc:
@@ -502,12 +503,12 @@ def retire(path: str) -> Closed:
     return Closed(job, path, base_path, damage, problems)
 
 
-def close_job(environ: Mapping[str, str], roots: Sequence[str]) -> List[Closed]:
+def close_job(environ: Mapping[str, str], roots: Sequence[str]) -> list[Closed]:
     """Retire this job's directories (normally one; none when already gone)."""
     return [retire(path) for path in find(roots, job_of(environ))]
 
 
-def sweep(roots: Sequence[str], now: Optional[float] = None) -> List[Closed]:
+def sweep(roots: Sequence[str], now: float | None = None) -> list[Closed]:
     """Retire the job directories of jobs that are over: past their expiry,
     or their shell (checked in this pid namespace only) seen gone by a sweep
     GRACE seconds ago or more. Live jobs' directories, other users' and other

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
 
 from . import tools
 from .errors import UsageError
@@ -13,17 +13,17 @@ from .targets import Fanout, Source, Target
 @dataclass(frozen=True)
 class TargetPlan:
     target: Target
-    destinations: Tuple[str, ...]
-    steps: Tuple[tools.Step, ...]
+    destinations: tuple[str, ...]
+    steps: tuple[tools.Step, ...]
 
 
 @dataclass(frozen=True)
 class Plan:
     source: Source
     source_ref: str  # what the tools copy: by digest once resolved
-    targets: Tuple[TargetPlan, ...]
-    pull: Optional[tools.Step]  # pull_once: fetch the source into ``layout`` first
-    layout: Optional[str]
+    targets: tuple[TargetPlan, ...]
+    pull: tools.Step | None  # pull_once: fetch the source into ``layout`` first
+    layout: str | None
     jobs: int
     retries: int
     timeout: float
@@ -34,11 +34,11 @@ def make_plan(
     fanout: Fanout,
     *,
     only: Sequence[str] = (),
-    jobs: Optional[int] = None,
-    retries: Optional[int] = None,
-    timeout: Optional[float] = None,
-    source_digest: Optional[str] = None,
-    pull_once: Optional[bool] = None,
+    jobs: int | None = None,
+    retries: int | None = None,
+    timeout: float | None = None,
+    source_digest: str | None = None,
+    pull_once: bool | None = None,
     layout: str = "{layout}",
 ) -> Plan:
     """The plan for ``fanout``; ``only`` picks targets by name, in file order.
@@ -76,7 +76,7 @@ def make_plan(
     )
 
 
-def _secret_ref(name: Optional[str], kind: str, environ: Mapping[str, str]) -> str:
+def _secret_ref(name: str | None, kind: str, environ: Mapping[str, str]) -> str:
     if name is None:
         return ""
     if kind == "env":
@@ -93,7 +93,7 @@ def _is_file(path: str) -> bool:
 def render(plan: Plan, environ: Mapping[str, str]) -> str:
     """The plan as text for --dry-run: references to secrets, never values."""
     src = plan.source
-    lines: List[str] = [
+    lines: list[str] = [
         f"plan from {plan.path}: {len(plan.targets)} target(s), {plan.jobs} at a time, "
         f"{plan.retries} retr{'y' if plan.retries == 1 else 'ies'}, timeout {plan.timeout:g}s each",
         f"source: {src.image.with_tag(src.image.tag) if src.image.tag else src.image.pinned}"

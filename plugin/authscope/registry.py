@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from . import __version__
 from .dockerconfig import api_host, encode_auth, is_loopback
@@ -112,7 +112,7 @@ def check_realm(registry: str, realm: str, over: str, shown: str = "") -> None:
     the message quotes it (default: `_shown`).
     """
     why = ""
-    parts: Optional[urllib.parse.SplitResult] = None
+    parts: urllib.parse.SplitResult | None = None
     if not _VISIBLE.fullmatch(realm):
         why = "it holds spaces, control characters or non-ASCII"  # urlsplit would drop some silently
     else:
@@ -208,7 +208,7 @@ class _Answer(http.client.HTTPResponse):
 
     limit = MAX_ANSWER
 
-    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: Optional[str] = None, url: Any = None) -> None:
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: Any = None) -> None:
         super().__init__(sock, debuglevel, method, url)
         self.fp.close()  # the plain reader http.client made; nothing was read from it
         self.fp = io.BufferedReader(_Bounded(sock, sock.gettimeout() or TIMEOUT, self.limit))
@@ -225,7 +225,7 @@ class _Answer(http.client.HTTPResponse):
         say no."""
         if self.length is not None:
             return self.read()
-        parts: List[bytes] = []
+        parts: list[bytes] = []
         while True:
             part = self.read(1 << 20)
             if not part:
@@ -238,7 +238,7 @@ class _ProbeAnswer(_Answer):
 
 
 def _connection(
-    scheme: str, netloc: str, timeout: float, ctx: Optional[ssl.SSLContext], answer: type[_Answer] = _Answer
+    scheme: str, netloc: str, timeout: float, ctx: ssl.SSLContext | None, answer: type[_Answer] = _Answer
 ) -> http.client.HTTPConnection:
     conn = (
         http.client.HTTPSConnection(netloc, timeout=timeout, context=ctx)
@@ -269,13 +269,13 @@ def _malformed(exc: BaseException, where: str) -> str:
     return ""
 
 
-def parse_challenge(header: str) -> Tuple[str, Dict[str, str]]:
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """('bearer', {'realm': ..., 'service': ...}) from a WWW-Authenticate value."""
     scheme, _, rest = header.strip().partition(" ")
     return scheme.lower(), dict(_PARAM.findall(rest))
 
 
-def _header(headers: Dict[str, str], name: str) -> str:
+def _header(headers: dict[str, str], name: str) -> str:
     for key, value in headers.items():
         if key.lower() == name.lower():
             return value
@@ -286,13 +286,13 @@ def _header(headers: Dict[str, str], name: str) -> str:
 # scheme answers, and which challenge it sends. A fan-out's targets, verifier
 # and source reader then skip the probing round trips (each costs a full RTT
 # on a WAN link).
-_SCHEME: Dict[str, str] = {}
-_CHALLENGE: Dict[str, Tuple[str, Dict[str, str]]] = {}
-_CONTEXTS: Dict[Tuple[Optional[str], bool], ssl.SSLContext] = {}
+_SCHEME: dict[str, str] = {}
+_CHALLENGE: dict[str, tuple[str, dict[str, str]]] = {}
+_CONTEXTS: dict[tuple[str | None, bool], ssl.SSLContext] = {}
 _CONTEXTS_LOCK = threading.Lock()
 
 
-def _context(ca_file: Optional[str], insecure: bool) -> ssl.SSLContext:
+def _context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
     """One SSL context per trust setting: loading the CA store is not free."""
     with _CONTEXTS_LOCK:
         ctx = _CONTEXTS.get((ca_file, insecure))
@@ -324,7 +324,7 @@ def _context(ca_file: Optional[str], insecure: bool) -> ssl.SSLContext:
         return ctx
 
 
-Answer = Tuple[int, Dict[str, str], bytes]
+Answer = tuple[int, dict[str, str], bytes]
 
 
 class Session:
@@ -334,9 +334,9 @@ class Session:
     def __init__(
         self,
         registry: str,
-        auth: Optional[Tuple[str, str]] = None,
+        auth: tuple[str, str] | None = None,
         *,
-        ca_file: Optional[str] = None,
+        ca_file: str | None = None,
         insecure: bool = False,
         timeout: float = TIMEOUT,
     ) -> None:
@@ -347,12 +347,12 @@ class Session:
         self.ctx = _context(ca_file, insecure)
         # HTTPS first; plain HTTP only for --insecure or a loopback registry,
         # as the docker CLI does for registries it treats as insecure.
-        self.schemes: List[str] = ["https", "http"] if insecure or is_loopback(self.host) else ["https"]
+        self.schemes: list[str] = ["https", "http"] if insecure or is_loopback(self.host) else ["https"]
         if _SCHEME.get(self.host) in self.schemes:
             self.schemes = [_SCHEME[self.host]]
-        self.authorization: Optional[str] = None
-        self.token_scope: Optional[str] = None
-        self._connections: Dict[Tuple[str, str], http.client.HTTPConnection] = {}
+        self.authorization: str | None = None
+        self.token_scope: str | None = None
+        self._connections: dict[tuple[str, str], http.client.HTTPConnection] = {}
 
     def close(self) -> None:
         for conn in self._connections.values():
@@ -371,13 +371,13 @@ class Session:
         except Exception:  # at interpreter exit, modules may be half gone
             pass
 
-    def _basic(self) -> Optional[str]:
+    def _basic(self) -> str | None:
         if self.auth is None:
             return None
         user, password = self.auth
         return "Basic " + encode_auth(user, password)
 
-    def _send(self, method: str, url: str, headers: Dict[str, str]) -> Answer:
+    def _send(self, method: str, url: str, headers: dict[str, str]) -> Answer:
         parts = urllib.parse.urlsplit(url)
         key = (parts.scheme, parts.netloc)
         headers = {"User-Agent": USER_AGENT, **headers}
@@ -414,7 +414,7 @@ class Session:
                 raise
         raise AssertionError("unreachable")
 
-    def request(self, method: str, path: str, headers: Optional[Dict[str, str]] = None, scope: str = "") -> Answer:
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None, scope: str = "") -> Answer:
         """``method`` on ``path``, answering an auth challenge once."""
         if self.schemes == ["https", "http"]:
             return self._request_either(method, path, dict(headers or {}), scope)
@@ -426,7 +426,7 @@ class Session:
         _SCHEME[self.host] = scheme
         return result
 
-    def _request_either(self, method: str, path: str, headers: Dict[str, str], scope: str) -> Answer:
+    def _request_either(self, method: str, path: str, headers: dict[str, str], scope: str) -> Answer:
         """HTTPS, falling back to plain HTTP, with the fallback's round trips
         overlapped: while HTTPS is tried, a `_PlainProbe` connects over plain
         HTTP and asks `GET /v2/` with no credentials. If HTTPS answers, the
@@ -460,7 +460,7 @@ class Session:
         except (OSError, http.client.HTTPException) as exc:
             raise RegistryUnreachable(self.registry, f"cannot reach {path} ({https_error}; http: {exc})") from None
 
-    def _request(self, method: str, url: str, headers: Dict[str, str], scope: str) -> Answer:
+    def _request(self, method: str, url: str, headers: dict[str, str], scope: str) -> Answer:
         over = url.partition(":")[0]  # the scheme the registry is reached over, for check_realm
         known = _CHALLENGE.get(self.host)
         if self.authorization is None and known is not None and self.auth is not None:
@@ -497,7 +497,7 @@ class Session:
         headers["Authorization"] = self.authorization or ""
         return self._send(method, url, headers)
 
-    def _authorize(self, challenge: str, params: Dict[str, str], scope: str, over: str) -> None:
+    def _authorize(self, challenge: str, params: dict[str, str], scope: str, over: str) -> None:
         if challenge == "basic":
             self.authorization = self._basic()
         else:
@@ -511,7 +511,7 @@ class Session:
             text = text.replace(secret, "[MASKED]")
         return _shown(text)
 
-    def _secrets(self) -> List[str]:
+    def _secrets(self) -> list[str]:
         found = [self.auth[1]] if self.auth and self.auth[1] else []
         basic = self._basic()
         if basic:
@@ -520,7 +520,7 @@ class Session:
             found.append(self.authorization.partition(" ")[2])
         return [s for s in found if s]
 
-    def _token(self, params: Dict[str, str], scope: str, over: str) -> str:
+    def _token(self, params: dict[str, str], scope: str, over: str) -> str:
         realm = params["realm"]
         shown = self._shown(realm)
         check_realm(self.registry, realm, over, shown)  # before anything is sent: the credentials go with it
@@ -594,8 +594,8 @@ class _PlainProbe:
     def __init__(self, host: str, timeout: float) -> None:
         self.host = host
         self.timeout = timeout
-        self.conn: Optional[http.client.HTTPConnection] = None
-        self.challenge: Optional[Tuple[str, Dict[str, str]]] = None
+        self.conn: http.client.HTTPConnection | None = None
+        self.challenge: tuple[str, dict[str, str]] | None = None
         self.error = ""
         self._dropped = False
         self._lock = threading.Lock()
@@ -633,7 +633,7 @@ class _PlainProbe:
                 self.conn.close()
                 self.conn = None
 
-    def wait(self) -> Tuple[Optional[http.client.HTTPConnection], str]:
+    def wait(self) -> tuple[http.client.HTTPConnection | None, str]:
         """(the open plain-HTTP connection, or None and why not)."""
         self._thread.join(self.timeout + 1)
         with self._lock:
@@ -651,9 +651,7 @@ def _explain(status: int) -> str:
     }.get(status, "")
 
 
-def verify(
-    registry: str, username: str, password: str, *, ca_file: Optional[str] = None, insecure: bool = False
-) -> None:
+def verify(registry: str, username: str, password: str, *, ca_file: str | None = None, insecure: bool = False) -> None:
     """Raise RegistryError unless ``registry`` accepts the credentials at /v2/."""
     try:
         with Session(registry, (username, password), ca_file=ca_file, insecure=insecure) as session:

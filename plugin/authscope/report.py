@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 JSON_VERSION = 1
 OK, FAILED, SKIPPED, INTERRUPTED = "ok", "failed", "skipped", "interrupted"
@@ -28,18 +29,18 @@ class Result:
     registry: str
     repository: str
     tool: str
-    tags: Tuple[str, ...]
+    tags: tuple[str, ...]
     status: str  # ok | failed | skipped | interrupted
-    digests: Dict[str, Optional[str]] = field(default_factory=dict)  # tag -> digest found there
+    digests: dict[str, str | None] = field(default_factory=dict)  # tag -> digest found there
     attempts: int = 0
     duration: float = 0.0
     error: str = ""  # what failed
     hint: str = ""  # how to fix it
-    output: Tuple[str, ...] = ()  # the last lines the tool printed (masked)
-    restored: Tuple[str, ...] = ()  # base entries the guard restored while it ran
+    output: tuple[str, ...] = ()  # the last lines the tool printed (masked)
+    restored: tuple[str, ...] = ()  # base entries the guard restored while it ran
 
     @property
-    def destinations(self) -> List[str]:
+    def destinations(self) -> list[str]:
         return [f"{self.registry}/{self.repository}:{tag}" for tag in self.tags]
 
 
@@ -48,14 +49,14 @@ class Report:
     """The whole fan-out."""
 
     source: str
-    source_digest: Optional[str]
+    source_digest: str | None
     tool: str
-    results: Tuple[Result, ...]
+    results: tuple[Result, ...]
     started: float
     duration: float
-    signal: Optional[int] = None  # set when interrupted
+    signal: int | None = None  # set when interrupted
     error: str = ""  # a problem before any target ran (e.g. the source)
-    guard: Tuple[str, ...] = ()  # what the base guard restored outside any target (the pull_once scope)
+    guard: tuple[str, ...] = ()  # what the base guard restored outside any target (the pull_once scope)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -74,7 +75,7 @@ class Report:
     def restored(self) -> bool:
         return bool(self.guard) or any(r.restored for r in self.results)
 
-    def restored_notes(self) -> List[str]:
+    def restored_notes(self) -> list[str]:
         """Every base entry the guard restored during the run, each naming where."""
         return [*self.guard, *(f"{r.name}: {note}" for r in self.results for note in r.restored)]
 
@@ -82,7 +83,7 @@ class Report:
 # -- text -----------------------------------------------------------------------------
 
 
-def _short(digest: Optional[str]) -> str:
+def _short(digest: str | None) -> str:
     return digest[:19] if digest else "-"
 
 
@@ -93,7 +94,7 @@ def summary_table(report: Report) -> str:
         status = r.status.upper() + (" (BASE RESTORED)" if r.restored else "")
         rows.append((r.name, ",".join(r.tags), _short(digest), f"{r.duration:.1f}s", str(r.attempts), status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = (
         f"fan-out of {report.source} ({_short(report.source_digest)}): {report.status}, "
@@ -103,9 +104,7 @@ def summary_table(report: Report) -> str:
     return "\n".join([head, *lines, *guard])
 
 
-def section(
-    name: str, header: str, body: str, collapsed: bool, now: Optional[float] = None, gitlab: bool = True
-) -> str:
+def section(name: str, header: str, body: str, collapsed: bool, now: float | None = None, gitlab: bool = True) -> str:
     """A GitLab collapsible log section; with ``gitlab`` False (a terminal, another
     CI), a plain header instead of the markers, which elsewhere are only noise."""
     if not gitlab:
@@ -152,9 +151,9 @@ def cap_line(text: str, limit: int = LINE_LIMIT) -> str:
     return data[: limit - len(note)].decode("utf-8", "ignore") + note
 
 
-def bounded(lines: Sequence[str]) -> Tuple[str, ...]:
+def bounded(lines: Sequence[str]) -> tuple[str, ...]:
     """The last of ``lines``, each capped, together within TAIL_LIMIT bytes."""
-    out: List[str] = []
+    out: list[str] = []
     size = 0
     for line in reversed(lines[-TAIL_LINES:]):
         line = cap_line(line)
@@ -272,7 +271,7 @@ def _one_line(value: str) -> str:
 
 
 def to_json(report: Report) -> str:
-    doc: Dict[str, Any] = {
+    doc: dict[str, Any] = {
         "version": JSON_VERSION,
         "status": report.status,
         "source": report.source,
@@ -299,5 +298,5 @@ def to_json(report: Report) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def tail(lines: Sequence[str], n: int = TAIL_LINES) -> Tuple[str, ...]:
+def tail(lines: Sequence[str], n: int = TAIL_LINES) -> tuple[str, ...]:
     return tuple(lines[-n:])

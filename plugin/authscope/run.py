@@ -15,8 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import IO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar
+from typing import IO, TypeVar
 
 from .errors import CommandNotFound, HelperError, Interrupted
 
@@ -53,17 +54,17 @@ class Masker:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        found: Set[bytes] = set()
+        found: set[bytes] = set()
         for secret in secrets:
             if len(secret) >= MIN_SECRET:
                 found.update(form for form in forms(secret) if len(form) >= MIN_SECRET)
         # Longest first: a cheap early exit, and a stable order for tests.
-        self.secrets: Tuple[bytes, ...] = tuple(sorted(found, key=lambda f: (-len(f), f)))
+        self.secrets: tuple[bytes, ...] = tuple(sorted(found, key=lambda f: (-len(f), f)))
         self.longest = len(self.secrets[0]) if self.secrets else 0
 
-    def spans(self, data: bytes) -> List[Tuple[int, int]]:
+    def spans(self, data: bytes) -> list[tuple[int, int]]:
         """Where secrets are in ``data``: merged (start, end) spans, in order."""
-        found: List[Tuple[int, int]] = []
+        found: list[tuple[int, int]] = []
         for secret in self.secrets:
             at = data.find(secret)
             while at >= 0:
@@ -90,7 +91,7 @@ class Masker:
         return self(_bytes(text)).decode("utf-8", "surrogateescape")
 
 
-def _apply(data: bytes, spans: Sequence[Tuple[int, int]]) -> bytes:
+def _apply(data: bytes, spans: Sequence[tuple[int, int]]) -> bytes:
     if not spans:
         return data
     out, last = [], 0
@@ -101,7 +102,7 @@ def _apply(data: bytes, spans: Sequence[Tuple[int, int]]) -> bytes:
     return b"".join(out)
 
 
-def forms(secret: str) -> Set[bytes]:
+def forms(secret: str) -> set[bytes]:
     """Every form of ``secret`` worth masking (see Masker); short pieces included."""
     import json
     from urllib.parse import quote, quote_plus
@@ -113,7 +114,7 @@ def forms(secret: str) -> Set[bytes]:
         whole.add(line.strip())
         whole.update(piece.strip() for piece in re.split(r"\\r\\n|\\n", line))
     whole.discard("")
-    texts: Set[str] = set()
+    texts: set[str] = set()
     for value in whole:
         texts.update(
             (
@@ -160,9 +161,9 @@ def _base64_core(raw: bytes, offset: int) -> bytes:
 
 # Every secret this process has read, for masking what authscope itself
 # prints and writes (messages, reports), not only what tools print.
-_known: Set[str] = set()
+_known: set[str] = set()
 _known_lock = threading.Lock()
-_known_masker: Optional[Masker] = None
+_known_masker: Masker | None = None
 
 
 def remember(secrets: Iterable[str]) -> None:
@@ -236,16 +237,16 @@ class LineRelay:
 # inside ``uninterrupted()``: a signal then only records itself, and takes
 # effect once the cleanup is done.
 
-_children: Dict[subprocess.Popen, bool] = {}  # type: ignore[type-arg]
+_children: dict[subprocess.Popen, bool] = {}  # type: ignore[type-arg]
 # Reentrant: the handler takes it in the main thread, which may hold it
 # already (registering a child) when the signal lands; a Lock would deadlock.
 _children_lock = threading.RLock()
-_received: List[int] = []
+_received: list[int] = []
 _stop = threading.Event()
 _raise_when_idle = True
 _starting = 0  # children being started: a signal now is forwarded once they exist
 _cleaning = 0  # cleanups under way (uninterrupted()): a signal only records itself
-_deferred: List[int] = []  # a signal that would have unwound exec during a cleanup
+_deferred: list[int] = []  # a signal that would have unwound exec during a cleanup
 
 T = TypeVar("T")
 
@@ -278,9 +279,9 @@ def uninterrupted(work: Callable[[], T]) -> T:
     and raised after ``work`` too.
     """
     global _cleaning
-    caught: Optional[Interrupted] = None
+    caught: Interrupted | None = None
     started = False
-    result: Optional[T] = None
+    result: T | None = None
     while True:
         try:
             with _children_lock:
@@ -344,7 +345,7 @@ def signals_handled(raise_when_idle: bool = True) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def received_signal() -> Optional[int]:
+def received_signal() -> int | None:
     return _received[0] if _received else None
 
 
@@ -394,8 +395,8 @@ def sleep_unless_stopped(seconds: float) -> bool:
 LEFTOVER_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for what a command left
 PR_SET_CHILD_SUBREAPER = 36
 _TREE = sys.platform.startswith("linux") and os.path.isdir("/proc/self/task")
-_subreaper: Optional[bool] = None  # None: not tried yet
-_have_children_files: Optional[bool] = None
+_subreaper: bool | None = None  # None: not tried yet
+_have_children_files: bool | None = None
 
 
 def _become_subreaper() -> bool:
@@ -412,7 +413,7 @@ def _become_subreaper() -> bool:
     return _subreaper
 
 
-def _proc_stat(pid: int) -> Optional[Tuple[bytes, int, int]]:
+def _proc_stat(pid: int) -> tuple[bytes, int, int] | None:
     """(state, ppid, start time) of ``pid``; None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -426,9 +427,9 @@ def _proc_stat(pid: int) -> Optional[Tuple[bytes, int, int]]:
         return None
 
 
-def _ppid_map() -> Dict[int, List[int]]:
+def _ppid_map() -> dict[int, list[int]]:
     """Every process's children, from a scan of all of /proc."""
-    kids: Dict[int, List[int]] = {}
+    kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             info = _proc_stat(int(entry))
@@ -437,7 +438,7 @@ def _ppid_map() -> Dict[int, List[int]]:
     return kids
 
 
-def _child_pids(pid: int) -> List[int]:
+def _child_pids(pid: int) -> list[int]:
     global _have_children_files
     if _have_children_files is None:
         _have_children_files = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
@@ -449,7 +450,7 @@ def _child_pids(pid: int) -> List[int]:
         return []
     # The kernel lists children by position: one exiting meanwhile (another
     # target's tool, in fanout) can make a read skip one. Two reads, united.
-    out: Set[int] = set()
+    out: set[int] = set()
     for _ in range(2 if pid == os.getpid() else 1):
         for tid in tasks:
             try:
@@ -460,9 +461,9 @@ def _child_pids(pid: int) -> List[int]:
     return sorted(out)
 
 
-def _descendants(pid: int) -> List[int]:
+def _descendants(pid: int) -> list[int]:
     """Every process below ``pid``, parents first."""
-    out: List[int] = []
+    out: list[int] = []
     seen = {pid}
     queue = _child_pids(pid)
     while queue:
@@ -482,7 +483,7 @@ def _environ_has(pid: int, marker: bytes) -> bool:
         return False
 
 
-def _kill(pid: int, start: Optional[int], signum: int) -> None:
+def _kill(pid: int, start: int | None, signum: int) -> None:
     """Signal ``pid``, unless it is gone or (``start`` given) its pid was reused."""
     if start is not None:
         info = _proc_stat(pid)
@@ -494,7 +495,7 @@ def _kill(pid: int, start: Optional[int], signum: int) -> None:
         pass
 
 
-def _leftovers(marker: bytes, root: int, scan: bool = False) -> Dict[int, int]:
+def _leftovers(marker: bytes, root: int, scan: bool = False) -> dict[int, int]:
     """Live processes the command ``root`` left: pid -> start time.
     ``scan``: follow parents from a scan of all of /proc, not the children files."""
     with _children_lock:
@@ -506,9 +507,9 @@ def _leftovers(marker: bytes, root: int, scan: bool = False) -> Dict[int, int]:
     roots = [os.getpid()]
     if not _subreaper:  # orphans went to init: look at every process
         roots = [1] if os.path.isdir("/proc/1") else roots
-    found: Dict[int, int] = {}
+    found: dict[int, int] = {}
     stack = [(pid, pid == root) for root_pid in roots for pid in children(root_pid)]
-    seen: Set[int] = set()
+    seen: set[int] = set()
     while stack:
         pid, inherited = stack.pop()
         if pid in seen or pid in others:  # another command's tool: its tree is its own
@@ -524,7 +525,7 @@ def _leftovers(marker: bytes, root: int, scan: bool = False) -> Dict[int, int]:
     return found
 
 
-def _reap(ended: Dict[int, int]) -> None:
+def _reap(ended: dict[int, int]) -> None:
     """Collect the ones that were re-parented to us, so no zombie is left."""
     me = os.getpid()
     for pid, start in list(ended.items()):
@@ -549,7 +550,7 @@ def _end_tree(marker: bytes, root: int) -> int:
     return count + (_end_found(marker, root, again) if again else 0)
 
 
-def _end_found(marker: bytes, root: int, found: Dict[int, int]) -> int:
+def _end_found(marker: bytes, root: int, found: dict[int, int]) -> int:
     ended = dict(found)
     count = len(found)
     for pid, start in found.items():
@@ -612,7 +613,7 @@ def end_leftovers(child: subprocess.Popen, own_group: bool, marker: bytes) -> No
         pass
 
 
-def end_processes_in(scopes: Sequence[str]) -> Dict[str, int]:
+def end_processes_in(scopes: Sequence[str]) -> dict[str, int]:
     """For ``sweep``: end every process of this user whose environment says it
     runs in one of ``scopes`` (AUTHSCOPE_SCOPE=path), TERM then KILL; how many
     per scope. Reaches what a group kill missed (a tool that made its own
@@ -620,7 +621,7 @@ def end_processes_in(scopes: Sequence[str]) -> Dict[str, int]:
     if not os.path.isdir("/proc/self"):
         return {}
     wanted = {b"\0AUTHSCOPE_SCOPE=" + os.fsencode(path) + b"\0": path for path in scopes}
-    found: Dict[int, Tuple[int, str]] = {}
+    found: dict[int, tuple[int, str]] = {}
     me, uid = os.getpid(), os.geteuid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
@@ -642,7 +643,7 @@ def end_processes_in(scopes: Sequence[str]) -> Dict[str, int]:
         deadline = time.monotonic() + (LEFTOVER_GRACE if signum == signal.SIGTERM else 1.0)
         while time.monotonic() < deadline and any(_alive(pid, start) for pid, (start, _) in found.items()):
             time.sleep(0.02)
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for _, path in found.values():
         counts[path] = counts.get(path, 0) + 1
     return counts
@@ -664,7 +665,7 @@ Sink = Callable[[bytes], None]
 
 
 def _spawn(
-    argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: Optional[str], stdin: Optional[int]
+    argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: str | None, stdin: int | None
 ) -> subprocess.Popen:  # type: ignore[type-arg]
     global _starting
     if _TREE:
@@ -700,12 +701,12 @@ def _run(
     argv: Sequence[str],
     env: Mapping[str, str],
     masker: Masker,
-    sinks: Tuple[Sink, Sink],
+    sinks: tuple[Sink, Sink],
     own_group: bool,
-    cwd: Optional[str],
-    deadline: Optional[float],
-    stdin: Optional[int],
-) -> Tuple[int, bool]:
+    cwd: str | None,
+    deadline: float | None,
+    stdin: int | None,
+) -> tuple[int, bool]:
     """(exit status, timed out)."""
     proc = _spawn(argv, env, own_group, cwd, stdin)
     assert proc.stdout is not None and proc.stderr is not None  # both are PIPE
@@ -732,9 +733,9 @@ def run_relayed(
     argv: Sequence[str],
     env: Mapping[str, str],
     masker: Masker,
-    stdout: Optional[IO[bytes]] = None,
-    stderr: Optional[IO[bytes]] = None,
-    cwd: Optional[str] = None,
+    stdout: IO[bytes] | None = None,
+    stderr: IO[bytes] | None = None,
+    cwd: str | None = None,
 ) -> int:
     """Run ``argv``, relay its output masked line by line; its exit status.
 
@@ -761,9 +762,9 @@ def run_captured(
     env: Mapping[str, str],
     masker: Masker,
     line: Callable[[bytes, bool], None],
-    deadline: Optional[float] = None,
-    cwd: Optional[str] = None,
-) -> Tuple[int, bool]:
+    deadline: float | None = None,
+    cwd: str | None = None,
+) -> tuple[int, bool]:
     """Run ``argv`` with no stdin (in its own process group where there is
     no /proc to follow its tree); each masked output line goes to
     ``line(data, is_stderr)``. Kills it at ``deadline`` (time.monotonic()).
@@ -784,8 +785,8 @@ def _writer(stream: IO[bytes]) -> Sink:
 def _pump(
     proc: subprocess.Popen[bytes],
     group: bool,
-    streams: Dict[IO[bytes], Tuple[LineRelay, Sink]],
-    deadline: Optional[float],
+    streams: dict[IO[bytes], tuple[LineRelay, Sink]],
+    deadline: float | None,
     on_exit: Callable[[], None] = lambda: None,
 ) -> bool:
     """Relay until both pipes close; True when ``deadline`` killed the child.
@@ -793,8 +794,8 @@ def _pump(
     selector = selectors.DefaultSelector()
     for pipe in streams:
         selector.register(pipe, selectors.EVENT_READ)
-    drain_until: Optional[float] = None
-    signalled_at: Optional[float] = None
+    drain_until: float | None = None
+    signalled_at: float | None = None
     timed_out = False
     try:
         while selector.get_map():
@@ -833,7 +834,7 @@ def _pump(
     return timed_out
 
 
-def helper_get(helper: str, server: str, env: Mapping[str, str]) -> Tuple[str, str]:
+def helper_get(helper: str, server: str, env: Mapping[str, str]) -> tuple[str, str]:
     """(username, secret) from ``docker-credential-<helper> get``.
 
     The server name goes on stdin, as the docker-credential-helpers protocol

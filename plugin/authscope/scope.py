@@ -27,8 +27,9 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple
 
 from . import dockerconfig as dc
 from .base import Base, Damage, Snapshot
@@ -94,7 +95,7 @@ def process_alive(pid: int, start: int) -> bool:
 # -- where scopes live --------------------------------------------------------
 
 
-def default_roots(environ: Mapping[str, str]) -> List[str]:
+def default_roots(environ: Mapping[str, str]) -> list[str]:
     """Candidate roots, most preferred first: tmpfs before disk."""
     import tempfile
 
@@ -135,7 +136,7 @@ def check_root(root: str) -> str:
     return real
 
 
-def choose_root(explicit: Optional[str], environ: Mapping[str, str]) -> str:
+def choose_root(explicit: str | None, environ: Mapping[str, str]) -> str:
     chosen = explicit or environ.get("AUTHSCOPE_SCOPE_DIR")
     if chosen:
         return check_root(chosen)
@@ -185,7 +186,7 @@ REMOVE_DEPTH = 32
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def remove_tree(path: str) -> List[str]:
+def remove_tree(path: str) -> list[str]:
     """Remove a scope whatever its command did to it; what is left, as one
     "path: reason" line per entry that could not be removed (empty: all gone).
 
@@ -198,7 +199,7 @@ def remove_tree(path: str) -> List[str]:
     non-root user may not chmod). What cannot be removed even so (an
     immutable file, a mount point) is reported and the rest still removed.
     """
-    left: Dict[str, str] = {}
+    left: dict[str, str] = {}
     parent, name = os.path.split(path)
     try:
         parent_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
@@ -217,7 +218,7 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _remove_entry(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
+def _remove_entry(dir_fd: int, name: str, path: str, left: dict[str, str]) -> None:
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -239,7 +240,7 @@ def _remove_entry(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> No
     _rmdir(dir_fd, name, path, left)
 
 
-def _open_dir(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> Optional[int]:
+def _open_dir(dir_fd: int, name: str, path: str, left: dict[str, str]) -> int | None:
     """``name`` opened (no link followed), its owner's rwx given back; None when it can't be."""
     try:
         fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
@@ -279,7 +280,7 @@ def _chmod_no_follow(dir_fd: int, name: str) -> None:
             os.close(fd)
 
 
-def _unlink(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
+def _unlink(dir_fd: int, name: str, path: str, left: dict[str, str]) -> None:
     try:
         os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -288,7 +289,7 @@ def _unlink(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
         left[path] = _reason(exc)
 
 
-def _rmdir(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
+def _rmdir(dir_fd: int, name: str, path: str, left: dict[str, str]) -> None:
     try:
         os.rmdir(name, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -299,11 +300,11 @@ def _rmdir(dir_fd: int, name: str, path: str, left: Dict[str, str]) -> None:
             left[path] = _reason(exc)
 
 
-def _clear(top: int, top_path: str, left: Dict[str, str]) -> bool:
+def _clear(top: int, top_path: str, left: dict[str, str]) -> bool:
     """Remove everything inside the open directory ``top``, iteratively; True
     when directories deeper than REMOVE_DEPTH were moved up into ``top``."""
     moved = False
-    stack: List[Tuple[int, str, Any]] = []  # (fd, path, its scandir iterator)
+    stack: list[tuple[int, str, Any]] = []  # (fd, path, its scandir iterator)
     try:
         stack.append((top, top_path, os.scandir(top)))
         while stack:
@@ -386,8 +387,8 @@ class Scope:
         self.config_file = os.path.join(path, dc.CONFIG_NAME)
         self.isolate_home = isolate_home
         self.config = config  # what config.json holds when the scope opens
-        self.damage: List[Damage] = []
-        self.left_behind: List[str] = []  # what could not be removed ("path: reason")
+        self.damage: list[Damage] = []
+        self.left_behind: list[str] = []  # what could not be removed ("path: reason")
 
     def reset(self) -> None:
         """Lay config.json afresh, for the next command of the same target:
@@ -418,7 +419,7 @@ class Scope:
         except OSError as exc:
             raise ScopeError(self.path, f"cannot lay config.json afresh: {exc.strerror or exc}") from None
 
-    def env(self, environ: Mapping[str, str]) -> Dict[str, str]:
+    def env(self, environ: Mapping[str, str]) -> dict[str, str]:
         env = dict(environ)
         env["DOCKER_CONFIG"] = self.path
         env["REGISTRY_AUTH_FILE"] = self.config_file  # skopeo, podman, buildah
@@ -452,7 +453,7 @@ def _populate(scope: Scope, base_dir: str) -> None:
 
 def inline_from_helpers(
     cfg: dc.Config, registries: Sequence[str], environ: Mapping[str, str]
-) -> Dict[str, Dict[str, str]]:
+) -> dict[str, dict[str, str]]:
     """Base credentials the run needs that live in a helper, read once with ``get``."""
     from .run import helper_get
 
@@ -469,15 +470,15 @@ def inline_from_helpers(
 @contextmanager
 def open_scope(
     base: Base,
-    registry: Optional[str],
-    entry: Dict[str, str],
+    registry: str | None,
+    entry: dict[str, str],
     *,
-    root: Optional[str] = None,
+    root: str | None = None,
     sources: Sequence[str] = (),
     isolate_home: bool = False,
     environ: Mapping[str, str] = os.environ,
-    warn: Optional[Callable[[str], None]] = None,
-) -> Iterator[Tuple[Scope, List[str]]]:
+    warn: Callable[[str], None] | None = None,
+) -> Iterator[tuple[Scope, list[str]]]:
     """Open a scope for one target; on exit remove it and guard the base.
 
     Yields the scope and the secrets it holds (for masking). After the block,
@@ -510,9 +511,7 @@ def open_scope(
         uninterrupted(lambda: _close(scope, base, snap, leaks, warn))
 
 
-def _close(
-    scope: Scope, base: Base, snap: Snapshot, leaks: Sequence[str], warn: Optional[Callable[[str], None]]
-) -> None:
+def _close(scope: Scope, base: Base, snap: Snapshot, leaks: Sequence[str], warn: Callable[[str], None] | None) -> None:
     """Remove the scope, then guard the base: the guard runs whatever the removal met."""
     scope.left_behind = remove_tree(scope.path)
     if warn:
@@ -525,12 +524,12 @@ def _close(
 
 
 class Swept(NamedTuple):
-    removed: List[str]  # scopes removed
-    left: List[str]  # "path: reason" of what could not be removed
-    ended: Dict[str, int]  # scope -> processes still running in it that were ended
+    removed: list[str]  # scopes removed
+    left: list[str]  # "path: reason" of what could not be removed
+    ended: dict[str, int]  # scope -> processes still running in it that were ended
 
 
-def sweep(roots: Sequence[str]) -> List[str]:
+def sweep(roots: Sequence[str]) -> list[str]:
     """Remove scopes whose owner is gone; the paths removed (see sweep_report)."""
     return sweep_report(roots).removed
 
@@ -543,9 +542,9 @@ def sweep_report(roots: Sequence[str]) -> Swept:
     sweep is safe while other jobs' scopes are live. A scope that cannot be
     removed fully is reported and the sweep goes on with the next one.
     """
-    removed: List[str] = []
-    left: List[str] = []
-    dead: List[str] = []
+    removed: list[str] = []
+    left: list[str] = []
+    dead: list[str] = []
     uid, namespace = os.geteuid(), pid_namespace()
     for root in roots:
         try:
@@ -566,7 +565,7 @@ def sweep_report(roots: Sequence[str]) -> Swept:
             if ns != namespace or process_alive(pid, start):
                 continue
             dead.append(entry.path)
-    ended: Dict[str, int] = {}
+    ended: dict[str, int] = {}
     if dead:
         from .run import end_processes_in
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any
 
 from .errors import Problem, SecretSourceError, TargetsFileError
 
@@ -68,15 +69,15 @@ CI_SECRETS = (
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
-Path = Tuple[Any, ...]  # keys and indexes from the document root
+Path = tuple[Any, ...]  # keys and indexes from the document root
 
 
 @dataclass(frozen=True)
 class ImageRef:
     registry: str  # host[:port]
     repository: str
-    tag: Optional[str]
-    digest: Optional[str]
+    tag: str | None
+    digest: str | None
 
     def with_tag(self, tag: str) -> str:
         return f"{self.registry}/{self.repository}:{tag}"
@@ -114,7 +115,7 @@ def parse_image(ref: str) -> ImageRef:
 class Source:
     image: ImageRef
     insecure: bool
-    ca_file: Optional[str]
+    ca_file: str | None
 
 
 @dataclass(frozen=True)
@@ -122,15 +123,15 @@ class Target:
     name: str
     registry: str
     repository: str
-    tags: Tuple[str, ...]
+    tags: tuple[str, ...]
     tool: str
-    username: Optional[str]  # literal
-    username_env: Optional[str]
-    password_env: Optional[str]
-    password_file: Optional[str]
+    username: str | None  # literal
+    username_env: str | None
+    password_env: str | None
+    password_file: str | None
     insecure: bool
-    ca_file: Optional[str]
-    command: Optional[Tuple[str, ...]]
+    ca_file: str | None
+    command: tuple[str, ...] | None
     line: int
 
     @property
@@ -146,13 +147,13 @@ class Target:
 class Fanout:
     path: str
     source: Source
-    targets: Tuple[Target, ...]
+    targets: tuple[Target, ...]
     jobs: int
     retries: int
     timeout: float
     pull_once: bool
     tool: str  # the file's default tool; with pull_once, every target's
-    names: Tuple[str, ...] = ()  # every target's name, in file order (``targets`` are the selected ones)
+    names: tuple[str, ...] = ()  # every target's name, in file order (``targets`` are the selected ones)
 
 
 # -- YAML nodes to values, remembering lines -------------------------------------
@@ -170,8 +171,8 @@ MAX_ALIAS_NODES = 10_000
 MAX_DEPTH = 64
 _MERGE = "tag:yaml.org,2002:merge"
 
-Alias = Tuple[str, int]  # (anchor, line) of an alias as written
-Pair = Tuple[Any, Any, Any]  # (mapping node the pair is written in, key node, value node)
+Alias = tuple[str, int]  # (anchor, line) of an alias as written
+Pair = tuple[Any, Any, Any]  # (mapping node the pair is written in, key node, value node)
 
 
 class _Refused(Exception):
@@ -187,18 +188,18 @@ class _Refused(Exception):
 class _Doc:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.lines: Dict[Path, int] = {}
-        self.problems: List[Problem] = []
+        self.lines: dict[Path, int] = {}
+        self.problems: list[Problem] = []
         # (id of the parent node, index or id of the key node) -> the alias written there
-        self.aliases: Dict[Tuple[int, int], Alias] = {}
-        self.seen: Set[int] = set()  # ids of nodes converted at least once
+        self.aliases: dict[tuple[int, int], Alias] = {}
+        self.seen: set[int] = set()  # ids of nodes converted at least once
         self.repeated = 0  # nodes converted again, through aliases and merge keys
-        self.open: Set[int] = set()  # ids of the collections on the current path
-        self.via: List[Tuple[Path, Alias]] = []  # the aliases on the current path
-        self.flat: Dict[int, Dict[Any, Pair]] = {}  # a merged mapping's pairs, once computed
-        self.merging: Set[int] = set()
+        self.open: set[int] = set()  # ids of the collections on the current path
+        self.via: list[tuple[Path, Alias]] = []  # the aliases on the current path
+        self.flat: dict[int, dict[Any, Pair]] = {}  # a merged mapping's pairs, once computed
+        self.merging: set[int] = set()
 
-    def problem(self, where: Path, message: str, line: Optional[int] = None) -> None:
+    def problem(self, where: Path, message: str, line: int | None = None) -> None:
         if line is None:
             line = self.line(where)
         self.problems.append(Problem(self.path, line, _where(where), message))
@@ -208,7 +209,7 @@ class _Doc:
             where = where[:-1]
         return self.lines.get(where, 1)
 
-    def alias(self, parent: Any, index: Any) -> Optional[Alias]:
+    def alias(self, parent: Any, index: Any) -> Alias | None:
         return self.aliases.get((id(parent), index if isinstance(index, int) else id(index)))
 
     def again(self, path: Path, node: Any) -> None:
@@ -256,7 +257,7 @@ def _key_id(key_node: Any) -> Any:
     return (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
 
 
-def _merged(node: Any, path: Path, doc: _Doc) -> Tuple[Dict[Any, Pair], List[Pair]]:
+def _merged(node: Any, path: Path, doc: _Doc) -> tuple[dict[Any, Pair], list[Pair]]:
     """A mapping's pairs, merge keys (``<<: *anchor``) resolved without
     changing the node: (merged pairs by key, the mapping's own pairs).
 
@@ -270,8 +271,8 @@ def _merged(node: Any, path: Path, doc: _Doc) -> Tuple[Dict[Any, Pair], List[Pai
         raise _Refused(node.start_mark.line + 1, path, "merges (<<) a mapping that merges it back: an endless cycle")
     doc.merging.add(id(node))
     try:
-        merged: Dict[Any, Pair] = {}
-        own: List[Pair] = []
+        merged: dict[Any, Pair] = {}
+        own: list[Pair] = []
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE:
                 own.append((node, key_node, value_node))
@@ -289,7 +290,7 @@ def _merged(node: Any, path: Path, doc: _Doc) -> Tuple[Dict[Any, Pair], List[Pai
                     key_node.start_mark.line + 1,
                 )
                 continue
-            layer: Dict[Any, Pair] = {}
+            layer: dict[Any, Pair] = {}
             for source in reversed(sources):
                 layer.update(_flat(source, path, doc))
             merged.update(layer)
@@ -298,7 +299,7 @@ def _merged(node: Any, path: Path, doc: _Doc) -> Tuple[Dict[Any, Pair], List[Pai
         doc.merging.discard(id(node))
 
 
-def _flat(node: Any, path: Path, doc: _Doc) -> Dict[Any, Pair]:
+def _flat(node: Any, path: Path, doc: _Doc) -> dict[Any, Pair]:
     """What a mapping gives to a merge key: its pairs by key, merges resolved."""
     if id(node) not in doc.flat:
         merged, own = _merged(node, path, doc)
@@ -306,7 +307,7 @@ def _flat(node: Any, path: Path, doc: _Doc) -> Dict[Any, Pair]:
     return doc.flat[id(node)]
 
 
-def _value(node: Any, path: Path, doc: _Doc, via: Optional[Alias] = None) -> Any:
+def _value(node: Any, path: Path, doc: _Doc, via: Alias | None = None) -> Any:
     import yaml
 
     doc.lines[path] = node.start_mark.line + 1
@@ -341,11 +342,11 @@ def _value(node: Any, path: Path, doc: _Doc, via: Optional[Alias] = None) -> Any
             doc.via.pop()
 
 
-def _mapping(node: Any, path: Path, doc: _Doc) -> Dict[Any, Any]:
+def _mapping(node: Any, path: Path, doc: _Doc) -> dict[Any, Any]:
     import yaml
 
     merged, own = _merged(node, path, doc)
-    out: Dict[Any, Any] = {}
+    out: dict[Any, Any] = {}
     own_keys = set()
     for index, (owner, key_node, value_node) in enumerate([*merged.values(), *own]):
         key = _scalar(key_node, path, doc) if isinstance(key_node, yaml.ScalarNode) else None
@@ -395,7 +396,7 @@ def _scalar(node: Any, path: Path, doc: _Doc) -> Any:
         return None
 
 
-def _read_yaml(path: str) -> Tuple[Any, _Doc]:
+def _read_yaml(path: str) -> tuple[Any, _Doc]:
     import yaml
 
     doc = _Doc(path)
@@ -453,8 +454,8 @@ class _Checker:
         self,
         doc: _Doc,
         environ: Mapping[str, str],
-        secrets: Optional[Mapping[str, str]] = None,
-        password_file_vars: Tuple[str, ...] = (),
+        secrets: Mapping[str, str] | None = None,
+        password_file_vars: tuple[str, ...] = (),
     ) -> None:
         self.doc = doc
         self.environ = environ
@@ -463,17 +464,17 @@ class _Checker:
         self.secrets: Mapping[str, str] = secrets or {}
         self.password_file_vars = password_file_vars  # ... except these, in password_file
 
-    def keys(self, mapping: Dict[str, Any], allowed: Tuple[str, ...], where: Path) -> None:
+    def keys(self, mapping: dict[str, Any], allowed: tuple[str, ...], where: Path) -> None:
         for key in mapping:
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
                 self.doc.problem(where + (key,), f"unknown key{hint}")
 
-    def expand(self, value: str, where: Path, allow: Tuple[str, ...] = ()) -> Optional[str]:
+    def expand(self, value: str, where: Path, allow: tuple[str, ...] = ()) -> str | None:
         """``value`` with ``${VAR}`` expanded; ``allow``: credential variables this field may use."""
-        missing: List[str] = []
-        refused: List[str] = []
+        missing: list[str] = []
+        refused: list[str] = []
 
         def substitute(match: re.Match[str]) -> str:
             if match.group(0) == "$${":
@@ -502,21 +503,21 @@ class _Checker:
 
     def string(
         self,
-        mapping: Dict[str, Any],
+        mapping: dict[str, Any],
         key: str,
         where: Path,
         *,
         required: bool = False,
         expand: bool = True,
-        allow: Tuple[str, ...] = (),
-    ) -> Optional[str]:
+        allow: tuple[str, ...] = (),
+    ) -> str | None:
         if key not in mapping or mapping[key] is None:
             if required:
                 self.doc.problem(where + (key,) if key in mapping else where, f"{key}: is required")
             return None
         return self.text(mapping[key], where + (key,), expand, allow)
 
-    def text(self, value: Any, where: Path, expand: bool = True, allow: Tuple[str, ...] = ()) -> Optional[str]:
+    def text(self, value: Any, where: Path, expand: bool = True, allow: tuple[str, ...] = ()) -> str | None:
         """A string value, expanded; None (with a problem noted) when unusable."""
         if not isinstance(value, str):  # numbers arrive as Number, a str
             self.doc.problem(where, f"must be a string, not {_kind(value)}")
@@ -535,7 +536,7 @@ class _Checker:
             return None
         return text
 
-    def boolean(self, mapping: Dict[str, Any], key: str, where: Path, default: bool = False) -> bool:
+    def boolean(self, mapping: dict[str, Any], key: str, where: Path, default: bool = False) -> bool:
         value = mapping.get(key, default)
         if value is None:
             return default
@@ -545,7 +546,7 @@ class _Checker:
         return value
 
     def number(
-        self, mapping: Dict[str, Any], key: str, where: Path, default: float, lo: float, hi: float, integer: bool
+        self, mapping: dict[str, Any], key: str, where: Path, default: float, lo: float, hi: float, integer: bool
     ) -> float:
         value = _unwrap(mapping.get(key, default))
         if value is None:
@@ -560,7 +561,7 @@ class _Checker:
             return default
         return value
 
-    def env_name(self, mapping: Dict[str, Any], key: str, where: Path) -> Optional[str]:
+    def env_name(self, mapping: dict[str, Any], key: str, where: Path) -> str | None:
         name = self.string(mapping, key, where, expand=False)
         if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             self.doc.problem(
@@ -569,7 +570,7 @@ class _Checker:
             return None
         return name
 
-    def path(self, mapping: Dict[str, Any], key: str, where: Path) -> Optional[str]:
+    def path(self, mapping: dict[str, Any], key: str, where: Path) -> str | None:
         value = self.string(mapping, key, where)
         if value is None:
             return None
@@ -587,7 +588,7 @@ class _Checker:
             return None
         return full
 
-    def tags(self, mapping: Dict[str, Any], where: Path) -> Optional[Tuple[str, ...]]:
+    def tags(self, mapping: dict[str, Any], where: Path) -> tuple[str, ...] | None:
         if "tags" not in mapping or mapping["tags"] is None:
             return None
         value = mapping["tags"]
@@ -596,7 +597,7 @@ class _Checker:
         if not isinstance(value, list) or not value:
             self.doc.problem(where + ("tags",), f"must be a non-empty list of tags, not {_kind(value)}")
             return None
-        tags: List[str] = []
+        tags: list[str] = []
         for i, item in enumerate(value):
             tag = self.text(item, where + ("tags", i))
             if tag is None:
@@ -610,7 +611,7 @@ class _Checker:
                 tags.append(tag)
         return tuple(tags) if len(tags) else None
 
-    def command(self, mapping: Dict[str, Any], where: Path) -> Optional[Tuple[str, ...]]:
+    def command(self, mapping: dict[str, Any], where: Path) -> tuple[str, ...] | None:
         if mapping.get("command") is None:
             return None
         value = mapping["command"]
@@ -619,7 +620,7 @@ class _Checker:
                 where + ("command",), 'must be a list of strings, e.g. ["crane", "copy", "{source}", "{destination}"]'
             )
             return None
-        out: List[str] = []
+        out: list[str] = []
         for i, item in enumerate(value):
             text = self.expand(str(item), where + ("command", i))
             if text is None:
@@ -642,7 +643,7 @@ def _kind(value: Any) -> str:
 
 def check(
     data: Any, doc: _Doc, environ: Mapping[str, str], only: Sequence[str] = (), names_only: bool = False
-) -> Optional[Fanout]:
+) -> Fanout | None:
     """Pure apart from checking that CA files exist; problems go to ``doc``.
 
     Targets named in ``only`` (every target when empty, none with
@@ -684,8 +685,8 @@ def check(
     if not isinstance(raw_targets, list) or not raw_targets:
         doc.problem(("targets",) if "targets" in data else (), "targets: must be a non-empty list of destinations")
         raw_targets = []
-    targets: List[Target] = []
-    names: Dict[str, int] = {}
+    targets: list[Target] = []
+    names: dict[str, int] = {}
     for i, raw in enumerate(raw_targets):
         name = _target_name(c, raw, ("targets", i))
         selected = not names_only and (not only or name in only)
@@ -713,14 +714,14 @@ def check(
     return Fanout(doc.path, source, tuple(targets), jobs, retries, timeout, pull_once, str(tool), tuple(names))
 
 
-def _credential_variables(raw_targets: Any) -> Tuple[Dict[str, str], Tuple[str, ...]]:
+def _credential_variables(raw_targets: Any) -> tuple[dict[str, str], tuple[str, ...]]:
     """({variable: what names it as a credential}, the variables of password_file paths).
 
     From every target, selected or not (the names are literal, nothing is
     expanded), so no field of a selected target can show another's secret.
     """
     secrets = {name: "a GitLab job secret" for name in CI_SECRETS}
-    in_paths: Dict[str, str] = {}
+    in_paths: dict[str, str] = {}
     for i, raw in enumerate(raw_targets if isinstance(raw_targets, list) else []):
         if not isinstance(raw, dict):
             continue
@@ -740,7 +741,7 @@ def _credential_variables(raw_targets: Any) -> Tuple[Dict[str, str], Tuple[str, 
     return secrets, paths
 
 
-def _target_name(c: _Checker, raw: Any, where: Path) -> Optional[str]:
+def _target_name(c: _Checker, raw: Any, where: Path) -> str | None:
     """A target's name, expanded in every job (selection and job names need it)."""
     if not isinstance(raw, dict):
         return None  # reported by _target
@@ -760,7 +761,7 @@ def _target_name(c: _Checker, raw: Any, where: Path) -> Optional[str]:
     return name
 
 
-def _source(c: _Checker, data: Dict[str, Any]) -> Optional[Source]:
+def _source(c: _Checker, data: dict[str, Any]) -> Source | None:
     raw = data.get("source")
     where: Path = ("source",)
     if raw is None:
@@ -792,13 +793,13 @@ def _target(
     c: _Checker,
     raw: Any,
     where: Path,
-    name: Optional[str],
-    default_tags: Optional[Tuple[str, ...]],
+    name: str | None,
+    default_tags: tuple[str, ...] | None,
     default_tool: str,
-    default_command: Optional[Tuple[str, ...]],
-    top: Dict[str, Any],
+    default_command: tuple[str, ...] | None,
+    top: dict[str, Any],
     selected: bool = True,
-) -> Optional[Target]:
+) -> Target | None:
     """One target, checked; a file-level key that was given but is broken
     has already been reported, so its absence is not reported again here.
 

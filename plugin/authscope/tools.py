@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from .dockerconfig import is_loopback
 from .targets import PLACEHOLDER, Source, Target
@@ -37,18 +37,18 @@ class Step:
     """One command of a target's copy; ``what`` names it in logs and reports."""
 
     what: str
-    argv: Tuple[str, ...]
+    argv: tuple[str, ...]
 
 
 def _tls(insecure: bool) -> str:
     return "false" if insecure else "true"
 
 
-def _crane_flags(insecure: bool) -> Tuple[str, ...]:
+def _crane_flags(insecure: bool) -> tuple[str, ...]:
     return ("--insecure",) if insecure else ()
 
 
-def crane_steps(source_ref: str, destinations: Sequence[str], insecure: bool) -> List[Step]:
+def crane_steps(source_ref: str, destinations: Sequence[str], insecure: bool) -> list[Step]:
     """``crane copy`` by digest, then ``crane tag`` for further tags.
 
     crane's --insecure covers both ends; CAs come from SSL_CERT_FILE (see prepare).
@@ -58,7 +58,7 @@ def crane_steps(source_ref: str, destinations: Sequence[str], insecure: bool) ->
     return [copy, *_crane_tags(destinations, insecure)]
 
 
-def _crane_tags(destinations: Sequence[str], insecure: bool) -> List[Step]:
+def _crane_tags(destinations: Sequence[str], insecure: bool) -> list[Step]:
     first = destinations[0]
     return [
         Step(f"tag {dest}", ("crane", "tag", *_crane_flags(insecure), first, _tag_of(dest)))
@@ -66,7 +66,7 @@ def _crane_tags(destinations: Sequence[str], insecure: bool) -> List[Step]:
     ]
 
 
-def _skopeo_tls(end: str, insecure: bool, ca_file: Optional[str], cert_dir: str) -> List[str]:
+def _skopeo_tls(end: str, insecure: bool, ca_file: str | None, cert_dir: str) -> list[str]:
     flags = [f"--{end}-tls-verify={_tls(insecure)}"]
     if ca_file:
         flags.append(f"--{end}-cert-dir={SCOPE}/certs/{cert_dir}")
@@ -76,7 +76,7 @@ def _skopeo_tls(end: str, insecure: bool, ca_file: Optional[str], cert_dir: str)
 SKOPEO_COPY = ("skopeo", "copy", "--all", "--preserve-digests", "--retry-times=0")
 
 
-def skopeo_steps(source_ref: str, destinations: Sequence[str], source: Source, target: Target) -> List[Step]:
+def skopeo_steps(source_ref: str, destinations: Sequence[str], source: Source, target: Target) -> list[Step]:
     """``skopeo copy --all --preserve-digests``; credentials via REGISTRY_AUTH_FILE."""
     first = destinations[0]
     tls = _skopeo_tls("src", source.insecure, source.ca_file, "source") + _skopeo_tls(
@@ -86,7 +86,7 @@ def skopeo_steps(source_ref: str, destinations: Sequence[str], source: Source, t
     return [copy, *_skopeo_tags(destinations, target)]
 
 
-def _skopeo_tags(destinations: Sequence[str], target: Target) -> List[Step]:
+def _skopeo_tags(destinations: Sequence[str], target: Target) -> list[Step]:
     first = destinations[0]
     tls = _skopeo_tls("src", target.insecure, target.ca_file, "target") + _skopeo_tls(
         "dest", target.insecure, target.ca_file, "target"
@@ -96,19 +96,19 @@ def _skopeo_tags(destinations: Sequence[str], target: Target) -> List[Step]:
     ]
 
 
-def regctl_steps(source_ref: str, destinations: Sequence[str]) -> List[Step]:
+def regctl_steps(source_ref: str, destinations: Sequence[str]) -> list[Step]:
     """``regctl image copy``; TLS per host from the scope's REGCTL_CONFIG."""
     first = destinations[0]
     copy = Step(f"copy {first}", ("regctl", "image", "copy", "--digest-tags=false", source_ref, first))
     return [copy, *_regctl_tags(destinations)]
 
 
-def _regctl_tags(destinations: Sequence[str]) -> List[Step]:
+def _regctl_tags(destinations: Sequence[str]) -> list[Step]:
     first = destinations[0]
     return [Step(f"tag {dest}", ("regctl", "image", "copy", first, dest)) for dest in destinations[1:]]
 
 
-def custom_steps(command: Sequence[str], source_ref: str, destinations: Sequence[str], target: Target) -> List[Step]:
+def custom_steps(command: Sequence[str], source_ref: str, destinations: Sequence[str], target: Target) -> list[Step]:
     """The user's command once per destination, placeholders filled in."""
     steps = []
     for dest in destinations:
@@ -124,7 +124,7 @@ def custom_steps(command: Sequence[str], source_ref: str, destinations: Sequence
     return steps
 
 
-def _fill(arg: str, values: Dict[str, str]) -> str:
+def _fill(arg: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
 
 
@@ -132,7 +132,7 @@ def _tag_of(ref: str) -> str:
     return ref.rsplit(":", 1)[1]
 
 
-def steps_for(source: Source, target: Target, source_ref: str, layout: Optional[str] = None) -> List[Step]:
+def steps_for(source: Source, target: Target, source_ref: str, layout: str | None = None) -> list[Step]:
     """The target's steps; with ``layout``, pushed from that local OCI layout."""
     destinations = [f"{target.registry}/{target.repository}:{tag}" for tag in target.tags]
     if layout is not None:
@@ -167,7 +167,7 @@ def pull_step(tool: str, source: Source, source_ref: str, layout: str) -> Step:
     raise ValueError(f"pull_once does not support tool {tool!r}")
 
 
-def push_steps(target: Target, layout: str, destinations: Sequence[str]) -> List[Step]:
+def push_steps(target: Target, layout: str, destinations: Sequence[str]) -> list[Step]:
     """Push the layout that pull_step wrote, then make the further tags."""
     first = destinations[0]
     what = f"push {first}"
@@ -184,7 +184,7 @@ def push_steps(target: Target, layout: str, destinations: Sequence[str]) -> List
     raise ValueError(f"pull_once does not support tool {target.tool!r}")
 
 
-def fill_scope(argv: Sequence[str], scope: str) -> List[str]:
+def fill_scope(argv: Sequence[str], scope: str) -> list[str]:
     return [arg.replace(SCOPE, scope) for arg in argv]
 
 
@@ -212,29 +212,29 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-Host = Tuple[str, bool, Optional[str], str]  # host, insecure, CA file, its skopeo cert dir
+Host = tuple[str, bool, str | None, str]  # host, insecure, CA file, its skopeo cert dir
 
 
 def prepare(
     scope: str, source: Source, target: Target, plain_http: Sequence[str] = (), pulled: bool = False
-) -> Dict[str, str]:
+) -> dict[str, str]:
     """Write the TLS files the target's tool reads into ``scope``; the env to add.
 
     ``plain_http``: hosts found to speak HTTP, not HTTPS (regctl must be told).
     ``pulled``: the source is a local layout (pull_once), not a registry.
     """
-    hosts: List[Host] = [] if pulled else [(source.image.registry, source.insecure, source.ca_file, "source")]
+    hosts: list[Host] = [] if pulled else [(source.image.registry, source.insecure, source.ca_file, "source")]
     hosts.append((target.registry, target.insecure, target.ca_file, "target"))
     return _prepare(scope, target.tool, hosts, plain_http)
 
 
-def prepare_pull(scope: str, source: Source, tool: str, plain_http: Sequence[str] = ()) -> Dict[str, str]:
+def prepare_pull(scope: str, source: Source, tool: str, plain_http: Sequence[str] = ()) -> dict[str, str]:
     """Like ``prepare``, for the pull_once step: only the source."""
     return _prepare(scope, tool, [(source.image.registry, source.insecure, source.ca_file, "source")], plain_http)
 
 
-def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[str]) -> Dict[str, str]:
-    env: Dict[str, str] = {}
+def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
     cas = [ca for _, _, ca, _ in hosts if ca]
     if tool == "skopeo":
         for _, _, ca, cert_dir in hosts:
@@ -253,12 +253,12 @@ def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[
     return env
 
 
-def regctl_config(hosts: Sequence[Host], plain_http: Sequence[str] = ()) -> Dict[str, object]:
+def regctl_config(hosts: Sequence[Host], plain_http: Sequence[str] = ()) -> dict[str, object]:
     """regctl's host settings: plain HTTP / unverified TLS and CAs, per host.
 
     Credentials stay out of it: regctl reads them from DOCKER_CONFIG.
     """
-    out: Dict[str, Dict[str, object]] = {}
+    out: dict[str, dict[str, object]] = {}
     for host, insecure, ca, _ in hosts:
         entry = out.setdefault(host, {})
         if host in plain_http:
@@ -270,7 +270,7 @@ def regctl_config(hosts: Sequence[Host], plain_http: Sequence[str] = ()) -> Dict
     return {"hosts": {h: e for h, e in out.items() if e}}
 
 
-def display(argv: Sequence[str], scope: Optional[str] = None) -> str:
+def display(argv: Sequence[str], scope: str | None = None) -> str:
     """argv for a log line (it never holds a secret)."""
     import shlex
 

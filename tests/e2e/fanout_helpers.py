@@ -23,9 +23,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tests.e2e.conftest import RegistryFactory, require_tools
 from tests.support import Registry, SkopeoError, SourceImage, isolated_env, publish_image, skopeo_digest, write_authfile

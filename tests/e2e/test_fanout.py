@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -89,7 +90,7 @@ class Fleet:
         self.reports.mkdir()
 
         every = [self.local, self.one, self.two, self.three]
-        self.secrets: List[str] = [s for r in every for s in (r.password, b64(r.username, r.password))]
+        self.secrets: list[str] = [s for r in every for s in (r.password, b64(r.username, r.password))]
 
         result = self.authscope("login", self.local.host, "-u", "ci-user", "--password-env", "LOCAL_PASSWORD")
         assert result.returncode == 0, result.stderr
@@ -131,7 +132,7 @@ targets:
 
     def custom_file(self, name: str, commands: Mapping[str, Sequence[str]], **top: Any) -> Path:
         """tool: custom; ``commands`` maps a target's name to its command."""
-        doc: Dict[str, Any] = {
+        doc: dict[str, Any] = {
             "source": {"image": f"{self.local.host}/app:1.0", "insecure": True},
             "tags": list(TAGS),
             "tool": "custom",
@@ -146,9 +147,9 @@ targets:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
-    def target_entry(self, name: str) -> Dict[str, Any]:
+    def target_entry(self, name: str) -> dict[str, Any]:
         registry = self.targets[name]
-        entry: Dict[str, Any] = {"name": name, "registry": registry.host, "repository": self.repos[name]}
+        entry: dict[str, Any] = {"name": name, "registry": registry.host, "repository": self.repos[name]}
         if name == "two":
             entry["ca_file"] = "certs/ca.crt"
         else:
@@ -168,7 +169,7 @@ targets:
                 assert secret not in text, "a test secret leaked"
 
     def authscope(
-        self, *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 120
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*AUTHSCOPE, *args],
@@ -183,7 +184,7 @@ targets:
         self.assert_no_secrets(result.stdout, result.stderr)
         return result
 
-    def report_args(self) -> List[str]:
+    def report_args(self) -> list[str]:
         return ["--junit", str(self.junit), "--dotenv", str(self.dotenv), "--json", str(self.json)]
 
     @property
@@ -198,9 +199,7 @@ targets:
     def json(self) -> Path:
         return self.reports / "fanout.json"
 
-    def fanout(
-        self, path: Path, *args: str, env: Optional[Mapping[str, str]] = None
-    ) -> subprocess.CompletedProcess[str]:
+    def fanout(self, path: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         result = self.authscope("fanout", "-f", str(path), *self.report_args(), *args, env=env)
         for report in (self.junit, self.dotenv, self.json):
             if report.exists():
@@ -208,31 +207,31 @@ targets:
         assert self.scopes_left() == [], "a scope outlived the fan-out"
         return result
 
-    def scopes_left(self) -> List[str]:
+    def scopes_left(self) -> list[str]:
         return sorted(p.name for p in self.scopes.iterdir())
 
     # -- reading back ---------------------------------------------------------------------
 
-    def digest(self, name: str, tag: str) -> Optional[str]:
+    def digest(self, name: str, tag: str) -> str | None:
         return self.targets[name].manifest_digest(self.repos[name], tag)
 
-    def catalog(self, name: str) -> List[str]:
+    def catalog(self, name: str) -> list[str]:
         registry = self.targets[name]
         response = registry.request("GET", "/v2/_catalog", auth=registry.credentials)
         assert response.status == 200, response
         return list(json.loads(response.body)["repositories"])
 
-    def log_sizes(self) -> Dict[str, int]:
+    def log_sizes(self) -> dict[str, int]:
         return {r.name: r.log_path.stat().st_size for r in (self.local, self.one, self.two, self.three)}
 
-    def report(self) -> Dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         return dict(json.loads(self.json.read_text()))
 
-    def junit_cases(self) -> Dict[str, ET.Element]:
+    def junit_cases(self) -> dict[str, ET.Element]:
         root = ET.fromstring(self.junit.read_bytes())
         return {case.get("name") or "": case for case in root.iter("testcase")}
 
-    def dotenv_values(self) -> Dict[str, str]:
+    def dotenv_values(self) -> dict[str, str]:
         out = {}
         for line in self.dotenv.read_text().splitlines():
             key, _, value = line.partition("=")
@@ -242,7 +241,7 @@ targets:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, e2e_env: Dict[str, str], registry_factory: RegistryFactory, ca: CA) -> Fleet:
+def fleet(tmp_path: Path, e2e_env: dict[str, str], registry_factory: RegistryFactory, ca: CA) -> Fleet:
     require_tools("skopeo", "openssl")
     return Fleet(tmp_path, e2e_env, registry_factory, ca)
 
@@ -263,8 +262,8 @@ class ArgvSampler:
     def __init__(self, secrets_: Iterable[str], tools: Iterable[str]) -> None:
         self.secrets = [s.encode() for s in secrets_]
         self.tools = set(tools)
-        self.leaks: List[str] = []
-        self.seen: Dict[str, List[str]] = {}
+        self.leaks: list[str] = []
+        self.seen: dict[str, list[str]] = {}
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="argv-sampler", daemon=True)
@@ -547,7 +546,7 @@ def test_fail_fast_skips_later_targets(fleet: Fleet) -> None:
     assert fleet.dotenv_values()["AUTHSCOPE_TARGETS_SKIPPED"] == "two,three"
 
 
-def test_a_copy_that_lands_other_bits_fails_verification(fleet: Fleet, e2e_env: Dict[str, str]) -> None:
+def test_a_copy_that_lands_other_bits_fails_verification(fleet: Fleet, e2e_env: dict[str, str]) -> None:
     """Invariant 7: a tool that exits 0 but leaves another image under the tag fails the target."""
     crane = tool_path("crane")
     other = publish_image(fleet.local, fleet.tmp / "other", e2e_env, repository="other", tag="1.0", seed=7)
@@ -607,7 +606,7 @@ def test_dry_run_contacts_nothing(fleet: Fleet) -> None:
 # -- signals -------------------------------------------------------------------------------------------
 
 
-def processes_with(marker: str) -> List[str]:
+def processes_with(marker: str) -> list[str]:
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -622,7 +621,7 @@ def processes_with(marker: str) -> List[str]:
     return found
 
 
-def started(log: str) -> List[str]:
+def started(log: str) -> list[str]:
     """Targets whose command printed "started NAME" (relayed as "[NAME] started NAME")."""
     return re.findall(r"^\[([\w-]+)\] started \1$", log, re.MULTILINE)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator
 
 import pytest
 
@@ -25,7 +25,13 @@ def gitlab() -> Iterator[FakeGitLab]:
 
 
 @pytest.fixture
-def release(tmp_path: Path, e2e_env: Dict[str, str], registry_factory: RegistryFactory, source_image: SourceImage, gitlab: FakeGitLab) -> Dict[str, object]:
+def release(
+    tmp_path: Path,
+    e2e_env: dict[str, str],
+    registry_factory: RegistryFactory,
+    source_image: SourceImage,
+    gitlab: FakeGitLab,
+) -> dict[str, object]:
     """Two targets (one with a wrong password), the base logged in to the source."""
     require_tools("crane")
     good = registry_factory("good")
@@ -45,7 +51,14 @@ def release(tmp_path: Path, e2e_env: Dict[str, str], registry_factory: RegistryF
         CI_COMMIT_SHA="0123456789abcdef0123456789abcdef01234567",
         CI_JOB_TOKEN=JOB_TOKEN,
     )
-    login = AUTHSCOPE + ["login", source_image.registry.host, "-u", source_image.registry.username, "--password-env", "SOURCE_PASSWORD"]
+    login = AUTHSCOPE + [
+        "login",
+        source_image.registry.host,
+        "-u",
+        source_image.registry.username,
+        "--password-env",
+        "SOURCE_PASSWORD",
+    ]
     subprocess.run(login, env=env, check=True, capture_output=True)
     targets = tmp_path / "authscope.yml"
     targets.write_text(
@@ -60,12 +73,12 @@ targets:
     return {"env": env, "file": targets, "good": good, "source": source_image, "tmp": tmp_path}
 
 
-def fanout(release: Dict[str, object], *extra: str) -> subprocess.CompletedProcess[str]:
+def fanout(release: dict[str, object], *extra: str) -> subprocess.CompletedProcess[str]:
     args = AUTHSCOPE + ["fanout", "-f", str(release["file"]), "--json", str(release["tmp"] / "report.json"), *extra]  # type: ignore[operator]
     return subprocess.run(args, env=release["env"], capture_output=True, text=True, timeout=240)  # type: ignore[arg-type]
 
 
-def test_release_links_and_deployments_after_a_partial_fanout(release: Dict[str, object], gitlab: FakeGitLab) -> None:
+def test_release_links_and_deployments_after_a_partial_fanout(release: dict[str, object], gitlab: FakeGitLab) -> None:
     result = fanout(release, "--gitlab-release", "--gitlab-deployments")
     assert result.returncode == 1, result.stderr  # one target failed; GitLab steps succeeded
     good = release["good"]
@@ -82,7 +95,7 @@ def test_release_links_and_deployments_after_a_partial_fanout(release: Dict[str,
     assert len(gitlab.links("1.0")) == 2
 
 
-def test_gitlab_failure_exits_4_and_never_hides_the_fanout(release: Dict[str, object], gitlab: FakeGitLab) -> None:
+def test_gitlab_failure_exits_4_and_never_hides_the_fanout(release: dict[str, object], gitlab: FakeGitLab) -> None:
     gitlab.forbid = {"create_release"}
     release["file"].write_text(release["file"].read_text().split("  - {name: bad")[0])  # type: ignore[attr-defined]
     result = fanout(release, "--gitlab-release")
@@ -93,7 +106,7 @@ def test_gitlab_failure_exits_4_and_never_hides_the_fanout(release: Dict[str, ob
     assert "good" in result.stdout and "OK" in result.stdout  # the summary table still says what landed
 
 
-def test_missing_ci_variable_is_reported_before_anything_runs(release: Dict[str, object], gitlab: FakeGitLab) -> None:
+def test_missing_ci_variable_is_reported_before_anything_runs(release: dict[str, object], gitlab: FakeGitLab) -> None:
     env = dict(release["env"])  # type: ignore[call-overload]
     del env["CI_PROJECT_ID"]
     args = AUTHSCOPE + ["fanout", "-f", str(release["file"]), "--gitlab-release"]

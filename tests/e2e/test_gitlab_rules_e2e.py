@@ -18,8 +18,9 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any
 
 import pytest
 import yaml
@@ -58,7 +59,7 @@ targets:
 """
 
 
-def base_env(e2e_env: Mapping[str, str], source: SourceImage) -> Dict[str, str]:
+def base_env(e2e_env: Mapping[str, str], source: SourceImage) -> dict[str, str]:
     """What every job has: PATH with the tools, the local registry, the base logged in."""
     require_tools("crane")
     env = dict(e2e_env)
@@ -79,7 +80,7 @@ def write_file_variable(tmp: Path, name: str, content: str) -> str:
 
 
 def authscope(
-    argv: List[str], env: Mapping[str, str], patch: str = "", cwd: Path | None = None
+    argv: list[str], env: Mapping[str, str], patch: str = "", cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`authscope ARGV` in a fresh interpreter; ``patch``: Python run first, to
     switch a protection off for a control."""
@@ -103,7 +104,7 @@ def run_job(job: Mapping[str, Any], env: Mapping[str, str], cwd: Path) -> subpro
 
 
 def test_generated_child_jobs_each_with_only_their_own_scoped_variables(
-    tmp_path: Path, e2e_env: Dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
+    tmp_path: Path, e2e_env: dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
 ) -> None:
     r1 = registry_factory("remote-1", username="robot$r1+ci")
     r2 = registry_factory("remote-2", tls=True, username="harbor-robot")
@@ -153,7 +154,7 @@ def test_generated_child_jobs_each_with_only_their_own_scoped_variables(
 # -- 7. one deployment per target and run ---------------------------------------------
 
 
-def gitlab_env(env: Mapping[str, str], fake: FakeGitLab) -> Dict[str, str]:
+def gitlab_env(env: Mapping[str, str], fake: FakeGitLab) -> dict[str, str]:
     return {
         **env,
         "CI_SERVER_URL": fake.url,
@@ -165,11 +166,11 @@ def gitlab_env(env: Mapping[str, str], fake: FakeGitLab) -> Dict[str, str]:
     }
 
 
-def deployments_per_target(child: Mapping[str, Any], env: Mapping[str, str], cwd: Path) -> Dict[str, int]:
+def deployments_per_target(child: Mapping[str, Any], env: Mapping[str, str], cwd: Path) -> dict[str, int]:
     """Run every job of ``child`` against a fresh fake GitLab; count each
     target's deployments: the API's, and the one GitLab itself records for a
     job whose environment: has action start."""
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     with FakeGitLab(tags={"1.0"}) as fake:
         for name, job in child.items():
             if name == "stages":
@@ -187,8 +188,8 @@ def deployments_per_target(child: Mapping[str, Any], env: Mapping[str, str], cwd
 
 @pytest.fixture
 def two_targets(
-    tmp_path: Path, e2e_env: Dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
-) -> Dict[str, Any]:
+    tmp_path: Path, e2e_env: dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
+) -> dict[str, Any]:
     r1, r2 = registry_factory("one"), registry_factory("two")
     env = base_env(e2e_env, source_image)
     env.update(ONE_PASSWORD=r1.password, TWO_PASSWORD=r2.password)
@@ -203,7 +204,7 @@ targets:
     return {"env": env, "cwd": tmp_path}
 
 
-def generate(setup: Mapping[str, Any], *args: str) -> Dict[str, Any]:
+def generate(setup: Mapping[str, Any], *args: str) -> dict[str, Any]:
     proc = subprocess.run(
         [*AUTHSCOPE, "pipeline", "-f", "authscope.yml", *args],
         env=setup["env"],
@@ -213,18 +214,18 @@ def generate(setup: Mapping[str, Any], *args: str) -> Dict[str, Any]:
         timeout=60,
         check=True,
     )
-    child: Dict[str, Any] = yaml.safe_load(proc.stdout)
+    child: dict[str, Any] = yaml.safe_load(proc.stdout)
     return child
 
 
 @pytest.mark.parametrize("args", [[], ["--slices", "1"]], ids=["per-target", "one-slice"])
-def test_one_deployment_per_target_and_run(two_targets: Dict[str, Any], args: List[str]) -> None:
+def test_one_deployment_per_target_and_run(two_targets: dict[str, Any], args: list[str]) -> None:
     child = generate(two_targets, "--gitlab-deployments", *args)
     counts = deployments_per_target(child, two_targets["env"], two_targets["cwd"])
     assert counts == {"registry/one": 1, "registry/two": 1}
 
 
-def test_control_gitlab_deployments_in_a_job_with_an_environment_counts_twice(two_targets: Dict[str, Any]) -> None:
+def test_control_gitlab_deployments_in_a_job_with_an_environment_counts_twice(two_targets: dict[str, Any]) -> None:
     """Control: a per-target job given --gitlab-deployments (as generated before)
     records a second deployment next to the one GitLab records for its environment."""
     child = generate(two_targets, "--gitlab-deployments")
@@ -242,8 +243,8 @@ ARGV_PRINTER = "import json, sys; open(sys.argv[1], 'a').write(json.dumps(sys.ar
 
 @pytest.fixture
 def custom_target(
-    tmp_path: Path, e2e_env: Dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
-) -> Dict[str, Any]:
+    tmp_path: Path, e2e_env: dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
+) -> dict[str, Any]:
     target = registry_factory("custom")
     env = base_env(e2e_env, source_image)
     env["TARGET_PASSWORD"] = target.password
@@ -266,7 +267,7 @@ targets:
     return {"env": env, "file": str(path), "argv": argv_file, "secret": target.password}
 
 
-def test_a_credential_in_command_never_starts_a_process(custom_target: Dict[str, Any]) -> None:
+def test_a_credential_in_command_never_starts_a_process(custom_target: dict[str, Any]) -> None:
     for extra in ([], ["--dry-run"]):
         done = authscope(["fanout", "-f", custom_target["file"], *extra], custom_target["env"])
         assert done.returncode == 2, done.stdout + done.stderr
@@ -278,7 +279,7 @@ def test_a_credential_in_command_never_starts_a_process(custom_target: Dict[str,
 NO_REFUSAL = "import authscope.targets as t\nt._credential_variables = lambda raw: ({}, ())"
 
 
-def test_control_expanded_the_credential_is_in_argv_the_log_and_dry_run(custom_target: Dict[str, Any]) -> None:
+def test_control_expanded_the_credential_is_in_argv_the_log_and_dry_run(custom_target: dict[str, Any]) -> None:
     secret = custom_target["secret"]
     dry = authscope(["fanout", "-f", custom_target["file"], "--dry-run"], custom_target["env"], NO_REFUSAL)
     assert dry.returncode == 0 and secret in dry.stdout  # --dry-run
@@ -301,8 +302,8 @@ SHOUTER = "import sys; sys.stdout.write('x' * 3000000 + chr(0xfffe)); sys.stdout
 
 @pytest.fixture
 def shouting_target(
-    tmp_path: Path, e2e_env: Dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
-) -> Dict[str, Any]:
+    tmp_path: Path, e2e_env: dict[str, str], source_image: SourceImage, registry_factory: RegistryFactory
+) -> dict[str, Any]:
     target = registry_factory("shout")
     env = base_env(e2e_env, source_image)
     env["TARGET_PASSWORD"] = target.password
@@ -326,7 +327,7 @@ targets:
     return {"env": env, "argv": ["fanout", "-f", str(path), *reports], "tmp": tmp_path}
 
 
-def test_a_megabyte_line_is_capped_in_the_log_junit_and_json(shouting_target: Dict[str, Any]) -> None:
+def test_a_megabyte_line_is_capped_in_the_log_junit_and_json(shouting_target: dict[str, Any]) -> None:
     from lxml import etree
 
     done = authscope(shouting_target["argv"], shouting_target["env"])
@@ -350,7 +351,7 @@ UNCAPPED = (
 )
 
 
-def test_control_uncapped_the_log_and_reports_carry_the_megabytes(shouting_target: Dict[str, Any]) -> None:
+def test_control_uncapped_the_log_and_reports_carry_the_megabytes(shouting_target: dict[str, Any]) -> None:
     from lxml import etree
 
     done = authscope(shouting_target["argv"], shouting_target["env"], UNCAPPED)
@@ -365,7 +366,7 @@ def test_control_uncapped_the_log_and_reports_carry_the_megabytes(shouting_targe
 # -- under gitlab-ci-local ----------------------------------------------------------------
 
 
-def scoped(environment: str, value: str, kind: str = "variable") -> Dict[str, Any]:
+def scoped(environment: str, value: str, kind: str = "variable") -> dict[str, Any]:
     """A CI/CD variable whose value only jobs in ``environment`` get."""
     return {"type": kind, "values": {environment: value}}
 

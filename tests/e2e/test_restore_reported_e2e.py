@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
@@ -24,7 +24,7 @@ from tests.support import CA
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, e2e_env: Dict[str, str], registry_factory: RegistryFactory, ca: CA) -> Fleet:
+def fleet(tmp_path: Path, e2e_env: dict[str, str], registry_factory: RegistryFactory, ca: CA) -> Fleet:
     require_tools("skopeo", "openssl")
     return Fleet(tmp_path, e2e_env, registry_factory, ca)
 
@@ -32,11 +32,11 @@ def fleet(tmp_path: Path, e2e_env: Dict[str, str], registry_factory: RegistryFac
 WIPE = 'printf \'{"auths": {}}\' > "$BASE_CONFIG"\n'
 
 
-def _env(fleet: Fleet) -> Dict[str, str]:
+def _env(fleet: Fleet) -> dict[str, str]:
     return dict(fleet.env, BASE_CONFIG=str(fleet.base))
 
 
-def _assert_reported(fleet: Fleet, stdout: str, stderr: str, target: str) -> Dict[str, Any]:
+def _assert_reported(fleet: Fleet, stdout: str, stderr: str, target: str) -> dict[str, Any]:
     note = f"auths entry '{fleet.local.host}' was removed by a tool outside its scope; restored"
     assert "BASE INTEGRITY" in stderr and note in stderr, stderr
     assert json.loads(fleet.base.read_text())["auths"] == json.loads(fleet.base_before)["auths"]

@@ -20,8 +20,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -74,17 +75,17 @@ class Job:
         assert result.returncode == 0, result.stderr
 
     @property
-    def registries(self) -> Dict[str, Registry]:
+    def registries(self) -> dict[str, Registry]:
         return {"one": self.one, "two": self.two, "three": self.three}
 
     def targets_file(self, commands: Mapping[str, Sequence[str]], tags: Sequence[str] = ("1.0",)) -> Path:
         """tool: custom; ``commands`` maps a target's name to its command."""
-        entries: Dict[str, Dict[str, Any]] = {
+        entries: dict[str, dict[str, Any]] = {
             "one": {"username": self.one.username, "password_env": "ONE_PASSWORD"},
             "two": {"username_env": "TWO_USER", "password_env": "TWO_PASSWORD"},
             "three": {"username": self.three.username, "password_file": "${THREE_PASSWORD_FILE}"},
         }
-        doc: Dict[str, Any] = {
+        doc: dict[str, Any] = {
             "source": {"image": self.source.ref, "insecure": True},
             "tags": list(tags),
             "tool": "custom",
@@ -116,7 +117,7 @@ class Job:
             check=False,
         )
 
-    def report_args(self) -> List[str]:
+    def report_args(self) -> list[str]:
         return ["--json", str(self.reports / "r.json"), "--junit", str(self.reports / "r.xml")]
 
     def reports_text(self) -> str:
@@ -124,7 +125,7 @@ class Job:
 
 
 @pytest.fixture
-def job(tmp_path: Path, e2e_env: Dict[str, str], registry_factory: RegistryFactory, source_image: SourceImage) -> Job:
+def job(tmp_path: Path, e2e_env: dict[str, str], registry_factory: RegistryFactory, source_image: SourceImage) -> Job:
     return Job(tmp_path, e2e_env, registry_factory, source_image)
 
 
@@ -134,7 +135,7 @@ def gitlab() -> Iterator[FakeGitLab]:
         yield server
 
 
-def ci_variables(gitlab: FakeGitLab) -> Dict[str, str]:
+def ci_variables(gitlab: FakeGitLab) -> dict[str, str]:
     return {
         "CI_SERVER_URL": gitlab.url,
         "CI_PROJECT_ID": str(gitlab.project_id),
@@ -161,7 +162,7 @@ def _dumping_targets(job: Job) -> Path:
     return job.targets_file({name: command for name in ("one", "two", "three")})
 
 
-def _names(job: Job, target: str) -> List[str]:
+def _names(job: Job, target: str) -> list[str]:
     text = (job.tmp / "dumps" / f"{target}.env").read_text()
     return [line.split("=", 1)[0] for line in text.splitlines() if "=" in line]
 

@@ -19,14 +19,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 from hypothesis import strategies as st
 
-Pairs = List[Tuple[str, Any]]
-Expect = Tuple[Tuple[str, ...], ...]  # every group must match one of its alternatives
+Pairs = list[tuple[str, Any]]
+Expect = tuple[tuple[str, ...], ...]  # every group must match one of its alternatives
 
 UNREACHABLE = "127.0.0.1:9"  # nothing listens on the discard port: a run that got this far fails fast
 PASSWORD = "badinput-test-password-0004"  # fake
@@ -49,7 +50,7 @@ class Targets(list):  # type: ignore[type-arg]
 
 
 def render(doc: Pairs) -> str:
-    lines: List[str] = []
+    lines: list[str] = []
     for key, value in doc:
         if isinstance(value, Targets):
             lines.append(f"{key}:")
@@ -86,7 +87,7 @@ def valid_doc(targets: int) -> Pairs:
 # -- targets files: mutations --------------------------------------------------------------------
 
 # Values that are wrong for each key, whatever else the file says.
-BAD_TOP: Dict[str, List[Any]] = {
+BAD_TOP: dict[str, list[Any]] = {
     "jobs": ["many", [], {}, True, 1.5, 0, -3, 257, 10**50, Raw("1" + "0" * 5000)],
     "retries": [-1, 21, "x", [1], 2.5, {}],
     "timeout": [0, 0.0001, 86401, "soon", [], {}, False, 10**400],
@@ -99,7 +100,7 @@ BAD_TOP: Dict[str, List[Any]] = {
     "version": [2, "x", [], 0],
     "targets": ["x", {}, [], 5, None, True],
 }  # fmt: skip
-BAD_TARGET: Dict[str, List[Any]] = {
+BAD_TARGET: dict[str, list[Any]] = {
     "name": [[], {}, True, "bad name!", "", "-x", "x" * 5000],
     "registry": ["has space", "user@host", [], "", "http://", {}, "x" * 5000],
     "repository": ["UPPER", "a//b", [], "-x", "", True, "x" * 5000],
@@ -129,8 +130,8 @@ class TargetsCase:
 
     data: bytes
     expect: Expect
-    what: List[str] = field(default_factory=list)
-    kinds: Tuple[str, ...] = ()  # for the figures: which mutations made it
+    what: list[str] = field(default_factory=list)
+    kinds: tuple[str, ...] = ()  # for the figures: which mutations made it
 
     def __repr__(self) -> str:
         return f"TargetsCase({'; '.join(self.what)}: {self.data[:300]!r})"
@@ -143,7 +144,7 @@ def _set(pairs: Pairs, key: str, value: Any) -> Pairs:
     return out
 
 
-def _slot_key(slot: Tuple[str, Any]) -> str:
+def _slot_key(slot: tuple[str, Any]) -> str:
     """Slots that would interfere share a key, so at most one of them is drawn."""
     key = slot[1]
     if isinstance(key, tuple):
@@ -168,8 +169,8 @@ def structural_case(draw: st.DrawFn) -> TargetsCase:
     chosen = draw(st.lists(st.sampled_from(slots), min_size=1, max_size=3, unique_by=_slot_key))
     if any(kind == "top" and key == "targets" for kind, key in chosen):
         chosen = [s for s in chosen if not s[0].startswith("target")]  # no targets left to break
-    expect: List[Tuple[str, ...]] = []
-    what: List[str] = []
+    expect: list[tuple[str, ...]] = []
+    what: list[str] = []
     for kind, key in chosen:
         if kind == "top":
             value = draw(st.sampled_from(BAD_TOP[key]))
@@ -296,12 +297,12 @@ JSON_VALUES = st.recursive(
 
 
 @st.composite
-def valid_config(draw: st.DrawFn) -> Dict[str, Any]:
+def valid_config(draw: st.DrawFn) -> dict[str, Any]:
     auths = {
         registry: {"auth": base64.b64encode(draw(st.text(min_size=1, max_size=30)).encode()).decode()}
         for registry in draw(st.lists(REGISTRY, min_size=0, max_size=4, unique=True))
     }
-    cfg: Dict[str, Any] = {"auths": auths}
+    cfg: dict[str, Any] = {"auths": auths}
     for key, value in draw(
         st.dictionaries(st.sampled_from(["HttpHeaders", "x-unknown", "psFormat", "proxies"]), JSON_VALUES, max_size=2)
     ).items():
@@ -390,7 +391,7 @@ COMMANDS = ("login", "logout", "exec", "fanout")
 # -- running one input ---------------------------------------------------------------------------
 
 
-def listing(directory: Path) -> Dict[str, bytes]:
+def listing(directory: Path) -> dict[str, bytes]:
     """Every file under ``directory`` (relative path -> bytes)."""
     out = {}
     for root, _, files in os.walk(directory):
@@ -434,7 +435,7 @@ def call_cli(argv: Sequence[str], environ: Mapping[str, str]) -> Outcome:
 class Sandbox:
     """A fresh directory per input: base, scopes, reports; removed afterwards."""
 
-    def __init__(self, parent: Optional[Path] = None) -> None:
+    def __init__(self, parent: Path | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="badinput-", dir=parent))
         self.base = self.root / "base"
         self.scopes = self.root / "scopes"
@@ -462,7 +463,7 @@ class Sandbox:
         self.close()
 
 
-def _message_problems(outcome: Outcome, expect: Expect) -> List[str]:
+def _message_problems(outcome: Outcome, expect: Expect) -> list[str]:
     problems = []
     if outcome.code != 2:
         problems.append(f"exit {outcome.code}, expected 2")
@@ -480,7 +481,7 @@ def _message_problems(outcome: Outcome, expect: Expect) -> List[str]:
 BASE_FOR_TARGETS = {"auths": {"gitlab.local:4567": {"auth": "Y2k6bG9jYWw="}}, "x-unknown": [1, 2]}
 
 
-def run_targets_case(case: TargetsCase, parent: Optional[Path] = None, real_cli: bool = False) -> List[str]:
+def run_targets_case(case: TargetsCase, parent: Path | None = None, real_cli: bool = False) -> list[str]:
     """``authscope fanout -f FILE --json/--junit/--dotenv`` on one broken file."""
     with Sandbox(parent) as box:
         (box.base / "config.json").write_text(json.dumps(BASE_FOR_TARGETS, indent="\t") + "\n")
@@ -505,7 +506,7 @@ def run_targets_case(case: TargetsCase, parent: Optional[Path] = None, real_cli:
         return [f"{p} [{outcome.err.strip()[-300:]}]" for p in problems]
 
 
-def run_config_case(case: ConfigCase, command: str, parent: Optional[Path] = None, real_cli: bool = False) -> List[str]:
+def run_config_case(case: ConfigCase, command: str, parent: Path | None = None, real_cli: bool = False) -> list[str]:
     """One authscope command on a base whose config.json is ``case.data``."""
     with Sandbox(parent) as box:
         config = box.base / "config.json"

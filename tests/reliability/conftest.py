@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, List
 
 import pytest
 
@@ -31,7 +31,7 @@ class Mounts:
     """Mounts made by a test; every one is unmounted at teardown, innermost first."""
 
     def __init__(self) -> None:
-        self.points: List[Path] = []
+        self.points: list[Path] = []
 
     def tmpfs(self, path: Path, size: str = "64k") -> Path:
         need_root("mounts a small tmpfs")
@@ -50,7 +50,7 @@ class Mounts:
             pytest.skip(f"cannot remount read-only here: {proc.stderr.strip()}")
         return path
 
-    def _mount(self, argv: List[str], path: Path) -> None:
+    def _mount(self, argv: list[str], path: Path) -> None:
         if shutil.which("mount") is None:
             pytest.skip("no mount(8) here")
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)

@@ -22,7 +22,6 @@ import hashlib
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional, Tuple
 
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}'
 DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
@@ -38,7 +37,7 @@ class FakeRegistry:
         self.password = password
         self.source_repository = source_repository
         self.other_image_at: set[str] = set()
-        self.requests: List[Tuple[str, str]] = []
+        self.requests: list[tuple[str, str]] = []
         self._held = {phase: False for phase in PHASES}
         self._arrived = {phase: threading.Event() for phase in PHASES}
         self._release = {phase: threading.Event() for phase in PHASES}
@@ -51,7 +50,7 @@ class FakeRegistry:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _send(self, code: int, body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> None:
+            def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)

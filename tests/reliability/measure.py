@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -25,7 +26,7 @@ LOCAL_AUTH = "Y2k6bG9jYWwtdGVzdC1wYXNzd29yZC0wMDAx"  # ci:local-test-password-00
 BASE_EXTRA = {"HttpHeaders": {"User-Agent": "authscope-reliability"}, "x-unknown": [1, 2]}
 
 
-def worker_env(root: Path, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def worker_env(root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A small environment: nothing of the caller's Docker/registry/CI settings leaks in."""
     home = root / "home"
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -86,14 +87,14 @@ class Concurrency:
     logins: int = 0
     logouts: int = 0
     execs: int = 0
-    lost: Set[str] = field(default_factory=set)  # committed, not logged out, missing at some check
-    resurrected: Set[str] = field(default_factory=set)  # logged out, present afterwards
+    lost: set[str] = field(default_factory=set)  # committed, not logged out, missing at some check
+    resurrected: set[str] = field(default_factory=set)  # logged out, present afterwards
     false_restores: int = 0
     reads: int = 0
     broken_reads: int = 0
     reads_without_local: int = 0
     reads_without_keys: int = 0
-    errors: List[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     live_expected: int = 0
     journal_bytes: int = 0
@@ -135,8 +136,8 @@ def concurrency(workdir: Path, procs: int = 16, cycles: int = 50, mode: str = "c
     result.seconds = time.monotonic() - started
     result.errors += [e.strip().splitlines()[-1] for e in stderr if e.strip()]
 
-    live: Set[str] = set()
-    logged_out: Set[str] = set()
+    live: set[str] = set()
+    logged_out: set[str] = set()
     for n in range(procs):
         out = workdir / f"worker-{n}.json"
         if not out.exists():
@@ -188,14 +189,14 @@ class Crash:
     committed: int = 0
     checks: int = 0
     unparsable: int = 0  # checks where config.json did not parse
-    lost: Set[str] = field(default_factory=set)  # committed before a kill, missing after it
+    lost: set[str] = field(default_factory=set)  # committed before a kill, missing after it
     journal_unparsable: int = 0
     stray_temp_files: int = 0
     lock_left: bool = False
     login_after_seconds: float = 0.0
     login_after_ok: bool = False
     seconds: float = 0.0
-    errors: List[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -207,10 +208,10 @@ class Crash:
         )
 
 
-def _committed(log: Path) -> tuple[Set[int], Optional[int], bool]:
+def _committed(log: Path) -> tuple[set[int], int | None, bool]:
     """(entries whose login returned, the one started and not returned, ready)."""
-    done: Set[int] = set()
-    started: Optional[int] = None
+    done: set[int] = set()
+    started: int | None = None
     ready = False
     for line in log.read_text().splitlines():
         if line == "R":
@@ -265,7 +266,7 @@ def kill_and_wait(pid: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"pid {pid} survived SIGKILL")
 
 
-def crash(workdir: Path, kills: int = 200, writers: int = 4, seed: Optional[int] = None) -> Crash:
+def crash(workdir: Path, kills: int = 200, writers: int = 4, seed: int | None = None) -> Crash:
     """SIGKILL processes looping ``base.login`` at random times; check the base after each kill.
 
     ``writers`` run at once, so many kills land while other logins hold or
@@ -283,8 +284,8 @@ def crash(workdir: Path, kills: int = 200, writers: int = 4, seed: Optional[int]
     result = Crash(kills, writers)
     started = time.monotonic()
     generation = 0
-    running: Dict[str, int] = {}  # prefix -> pid
-    logs: Dict[str, Path] = {}
+    running: dict[str, int] = {}  # prefix -> pid
+    logs: dict[str, Path] = {}
     zygote = _Zygote(env)
 
     def spawn() -> str:
@@ -305,7 +306,7 @@ def crash(workdir: Path, kills: int = 200, writers: int = 4, seed: Optional[int]
 
     def check() -> None:
         # Logs first, then the base: every entry logged as done is already in it.
-        committed: Set[str] = {LOCAL}
+        committed: set[str] = {LOCAL}
         for prefix, log in logs.items():
             if log.exists():
                 done, _, _ = _committed(log)
@@ -375,11 +376,11 @@ REPORT_TAGS = [f"{n:03d}-" + "x" * 120 for n in range(200)]
 class Cancel:
     phase: str
     signal: int
-    exit_code: Optional[int] = None
+    exit_code: int | None = None
     seconds_to_exit: float = 0.0
     scopes_during: int = 0  # scopes that existed when the signal was sent
     scopes_left: int = 0
-    statuses: Dict[str, str] = field(default_factory=dict)  # from the JSON report
+    statuses: dict[str, str] = field(default_factory=dict)  # from the JSON report
     json_status: str = ""
     junit_interrupted: int = 0
     junit_cases: int = 0
@@ -400,7 +401,7 @@ class Cancel:
 
 
 def _targets_file(
-    path: Path, registry: str, command: List[str], count: int, jobs: int, tags: Optional[List[str]] = None
+    path: Path, registry: str, command: list[str], count: int, jobs: int, tags: list[str] | None = None
 ) -> None:
     lines = [
         f"source: {registry}/app:1.0",
@@ -422,7 +423,7 @@ def _targets_file(
     path.write_text("\n".join(lines) + "\n")
 
 
-def _pids_with(marker: str) -> List[int]:
+def _pids_with(marker: str) -> list[int]:
     """Processes whose command line holds ``marker`` (the phase's custom command)."""
     found = []
     for entry in os.listdir("/proc"):
@@ -436,7 +437,7 @@ def _pids_with(marker: str) -> List[int]:
     return found
 
 
-def _started_pids(stdout: str) -> List[int]:
+def _started_pids(stdout: str) -> list[int]:
     """Pids the copy commands printed (``[tN] started tN PID``)."""
     import re
 
@@ -580,11 +581,11 @@ def cancel(workdir: Path, phase: str, sig: int, fork: bool = False) -> Cancel:
 class Sweep:
     scopes_of_killed: int = 0
     scopes_of_live: int = 0
-    sweep_exit: Optional[int] = None
+    sweep_exit: int | None = None
     swept: int = 0
     left_after_sweep: int = 0
     live_scopes_kept: bool = False
-    live_exit: Optional[int] = None
+    live_exit: int | None = None
     left_at_end: int = 0
     sweep_stderr: str = ""
 
@@ -619,8 +620,8 @@ def sweep_after_kill(workdir: Path) -> Sweep:
         )  # fmt: skip
         targets = workdir / "authscope.yml"
         _targets_file(targets, registry.host, ["sh", "-c", "echo started {name} $$; exec sleep 60"], count=2, jobs=2)
-        procs: List[subprocess.Popen[bytes]] = []
-        outputs: List[bytes] = []
+        procs: list[subprocess.Popen[bytes]] = []
+        outputs: list[bytes] = []
         try:
             for _ in range(2):
                 before = set(scopes.iterdir())
@@ -689,7 +690,7 @@ class ProcSampler:
         import threading
 
         self.interval = interval
-        self.cmdlines: Set[bytes] = set()
+        self.cmdlines: set[bytes] = set()
         self.passes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
@@ -710,7 +711,7 @@ class ProcSampler:
             self.passes += 1
             self._stop.wait(self.interval)
 
-    def programs(self) -> Set[str]:
+    def programs(self) -> set[str]:
         return {os.path.basename(c.split(b"\0", 1)[0].decode("utf-8", "replace")) for c in self.cmdlines}
 
     def __enter__(self) -> ProcSampler:
@@ -730,8 +731,8 @@ class ScopeSampler:
 
         self.root = root
         self.interval = interval
-        self.scopes: Set[str] = set()
-        self.modes: Dict[str, Set[int]] = {}  # "dir" | "file:<name>" | "link:<name>" -> modes seen
+        self.scopes: set[str] = set()
+        self.modes: dict[str, set[int]] = {}  # "dir" | "file:<name>" | "link:<name>" -> modes seen
         self.files_seen = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scope-sampler", daemon=True)
@@ -780,21 +781,21 @@ class Secrets:
     secrets: int = 0  # distinct secret strings searched for (raw and base64 auth forms)
     runs: int = 0
     outputs_bytes: int = 0
-    leaks_in_output: List[str] = field(default_factory=list)
-    leaks_in_reports: List[str] = field(default_factory=list)
-    leaks_in_argv: List[str] = field(default_factory=list)
+    leaks_in_output: list[str] = field(default_factory=list)
+    leaks_in_reports: list[str] = field(default_factory=list)
+    leaks_in_argv: list[str] = field(default_factory=list)
     cmdlines: int = 0
     sampler_passes: int = 0
-    tools_seen: Set[str] = field(default_factory=set)
+    tools_seen: set[str] = field(default_factory=set)
     scopes_sampled: int = 0
     files_sampled: int = 0
-    bad_modes: List[str] = field(default_factory=list)
-    kinds: Set[str] = field(default_factory=set)  # every scope entry sampled, e.g. "file:./config.json"
-    statuses: Dict[str, str] = field(default_factory=dict)
-    exit_codes: Dict[str, int] = field(default_factory=dict)
+    bad_modes: list[str] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)  # every scope entry sampled, e.g. "file:./config.json"
+    statuses: dict[str, str] = field(default_factory=dict)
+    exit_codes: dict[str, int] = field(default_factory=dict)
     masked_lines: int = 0
     scopes_left: int = 0
-    errors: List[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -879,7 +880,7 @@ def secrets(workdir: Path) -> Secrets:
             ' && crane copy "$SRC" "$R1/release/exec:1.0" && crane auth logout "$R1"; cat "$DOCKER_CONFIG/config.json"'
         )
         skopeo_in_scope = 'skopeo inspect --tls-verify=false "docker://$R1/release/crane:1.0" | head -c 300; echo'
-        runs: List[Tuple[str, List[str], Optional[str]]] = [
+        runs: list[tuple[str, list[str], str | None]] = [
             ("login --password-stdin", ["login", local.host, "-u", local.username, "--password-stdin"], local.password),
             ("login --verify", ["login", local.host, "-u", local.username, "--password-env", "LOCAL_PASSWORD", "--verify"], None),
             ("fanout", ["fanout", "-f", str(targets), "--json", str(reports["json"]), "--junit", str(reports["junit"]),

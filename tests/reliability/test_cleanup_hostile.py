@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -59,7 +59,7 @@ OLD_PROCESSES = "run._TREE = False; run.end_leftovers = lambda *a: None"
 NO_SHIELD = "run.uninterrupted = lambda work: work()"
 
 
-def authscope(patch: str = "") -> List[str]:
+def authscope(patch: str = "") -> list[str]:
     """The real CLI; with ``patch``, through a wrapper that changes it first."""
     if not patch:
         return [sys.executable, "-m", "authscope"]
@@ -67,12 +67,23 @@ def authscope(patch: str = "") -> List[str]:
     return [sys.executable, "-c", code]
 
 
-def exec_args(*command: str) -> List[str]:
-    return ["exec", "-q", "--registry", "harbor.remote-1", "-u", "ci", "--password-env", "TARGET_PASSWORD", "--", *command]
+def exec_args(*command: str) -> list[str]:
+    return [
+        "exec",
+        "-q",
+        "--registry",
+        "harbor.remote-1",
+        "-u",
+        "ci",
+        "--password-env",
+        "TARGET_PASSWORD",
+        "--",
+        *command,
+    ]
 
 
 @pytest.fixture
-def job(tmp_path: Path) -> Tuple[Dict[str, str], Path]:
+def job(tmp_path: Path) -> tuple[dict[str, str], Path]:
     base = tmp_path / "base"
     measure.make_base(base)
     scopes = tmp_path / "scopes"
@@ -96,7 +107,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def holding(needle: str) -> List[int]:
+def holding(needle: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -109,7 +120,7 @@ def holding(needle: str) -> List[int]:
     return found
 
 
-def wait_gone(pids: List[int], seconds: float) -> List[int]:
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.02)
@@ -130,7 +141,7 @@ def wait_own_session(pid: int) -> None:
     raise AssertionError(f"{pid} never made its own session")
 
 
-def kill_all(pids: List[int]) -> None:
+def kill_all(pids: list[int]) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -152,7 +163,7 @@ def read_until(proc: subprocess.Popen[bytes], marker: bytes, seconds: float = 30
     return out
 
 
-def pids_in(out: bytes) -> List[int]:
+def pids_in(out: bytes) -> list[int]:
     return [int(w) for w in out.split() if w.isdigit()]
 
 
@@ -160,7 +171,7 @@ def pids_in(out: bytes) -> List[int]:
 
 
 @pytest.fixture
-def nobody_job() -> Iterator[Tuple[List[str], Dict[str, str], Path]]:
+def nobody_job() -> Iterator[tuple[list[str], dict[str, str], Path]]:
     """(setpriv argv prefix, env, workdir) for uid 65534 with the real CLI; scopes go to /dev/shm."""
     need_root("runs authscope as uid 65534 through setpriv")
     if shutil.which("setpriv") is None or not os.path.isdir("/dev/shm"):
@@ -212,7 +223,7 @@ def _shm_scopes() -> set[str]:
 
 @pytest.mark.parametrize("variant", ["fixed", "control"])
 def test_non_root_user_locking_its_scope_in_dev_shm(
-    variant: str, nobody_job: Tuple[List[str], Dict[str, str], Path]
+    variant: str, nobody_job: tuple[list[str], dict[str, str], Path]
 ) -> None:
     prefix, env, work = nobody_job
     code = "import sys\nfrom authscope import cli, scope\n" + (OLD_REMOVE_TREE if variant == "control" else "")
@@ -249,7 +260,7 @@ BIG_AND_WIPE = (
 
 
 @pytest.mark.parametrize("variant", ["fixed", "control"])
-def test_sigterm_while_the_scope_is_removed(variant: str, job: Tuple[Dict[str, str], Path]) -> None:
+def test_sigterm_while_the_scope_is_removed(variant: str, job: tuple[dict[str, str], Path]) -> None:
     env, base = job
     env = dict(env, BASE=str(base))
     before = json.loads((base / "config.json").read_text())
@@ -288,14 +299,14 @@ HOLD = "sleep 1000 & echo $!; setsid sleep 1000 & echo $!; (trap '' TERM; exec s
 
 
 @pytest.mark.parametrize("variant", ["fixed", "control"])
-def test_group_kill_of_authscope_takes_the_tools_along(variant: str, job: Tuple[Dict[str, str], Path]) -> None:
+def test_group_kill_of_authscope_takes_the_tools_along(variant: str, job: tuple[dict[str, str], Path]) -> None:
     """A runner cancelling a job: kill -KILL -- -PGID of authscope's group (authscope leads it here)."""
     env, _ = job
     proc = subprocess.Popen(
         authscope(OLD_PROCESSES if variant == "control" else "") + exec_args("sh", "-c", HOLD),
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    pids: List[int] = []
+    pids: list[int] = []
     try:
         pids = pids_in(read_until(proc, b"ready\n"))
         wait_own_session(pids[1])
@@ -314,13 +325,13 @@ def test_group_kill_of_authscope_takes_the_tools_along(variant: str, job: Tuple[
         kill_all(pids + holding(env["TARGET_PASSWORD"]))
 
 
-def test_setsid_survivor_of_a_group_kill_is_ended_by_sweep(job: Tuple[Dict[str, str], Path]) -> None:
+def test_setsid_survivor_of_a_group_kill_is_ended_by_sweep(job: tuple[dict[str, str], Path]) -> None:
     env, _ = job
     proc = subprocess.Popen(
         authscope() + exec_args("sh", "-c", HOLD),
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    pids: List[int] = []
+    pids: list[int] = []
     try:
         pids = pids_in(read_until(proc, b"ready\n"))
         wait_own_session(pids[1])
@@ -338,14 +349,14 @@ def test_setsid_survivor_of_a_group_kill_is_ended_by_sweep(job: Tuple[Dict[str, 
 
 
 @pytest.mark.parametrize("variant", ["fixed", "control"])
-def test_forwarded_sigterm_reaches_the_whole_pipeline(variant: str, job: Tuple[Dict[str, str], Path]) -> None:
+def test_forwarded_sigterm_reaches_the_whole_pipeline(variant: str, job: tuple[dict[str, str], Path]) -> None:
     env, _ = job
     patch = "run._descendants = lambda pid: []; run.end_leftovers = lambda *a: None" if variant == "control" else ""
     proc = subprocess.Popen(
         authscope(patch) + exec_args("sh", "-c", "sleep 1000 | sleep 1000 | sleep 1000 & echo ready; wait"),
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    tools: List[int] = []
+    tools: list[int] = []
     try:
         read_until(proc, b"ready\n")
         time.sleep(0.2)  # let the three sleeps exec
@@ -366,7 +377,7 @@ def test_forwarded_sigterm_reaches_the_whole_pipeline(variant: str, job: Tuple[D
         kill_all(tools)
 
 
-def test_exec_with_a_terminal_prompts_and_takes_ctrl_c(job: Tuple[Dict[str, str], Path]) -> None:
+def test_exec_with_a_terminal_prompts_and_takes_ctrl_c(job: tuple[dict[str, str], Path]) -> None:
     """authscope in the foreground of a terminal (a pty it controls): the tool sees the
     terminal; Ctrl-C ends it and what it left, exit 130, scope removed."""
     env, _ = job
@@ -386,7 +397,7 @@ def test_exec_with_a_terminal_prompts_and_takes_ctrl_c(job: Tuple[Dict[str, str]
     )  # fmt: skip
     os.close(slave)
     out = b""
-    pids: List[int] = []
+    pids: list[int] = []
     try:
         deadline = time.monotonic() + 30
         while b"ready" not in out and time.monotonic() < deadline:
@@ -413,7 +424,11 @@ def test_fanout_targets_leave_nothing_running(variant: str, tmp_path: Path) -> N
     from tests.reliability.fakeregistry import FakeRegistry
 
     password = f"cleanup-probe-{uuid.uuid4().hex}"
-    command = ["sh", "-c", "sleep 1000 & setsid sleep 1000 & (trap '' TERM; exec sleep 1000) & ( sleep 1000 & ) ; echo copied {destination}"]
+    command = [
+        "sh",
+        "-c",
+        "sleep 1000 & setsid sleep 1000 & (trap '' TERM; exec sleep 1000) & ( sleep 1000 & ) ; echo copied {destination}",
+    ]
     with FakeRegistry("ci", password) as registry:
         base = tmp_path / "base"
         base.mkdir(mode=0o700)

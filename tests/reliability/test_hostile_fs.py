@@ -13,8 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -27,7 +27,7 @@ PASSWORD = "hostile-test-password-0005"  # fake
 LOCAL = measure.LOCAL
 
 
-def cli(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "authscope", *args],
         env=env,
@@ -39,7 +39,7 @@ def cli(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def job(tmp_path: Path) -> Tuple[Dict[str, str], Path]:
+def job(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """An environment whose base (tmp_path/base) holds the local login."""
     base = tmp_path / "base"
     measure.make_base(base)
@@ -51,14 +51,14 @@ def job(tmp_path: Path) -> Tuple[Dict[str, str], Path]:
     return env, base
 
 
-def exec_args(*command: str, scope_dir: str = "") -> List[str]:
+def exec_args(*command: str, scope_dir: str = "") -> list[str]:
     args = ["exec", "-q", "--registry", "harbor.remote-1", "-u", "ci", "--password-env", "TARGET_PASSWORD"]
     if scope_dir:
         args += ["--scope-dir", scope_dir]
     return [*args, "--", *command]
 
 
-def tree(path: Path) -> Dict[str, Tuple[int, int, bytes]]:
+def tree(path: Path) -> dict[str, tuple[int, int, bytes]]:
     """Every entry under ``path``: (mode, uid, content or link target), links not followed."""
     out = {}
     for root, dirs, files in os.walk(path):
@@ -84,7 +84,7 @@ def scope_name(pid: int) -> str:
 
 
 @pytest.fixture
-def planted(tmp_path: Path) -> Iterator[Tuple[Path, Path, Dict[str, Path]]]:
+def planted(tmp_path: Path) -> Iterator[tuple[Path, Path, dict[str, Path]]]:
     """A /tmp-like root (1777) where "another user" planted links and directories named like scopes."""
     need_root("makes files owned by another uid")
     root = tmp_path / "shared-tmp"
@@ -115,7 +115,7 @@ def planted(tmp_path: Path) -> Iterator[Tuple[Path, Path, Dict[str, Path]]]:
 
 
 def test_planted_links_and_foreign_dirs_are_never_followed(
-    planted: Tuple[Path, Path, Dict[str, Path]], job: Tuple[Dict[str, str], Path]
+    planted: tuple[Path, Path, dict[str, Path]], job: tuple[dict[str, str], Path]
 ) -> None:
     root, victim, things = planted
     env, base = job
@@ -135,7 +135,7 @@ def test_planted_links_and_foreign_dirs_are_never_followed(
     assert (base / "config.json").read_bytes() == before_base
 
 
-def test_world_writable_root_without_sticky_bit_is_refused(tmp_path: Path, job: Tuple[Dict[str, str], Path]) -> None:
+def test_world_writable_root_without_sticky_bit_is_refused(tmp_path: Path, job: tuple[dict[str, str], Path]) -> None:
     env, _ = job
     root = tmp_path / "open"
     root.mkdir()
@@ -147,7 +147,7 @@ def test_world_writable_root_without_sticky_bit_is_refused(tmp_path: Path, job: 
 
 @pytest.mark.parametrize("mode", [0o775, 0o1777], ids=oct)
 def test_root_another_user_can_write_through_group_or_other_bits_is_refused(
-    mode: int, tmp_path: Path, job: Tuple[Dict[str, str], Path]
+    mode: int, tmp_path: Path, job: tuple[dict[str, str], Path]
 ) -> None:
     need_root("makes a directory owned by another uid")
     env, _ = job
@@ -161,7 +161,7 @@ def test_root_another_user_can_write_through_group_or_other_bits_is_refused(
 
 
 @pytest.mark.parametrize("via", ["direct", "symlink-in-sticky-tmp"])
-def test_root_owned_by_another_user_is_refused(via: str, tmp_path: Path, job: Tuple[Dict[str, str], Path]) -> None:
+def test_root_owned_by_another_user_is_refused(via: str, tmp_path: Path, job: tuple[dict[str, str], Path]) -> None:
     need_root("makes a directory owned by another uid")
     env, _ = job
     theirs = tmp_path / "theirs"
@@ -182,7 +182,7 @@ def test_root_owned_by_another_user_is_refused(via: str, tmp_path: Path, job: Tu
 
 
 def test_command_planting_links_in_its_scope_cannot_reach_outside(
-    tmp_path: Path, job: Tuple[Dict[str, str], Path]
+    tmp_path: Path, job: tuple[dict[str, str], Path]
 ) -> None:
     env, base = job
     victim = tmp_path / "victim"
@@ -201,7 +201,7 @@ def test_command_planting_links_in_its_scope_cannot_reach_outside(
 
 
 def test_links_planted_at_the_lock_and_journal_are_not_written_through(
-    tmp_path: Path, job: Tuple[Dict[str, str], Path]
+    tmp_path: Path, job: tuple[dict[str, str], Path]
 ) -> None:
     env, base = job
     victim = tmp_path / "victim"
@@ -226,7 +226,7 @@ def test_links_planted_at_the_lock_and_journal_are_not_written_through(
 
 
 def test_read_only_base_mount_refuses_writes_and_keeps_the_base(
-    mounts: Mounts, job: Tuple[Dict[str, str], Path]
+    mounts: Mounts, job: tuple[dict[str, str], Path]
 ) -> None:
     env, base = job
     before = tree(base)
@@ -245,7 +245,7 @@ def test_read_only_base_mount_refuses_writes_and_keeps_the_base(
 
 
 @pytest.mark.parametrize("what", ["config.json", "directory"])
-def test_immutable_base_refuses_writes_and_leaves_no_temp_file(what: str, job: Tuple[Dict[str, str], Path]) -> None:
+def test_immutable_base_refuses_writes_and_leaves_no_temp_file(what: str, job: tuple[dict[str, str], Path]) -> None:
     need_root("chattr +i")
     env, base = job
     target = base / "config.json" if what == "config.json" else base
@@ -319,7 +319,7 @@ def test_config_too_big_to_copy_on_a_full_filesystem_is_left_whole(mounts: Mount
 
 
 def test_full_scope_filesystem_is_a_clean_error(
-    mounts: Mounts, tmp_path: Path, job: Tuple[Dict[str, str], Path]
+    mounts: Mounts, tmp_path: Path, job: tuple[dict[str, str], Path]
 ) -> None:
     env, base = job
     scopes = mounts.tmpfs(tmp_path / "full-scopes")

@@ -29,7 +29,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Set
+from typing import Any
 
 LOCAL = "gitlab.local:4567"
 TARGET = "harbor.remote-1"
@@ -46,12 +46,12 @@ def entry_name(worker: int, cycle: int) -> str:
     return f"w{worker:02d}-c{cycle:03d}.example"
 
 
-def read_auths(path: str) -> Dict[str, Any]:
+def read_auths(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         return dict(json.loads(f.read()).get("auths", {}))
 
 
-def write_summary(path: str, summary: Dict[str, Any]) -> None:
+def write_summary(path: str, summary: dict[str, Any]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(summary, f)
@@ -66,13 +66,13 @@ class Cycles:
         self.base_dir = base_dir
         self.path = os.path.join(base_dir, "config.json")
         self.worker = worker
-        self.live: Set[str] = set()  # committed (login returned) and not logged out
-        self.committed: List[str] = []
-        self.logged_out: List[str] = []
-        self.lost: Set[str] = set()
-        self.resurrected: Set[str] = set()
+        self.live: set[str] = set()  # committed (login returned) and not logged out
+        self.committed: list[str] = []
+        self.logged_out: list[str] = []
+        self.lost: set[str] = set()
+        self.resurrected: set[str] = set()
         self.false_restores = 0
-        self.errors: List[str] = []
+        self.errors: list[str] = []
         self.execs = 0
 
     def check_live(self) -> None:
@@ -91,7 +91,7 @@ class Cycles:
         except (OSError, ValueError) as exc:
             self.errors.append(f"unreadable base: {exc}")
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         return {
             "committed": self.committed,
             "logged_out": self.logged_out,
@@ -120,7 +120,7 @@ def switch_off(protection: str) -> None:
         dockerconfig.write_atomic = in_place  # type: ignore[assignment]
 
 
-def run_cycles(args: List[str]) -> None:
+def run_cycles(args: list[str]) -> None:
     mode, base_dir, scope_dir, worker, cycles, out = args[0], args[1], args[2], int(args[3]), int(args[4]), args[5]
     c = Cycles(base_dir, worker)
     if mode in ("nolock", "inplace"):
@@ -231,12 +231,12 @@ def run_cycles(args: List[str]) -> None:
 # -- the reader ---------------------------------------------------------------------------
 
 
-def run_reader(args: List[str]) -> None:
+def run_reader(args: list[str]) -> None:
     base_dir, stop, out, expected_local = args[0], args[1], args[2], args[3]
     path = os.path.join(base_dir, "config.json")
     os.nice(10)  # read as often as the machine allows, but never slow the writers down
     reads = broken = missing_local = missing_keys = 0
-    examples: List[str] = []
+    examples: list[str] = []
     while not os.path.exists(stop):
         reads += 1
         try:
@@ -266,7 +266,7 @@ def run_reader(args: List[str]) -> None:
 # -- the crash writer ---------------------------------------------------------------------
 
 
-def run_crash(args: List[str]) -> None:
+def run_crash(args: list[str]) -> None:
     base_dir, log, prefix = args[0], args[1], args[2]
     import filelock  # noqa: F401 - imported by base.login; loaded before "ready"
 

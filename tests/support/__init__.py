@@ -6,9 +6,10 @@ authscope, so it can also drive other tools for comparison.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .isolation import (
     SkopeoError,

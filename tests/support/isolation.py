@@ -23,8 +23,8 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 # Variables that would make a client read or write credentials or trust
 # settings outside the isolated root, or hand real CI secrets to a test.

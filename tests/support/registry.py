@@ -24,9 +24,10 @@ import signal
 import ssl
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping, NamedTuple
+from typing import IO, NamedTuple
 
 # Upstream images call the binary `registry`; Debian renamed it. An explicit
 # override wins so a CI image can point at any build.
