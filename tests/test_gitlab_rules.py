@@ -30,7 +30,14 @@ from authscope import gitlab, targets
 from authscope import report as R
 from authscope.cli import main
 from authscope.errors import TargetsFileError
-from tests.test_templates import load_component, render, render_component, require_check_jsonschema, run_job_shell
+from tests.test_templates import (
+    load_component,
+    render,
+    render_component,
+    require_check_jsonschema,
+    resolved_options,
+    run_job_shell,
+)
 
 PASSWORD_A = "test-file-pw-a-5d1c0e9b"  # obviously fake test secrets
 PASSWORD_B = "test-env-pw-b-7a2e4f10"
@@ -446,7 +453,7 @@ def old_generator(pwned: Path) -> dict[str, Any]:
     """Control: the generator's script line as it was, with child-stage interpolated."""
     header, body = load_component("fanout-pipeline")
     job = body["$[[ inputs.job-name ]]-generate"]
-    job["script"] = [line.replace('"$AUTHSCOPE_CHILD_STAGE"', '"$[[ inputs.child-stage ]]"') for line in job["script"]]
+    job["script"] = ['authscope pipeline --stage "$[[ inputs.child-stage ]]" > authscope-child-pipeline.yml']
     rendered: dict[str, Any] = render(body, header["spec"]["inputs"], {"child-stage": HOSTILE.format(pwned=pwned)})
     return rendered
 
@@ -457,8 +464,8 @@ def test_child_stage_reaches_authscope_as_one_word(tmp_path: Path) -> None:
     job = render_component("fanout-pipeline", install="true", **{"child-stage": stage})["authscope-fanout-generate"]
     calls = run_job_shell(job, tmp_path)
     assert not pwned.exists()
-    pipeline_call = calls[-1]
-    assert pipeline_call[pipeline_call.index("--stage") + 1] == stage
+    assert calls[-1] == ["pipeline"]  # the stage reaches authscope as $AUTHSCOPE_STAGE, whole
+    assert resolved_options(tmp_path)[-1]["stage"] == stage
 
 
 def test_control_the_interpolated_child_stage_runs_the_command(tmp_path: Path) -> None:

@@ -388,18 +388,34 @@ def run_job_shell(
     stub_dir = tmp / "stub"
     stub_dir.mkdir(exist_ok=True)
     stub = stub_dir / "authscope"
+    # The stub records its argv and, for the commands that read AUTHSCOPE_*
+    # variables, the options authscope's own parser resolves from both.
     stub.write_text(
         f"#!{sys.executable}\n"
         "import json, os, sys\n"
+        "argv = sys.argv[1:]\n"
         "with open(os.environ['STUB_CALLS'], 'a') as f:\n"
-        "    f.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "    f.write(json.dumps(argv) + '\\n')\n"
+        "from authscope import cli\n"
+        "if argv and argv[0] in cli.ENV_COMMANDS:\n"
+        "    parser = cli.build_parser(argv[0])\n"
+        "    try:\n"
+        "        args = parser.parse_args(argv)\n"
+        "        cli.options_from_env(parser, args, os.environ)\n"
+        "    except (SystemExit, cli.UsageError):\n"
+        "        sys.exit(0)  # hostile words in argv: the argv above is what counts\n"
+        "    options = {k: v for k, v in vars(args).items() if k != 'run'}\n"
+        "    with open(os.environ['STUB_CALLS'] + '.options', 'a') as f:\n"
+        "        f.write(json.dumps(options) + '\\n')\n"
     )
     stub.chmod(0o755)
     calls = stub_dir / "calls.jsonl"
     calls.write_text("")
+    (stub_dir / "calls.jsonl.options").write_text("")
     env = {
         "PATH": f"{stub_dir}{os.pathsep}{os.environ['PATH']}",
         "STUB_CALLS": str(calls),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "plugin"),
         "CI_REGISTRY": "gitlab.example.com:5050",
         "CI_REGISTRY_USER": "gitlab-ci-token",
     }
@@ -413,14 +429,34 @@ def run_job_shell(
     return [json.loads(line) for line in calls.read_text().splitlines()]
 
 
+def resolved_options(tmp: Path) -> list[dict[str, Any]]:
+    """The options each `authscope fanout|pipeline` call of the last run_job_shell resolved."""
+    return [json.loads(line) for line in (tmp / "stub" / "calls.jsonl.options").read_text().splitlines()]
+
+
 LOGIN = ["login", "gitlab.example.com:5050", "-u", "gitlab-ci-token", "--password-env", "CI_REGISTRY_PASSWORD"]
 REPORTS = ["--junit", "authscope-junit.xml", "--dotenv", "authscope.env", "--json", "authscope.json"]
 
 
+FANOUT_DEFAULTS = {
+    "file": "authscope.yml",
+    "junit": "authscope-junit.xml",
+    "dotenv": "authscope.env",
+    "json": "authscope.json",
+    "jobs": None,
+    "fail_fast": False,
+    "pull_once": False,
+    "gitlab_release": False,
+    "gitlab_deployments": False,
+    "retries": None,
+    "timeout": None,
+}
+
+
 @pytest.mark.parametrize(
-    ("given", "login", "flags"),
+    ("given", "login", "argv", "options"),
     [
-        ({}, True, []),
+        ({}, True, [], {}),
         (
             {
                 "jobs": 8,
@@ -432,21 +468,37 @@ REPORTS = ["--junit", "authscope-junit.xml", "--dotenv", "authscope.env", "--jso
                 "args": "--retries 4  --timeout 900",
             },
             False,
-            ["--jobs", "8", "--fail-fast", "--pull-once", "--gitlab-release", "--gitlab-deployments"]
-            + ["--retries", "4", "--timeout", "900"],
+            ["--retries", "4", "--timeout", "900"],
+            {
+                "jobs": 8,
+                "fail_fast": True,
+                "pull_once": True,
+                "gitlab_release": True,
+                "gitlab_deployments": True,
+                "retries": 4,
+                "timeout": 900.0,
+            },
         ),
-        ({"targets-file": "release files/authscope.yml", "jobs": 1}, True, ["--jobs", "1"]),
+        (
+            {"targets-file": "release files/authscope.yml", "jobs": 1},
+            True,
+            [],
+            {"file": "release files/authscope.yml", "jobs": 1},
+        ),
     ],
     ids=["defaults", "all-flags", "path-with-space"],
 )
 def test_fanout_job_runs_authscope_fanout_with_the_inputs(
-    given: dict[str, Any], login: bool, flags: list[str], tmp_path: Path
+    given: dict[str, Any], login: bool, argv: list[str], options: dict[str, Any], tmp_path: Path
 ) -> None:
+    """The script is one `authscope fanout` line; the inputs reach authscope as
+    AUTHSCOPE_* job variables, resolved by its own parser."""
     job = render_component("fanout", install="true", **given)["authscope-fanout"]
     calls = run_job_shell(job, tmp_path)
-    targets = given.get("targets-file", "authscope.yml")
-    expected = [["--version"], *([LOGIN] if login else []), ["fanout", "-f", targets, *REPORTS, *flags]]
-    assert calls == expected
+    assert calls == [["--version"], *([LOGIN] if login else []), ["fanout", *argv]]
+    (resolved,) = resolved_options(tmp_path)
+    expected = {**FANOUT_DEFAULTS, **options}
+    assert {key: resolved[key] for key in expected} == expected
     assert run_job_shell(job, tmp_path, ("after_script",)) == [["sweep"]]
 
 
@@ -462,27 +514,38 @@ def test_fanout_job_publishes_its_reports_always() -> None:
 
 
 @pytest.mark.parametrize(
-    ("given", "flags"),
+    ("given", "options"),
     [
-        ({}, []),
+        ({}, {}),
         (
             {"slices": 3, "jobs": 2, "fail-fast": True, "registry-login": False, "child-stage": "copy"},
-            ["--slices", "3", "--jobs", "2", "--fail-fast", "--no-registry-login"],
+            {"slices": 3, "jobs": 2, "fail_fast": True, "registry_login": False, "stage": "copy"},
         ),
     ],
     ids=["defaults", "all-flags"],
 )
 def test_generator_job_passes_the_inputs_to_authscope_pipeline(
-    given: dict[str, Any], flags: list[str], tmp_path: Path
+    given: dict[str, Any], options: dict[str, Any], tmp_path: Path
 ) -> None:
     install = 'pip install "$CI_PROJECT_DIR/dist/authscope.whl"'
     rendered = render_component("fanout-pipeline", install=install, **given)
     job = rendered["authscope-fanout-generate"]
     job["before_script"] = ["true"]  # the install line itself runs in the child jobs
     calls = run_job_shell(job, tmp_path)
-    stage = given.get("child-stage", "fanout")
-    base = ["--image", "python:3.12-slim", "--install", install, "--stage", stage]
-    assert calls == [["pipeline", "-f", "authscope.yml", *base, *flags]]
+    assert calls == [["pipeline"]]
+    (resolved,) = resolved_options(tmp_path)
+    expected = {
+        "file": "authscope.yml",
+        "image": "python:3.12-slim",
+        "install": install,  # as written: the child jobs' shells expand it
+        "stage": "fanout",
+        "slices": None,
+        "jobs": None,
+        "fail_fast": False,
+        "registry_login": True,
+        **options,
+    }
+    assert {key: resolved[key] for key in expected} == expected
     assert (tmp_path / "authscope-child-pipeline.yml").exists()
 
 

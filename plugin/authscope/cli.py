@@ -453,7 +453,12 @@ def _define_pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gitlab-token-env", type=_variable_name, metavar="VAR", help="--gitlab-token-env VAR for each generated job"
     )
-    p.add_argument("--no-registry-login", action="store_true", help="don't log in to $CI_REGISTRY in before_script")
+    p.add_argument(
+        "--registry-login",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log in to $CI_REGISTRY in each child job's before_script (default: yes)",
+    )
     p.set_defaults(run=_cmd_pipeline)
 
 
@@ -778,7 +783,7 @@ def _cmd_pipeline(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         image=a.image or pipeline.DEFAULT_IMAGE,
         install=a.install or pipeline.DEFAULT_INSTALL,
         stage=a.stage,
-        registry_login=not a.no_registry_login,
+        registry_login=a.registry_login,
         jobs=a.jobs or 0,
         fail_fast=a.fail_fast,
         pull_once=a.pull_once,
@@ -888,16 +893,70 @@ def _sweep_jobs(roots: Sequence[str]) -> int:
     return max([EXIT_OK, *codes])
 
 
+# -- options from the environment ----------------------------------------------
+#
+# Every option of these commands can also come from a variable AUTHSCOPE_<DEST>
+# (--fail-fast: AUTHSCOPE_FAIL_FAST, --jobs: AUTHSCOPE_JOBS, --target:
+# AUTHSCOPE_TARGET, names separated by commas), so that a CI/CD component's
+# script is one plain `authscope fanout` line and its inputs are job variables.
+# An option given on the command line wins; an empty variable is unset; a
+# switch takes true/false (1/0, yes/no); AUTHSCOPE_JOBS=0 (and SLICES=0) keep
+# the default, as the components' inputs do.
+ENV_PREFIX = "AUTHSCOPE_"
+ENV_COMMANDS = ("fanout", "pipeline")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+# Options that take a value or are switches (not --help, not --version).
+_ENV_ACTIONS = (argparse._StoreAction, argparse._AppendAction, argparse._StoreTrueAction, argparse.BooleanOptionalAction)
+
+
+def env_variable(action: argparse.Action) -> str:
+    return ENV_PREFIX + action.dest.upper()
+
+
+def options_from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill ``args``' options that the command line left at their default from AUTHSCOPE_* variables."""
+    if args.command not in ENV_COMMANDS:
+        return
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    for action in sub._actions:
+        if not isinstance(action, _ENV_ACTIONS) or action.help == argparse.SUPPRESS:
+            continue
+        name = env_variable(action)
+        raw = environ.get(name, "").strip()
+        if raw and getattr(args, action.dest) == action.default:
+            setattr(args, action.dest, _env_value(action, name, raw))
+
+
+def _env_value(action: argparse.Action, name: str, raw: str) -> Any:
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):  # a switch
+        if raw.lower() not in _TRUE + _FALSE:
+            raise UsageError(f"${name} is {raw!r}: give true or false")
+        return raw.lower() in _TRUE
+    if action.type is _positive_int and raw == "0":
+        return action.default
+    words = [w.strip() for w in raw.split(",") if w.strip()] if isinstance(action, argparse._AppendAction) else [raw]
+    values = []
+    for word in words:
+        try:
+            values.append(action.type(word) if callable(action.type) else word)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise UsageError(f"${name} is {raw!r}: {exc}") from None
+    return values if isinstance(action, argparse._AppendAction) else values[0]
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point: ``authscope COMMAND ...``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+    args = parser.parse_args(argv)
     command: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.run
+    environ = os.environ if environ is None else environ
     from . import run
 
     try:
+        options_from_env(parser, args, environ)
         with run.signals_handled(raise_when_idle=args.command != "fanout"):
-            return command(args, os.environ if environ is None else environ)
+            return command(args, environ)
     except Interrupted as exc:
         say(f"interrupted by signal {exc.signum}; scopes removed")
         return 128 + exc.signum

@@ -414,8 +414,11 @@ def hostile_project(make: Any, rel: Release, pwned: Path, vulnerable: bool) -> A
     if vulnerable:  # control: the generator's script line as it was
         template = proj.path / "templates" / "fanout-pipeline.yml"
         text = template.read_text()
-        assert '--stage "$AUTHSCOPE_CHILD_STAGE"' in text
-        template.write_text(text.replace('--stage "$AUTHSCOPE_CHILD_STAGE"', '--stage "$[[ inputs.child-stage ]]"'))
+        line = "- authscope pipeline > authscope-child-pipeline.yml"
+        assert line in text
+        template.write_text(
+            text.replace(line, line.replace("pipeline >", 'pipeline --stage "$[[ inputs.child-stage ]]" >'))
+        )
     git(proj.path, "add", "-A")
     git(proj.path, "commit", "-q", "-m", "hostile input")
     return proj
