@@ -22,7 +22,8 @@ lib/api/deployments.rb:
   ``{"message":{"ref":["The branch or tag does not exist"]}}``;
 - ``forbid``: these operations answer 403 ``{"message":"403 Forbidden"}``;
   with ``echo_token``, the message quotes the token the request carried (as
-  a careless proxy or a debug build might), raw and URL-encoded.
+  a careless proxy or a debug build might), raw and URL-encoded, after a
+  preamble long enough that it straddles a 300-character cut.
 
 Lists are paginated like GitLab (page, per_page default 20, X-* headers and a
 Link header), so a client that forgets to follow pages sees only 20 links.
@@ -198,7 +199,10 @@ class FakeGitLab:
         if operation in self.forbid or ("*" in self.forbid and operation in WRITES):
             if self.echo_token:
                 token = self._presented
-                raise Reply(403, {"message": f"403 Forbidden: token {token} (url {quote(token, safe='')}) may not"})
+                # After a long preamble, as an error page would: a client that
+                # shortens the message before masking it keeps a piece of the token.
+                preamble = "request rejected by policy; " * 9 + "see the proxy log."
+                raise Reply(403, {"message": f"403 Forbidden: {preamble}token {token} (url {quote(token, safe='')})"})
             raise Reply(403, {"message": "403 Forbidden"})
 
     def _release(self, tag: str) -> dict[str, Any]:

@@ -248,7 +248,9 @@ def test_gitlab_token_echoed_in_an_error_is_masked(monkeypatch: pytest.MonkeyPat
         report = R.Report("src", "sha256:" + "1" * 64, "crane", (result,), 0.0, 1.0)
         with pytest.raises(gitlab.GitLabError) as info:
             gitlab.publish_release_links(settings_, report)
-        assert JOB_TOKEN not in str(info.value) and "[MASKED]" in str(info.value)
+        message = str(info.value)
+        assert "[MASK" in message
+        assert not any(JOB_TOKEN[i : i + 6] in message for i in range(len(JOB_TOKEN) - 5))  # no piece of it
         # Control: the fake really echoes the token in its answer.
         request = urllib.request.Request(
             f"{fake.url}/api/v4/projects/{fake.project_id}/releases",
@@ -546,7 +548,8 @@ def test_ca_file_fifo_or_device_is_refused_when_loading(fifo: Path, tmp_path: Pa
         path = _targets(tmp_path, f"password_env: LOCAL_PASSWORD, ca_file: {ca}")
         result = _cli(["fanout", "-f", str(path), "--dry-run"], env)
         assert result.returncode == 2, result.stderr
-        assert b"ca_file" in result.stderr and (b"FIFO" in result.stderr or b"device" in result.stderr)
+        assert b"ca_file" in result.stderr
+        assert b"named pipe (FIFO)" in result.stderr or b"is a character device" in result.stderr
 
 
 def test_ca_file_swapped_for_a_fifo_after_loading_is_refused(tmp_path: Path) -> None:
