@@ -416,9 +416,11 @@ def hostile_project(make: Any, rel: Release, pwned: Path, vulnerable: bool) -> A
         text = template.read_text()
         line = "- authscope pipeline > authscope-child-pipeline.yml"
         assert line in text
-        template.write_text(
-            text.replace(line, line.replace("pipeline >", 'pipeline --stage "$[[ inputs.child-stage ]]" >'))
+        # The old shape: the input interpolated into a shell line that builds the options.
+        old = (
+            '- set -- --stage "$[[ inputs.child-stage ]]"\n    - authscope pipeline "$@" > authscope-child-pipeline.yml'
         )
+        template.write_text(text.replace(line, old))
     git(proj.path, "add", "-A")
     git(proj.path, "commit", "-q", "-m", "hostile input")
     return proj
