@@ -85,6 +85,13 @@ def test_a_bad_value_is_a_usage_error_naming_the_variable(
     assert f"${name} is {value!r}" in err and says in err
 
 
+def test_job_open_takes_the_scope_components_variables() -> None:
+    args = resolve(["job", "open"], {"AUTHSCOPE_REGISTRY_LOGIN": "false", "AUTHSCOPE_ISOLATE_HOME": "true"})
+    assert args.registry_login is False and args.isolate_home is True
+    args = resolve(["job", "open"], {})
+    assert args.registry_login is True and args.isolate_home is False
+
+
 def test_other_commands_read_no_variables() -> None:
     """exec, login, job ...: their options are never taken from the environment
     (AUTHSCOPE_SCOPE_DIR aside, which scope.choose_root reads itself)."""

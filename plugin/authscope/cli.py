@@ -276,9 +276,10 @@ def _define_job(p: argparse.ArgumentParser) -> None:
     _add_base(opener)
     _add_scope_dir(opener)
     opener.add_argument(
-        "--no-registry-login",
-        action="store_true",
-        help="don't log in to $CI_REGISTRY in the scope (default: when CI_REGISTRY_USER/PASSWORD are set)",
+        "--registry-login",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log in to $CI_REGISTRY in the scope, or not (default: yes, when CI_REGISTRY_USER/PASSWORD are set)",
     )
     opener.add_argument(
         "--isolate-home",
@@ -838,7 +839,7 @@ def _cmd_job(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
             environ,
             root=a.scope_dir,
             config_dir=a.config_dir,
-            registry_login=not a.no_registry_login,
+            registry_login=a.registry_login,
             isolate_home=a.isolate_home,
             sources=a.source_registry,
         )
@@ -895,7 +896,7 @@ def _sweep_jobs(roots: Sequence[str]) -> int:
 
 # -- options from the environment ----------------------------------------------
 #
-# Every option of these commands can also come from a variable AUTHSCOPE_<DEST>
+# Every option of these commands (job: open and close) can also come from a variable AUTHSCOPE_<DEST>
 # (--fail-fast: AUTHSCOPE_FAIL_FAST, --jobs: AUTHSCOPE_JOBS, --target:
 # AUTHSCOPE_TARGET, names separated by commas), so that a CI/CD component's
 # script is one plain `authscope fanout` line and its inputs are job variables.
@@ -903,10 +904,15 @@ def _sweep_jobs(roots: Sequence[str]) -> int:
 # switch takes true/false (1/0, yes/no); AUTHSCOPE_JOBS=0 (and SLICES=0) keep
 # the default, as the components' inputs do.
 ENV_PREFIX = "AUTHSCOPE_"
-ENV_COMMANDS = ("fanout", "pipeline")
+ENV_COMMANDS = ("fanout", "pipeline", "job")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # Options that take a value or are switches (not --help, not --version).
-_ENV_ACTIONS = (argparse._StoreAction, argparse._AppendAction, argparse._StoreTrueAction, argparse.BooleanOptionalAction)
+_ENV_ACTIONS = (
+    argparse._StoreAction,
+    argparse._AppendAction,
+    argparse._StoreTrueAction,
+    argparse.BooleanOptionalAction,
+)
 
 
 def env_variable(action: argparse.Action) -> str:
@@ -917,7 +923,9 @@ def options_from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     """Fill ``args``' options that the command line left at their default from AUTHSCOPE_* variables."""
     if args.command not in ENV_COMMANDS:
         return
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    sub = _subparser(parser, args.command)
+    if args.command == "job":  # job open|close: the options are the sub-command's
+        sub = _subparser(sub, args.job_command)
     for action in sub._actions:
         if not isinstance(action, _ENV_ACTIONS) or action.help == argparse.SUPPRESS:
             continue
@@ -925,6 +933,13 @@ def options_from_env(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         raw = environ.get(name, "").strip()
         if raw and getattr(args, action.dest) == action.default:
             setattr(args, action.dest, _env_value(action, name, raw))
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    found: argparse.ArgumentParser = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices[name]
+    return found
 
 
 def _env_value(action: argparse.Action, name: str, raw: str) -> Any:
