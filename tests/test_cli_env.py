@@ -99,3 +99,26 @@ def test_other_commands_read_no_variables() -> None:
     args = parser.parse_args(["exec", "--registry", "r.example", "-u", "u", "--password-env", "P", "--", "true"])
     cli.options_from_env(parser, args, {"AUTHSCOPE_ISOLATE_HOME": "true", "AUTHSCOPE_QUIET": "true"})
     assert args.isolate_home is False and args.quiet is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        (["job", "open"], {"AUTHSCOPE_ISOLATE_HOME": "perhaps"}),  # a bad variable
+        (["job", "open", "--isolat-home"], {}),  # a mistyped option: argparse's own error
+    ],
+    ids=["bad-variable", "mistyped-option"],
+)
+def test_a_job_open_that_fails_before_it_starts_still_stops_the_jobs_eval(
+    argv: list[str], environ: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`eval "$(authscope job open)"` of an empty output succeeds, and the job would run on
+    the runner's shared config: every failure prints the `exit N` line eval runs."""
+    from authscope.jobscope import FAILED_LINE
+
+    try:
+        code = cli.main(argv, environ=environ)
+    except SystemExit as exc:  # argparse's exit, as the console script would exit
+        code = int(exc.code or 0)
+    assert code == 2
+    assert capsys.readouterr().out == FAILED_LINE.format(code=2)

@@ -817,41 +817,40 @@ def _cmd_sweep(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _cmd_job(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    return _job_close(a, environ) if a.job_command == "close" else _job_open(a, environ)
+
+
+def _job_close(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import jobscope
 
-    if a.job_command == "close":
-        roots = (
-            [a.scope_dir]
-            if a.scope_dir
-            else [environ["AUTHSCOPE_SCOPE_DIR"]]
-            if environ.get("AUTHSCOPE_SCOPE_DIR")
-            else _scope_roots(environ)
-        )
-        with jobscope.signals_deferred():  # a signal now lands after the guard and its report
-            closed = jobscope.close_job(environ, roots)
-            if not [c for c in closed if not c.raced]:
-                job = jobscope.job_of(environ)
-                say(f"job {job.id}: no job scope to close (never opened, already closed or swept)")
-                return EXIT_OK
-            return max(_report_closed(c, "closed") for c in closed)
-    try:
-        opened, retired = jobscope.open_job(
-            environ,
-            root=a.scope_dir,
-            config_dir=a.config_dir,
-            registry_login=a.registry_login,
-            isolate_home=a.isolate_home,
-            sources=a.source_registry,
-        )
-    except BaseException as exc:
-        # `eval ""` succeeds: make the job's eval fail instead of running on the shared config.
-        code = next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), EXIT_FAILED)
-        if isinstance(exc, Interrupted):
-            code = 128 + exc.signum
-        elif not isinstance(exc, AuthscopeError):
-            code = EXIT_INTERNAL
-        print(jobscope.FAILED_LINE.format(code=code), end="", flush=True)
-        raise
+    roots = (
+        [a.scope_dir]
+        if a.scope_dir
+        else [environ["AUTHSCOPE_SCOPE_DIR"]]
+        if environ.get("AUTHSCOPE_SCOPE_DIR")
+        else _scope_roots(environ)
+    )
+    with jobscope.signals_deferred():  # a signal now lands after the guard and its report
+        closed = jobscope.close_job(environ, roots)
+        if not [c for c in closed if not c.raced]:
+            job = jobscope.job_of(environ)
+            say(f"job {job.id}: no job scope to close (never opened, already closed or swept)")
+            return EXIT_OK
+        return max(_report_closed(c, "closed") for c in closed)
+
+
+def _job_open(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Open the job's scope and print the lines for eval (main prints `exit N` when anything fails)."""
+    from . import jobscope
+
+    opened, retired = jobscope.open_job(
+        environ,
+        root=a.scope_dir,
+        config_dir=a.config_dir,
+        registry_login=a.registry_login,
+        isolate_home=a.isolate_home,
+        sources=a.source_registry,
+    )
     for c in retired:
         _report_closed(c, "removed a stale scope of this job (its shell is gone):")
     for note in opened.notes:
@@ -863,6 +862,22 @@ def _cmd_job(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         say(f"job {opened.job.id}: scope {opened.scope.path} over base {opened.base} (only read){logins}")
     print(jobscope.shell_lines(opened.exports, f"authscope job scope of job {opened.job.id}"), end="", flush=True)
     return EXIT_OK
+
+
+def _fail_eval(exc: BaseException) -> None:
+    """`job open` failed: `eval ""` would succeed and the job would run on the
+    shared config, so print the line that makes the job's eval fail instead."""
+    from .jobscope import FAILED_LINE
+
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    elif isinstance(exc, Interrupted):
+        code = 128 + exc.signum
+    elif isinstance(exc, AuthscopeError):
+        code = next((c for kind, c in EXIT_CODES if isinstance(exc, kind)), EXIT_FAILED)
+    else:
+        code = EXIT_INTERNAL
+    print(FAILED_LINE.format(code=code), end="", flush=True)
 
 
 def _scope_roots(environ: Mapping[str, str]) -> list[str]:
@@ -962,16 +977,27 @@ def _env_value(action: argparse.Action, name: str, raw: str) -> Any:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Entry point: ``authscope COMMAND ...``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    opening_job = argv[:2] == ["job", "open"]  # its output is eval'd: a failure must say `exit N`
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if opening_job and exc.code:
+            _fail_eval(exc)
+        raise
     command: Callable[[argparse.Namespace, Mapping[str, str]], int] = args.run
     environ = os.environ if environ is None else environ
     from . import run
 
     try:
-        options_from_env(parser, args, environ)
-        with run.signals_handled(raise_when_idle=args.command != "fanout"):
-            return command(args, environ)
+        try:
+            options_from_env(parser, args, environ)
+            with run.signals_handled(raise_when_idle=args.command != "fanout"):
+                return command(args, environ)
+        except BaseException as exc:
+            if opening_job:
+                _fail_eval(exc)
+            raise
     except Interrupted as exc:
         say(f"interrupted by signal {exc.signum}; scopes removed")
         return 128 + exc.signum
