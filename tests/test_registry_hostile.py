@@ -532,8 +532,15 @@ def test_is_loopback_does_not_import_ipaddress_for_names() -> None:
         "import sys; from authscope.dockerconfig import is_loopback; "
         "is_loopback('gitlab.local:4567'); is_loopback('localhost'); print('ipaddress' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    import os
+    from pathlib import Path
+
+    # -S skips site, and with it the .pth of an editable install: name the package's root.
+    plugin = str(Path(__file__).resolve().parents[1] / "plugin")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [plugin, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 # == item 8: bad answers =========================================================================
