@@ -37,7 +37,6 @@ import os
 import re
 import shlex
 import signal
-import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -317,22 +316,11 @@ def _state(directory: str) -> dict[str, Any]:
 
 def find(roots: Sequence[str], job: Job) -> list[str]:
     """This job's directories under ``roots`` (this user's, real directories)."""
-    found = []
-    for root in roots:
-        try:
-            entries = list(os.scandir(root))
-        except OSError:
-            continue
-        for entry in entries:
-            if not entry.name.startswith(job.prefix) or parse_name(entry.name) is None:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
-                found.append(entry.path)
-    return found
+
+    def of_this_job(name: str) -> tuple[str, Owner] | None:
+        return parse_name(name) if name.startswith(job.prefix) else None
+
+    return [path for path, _ in S.own_directories(roots, of_this_job)]
 
 
 def _reopened(path: str, job: Job, environ: Mapping[str, str]) -> Opened:
@@ -515,25 +503,12 @@ def sweep(roots: Sequence[str], now: float | None = None) -> list[Closed]:
     names are never touched."""
     now = time.time() if now is None else now
     out = []
-    uid = os.geteuid()
-    for root in roots:
-        try:
-            entries = list(os.scandir(root))
-        except OSError:
+    for path, parsed in S.own_directories(roots, parse_name):
+        if not is_over(parsed[1], now):
             continue
-        for entry in entries:
-            parsed = parse_name(entry.name)
-            if parsed is None:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or not is_over(parsed[1], now):
-                continue
-            if now <= parsed[1].expires and not _gone_for_a_while(entry.path, now):
-                continue
-            out.append(retire(entry.path))
+        if now <= parsed[1].expires and not _gone_for_a_while(path, now):
+            continue
+        out.append(retire(path))
     return out
 
 

@@ -29,7 +29,7 @@ import re
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from . import dockerconfig as dc
 from .base import Base, Damage, Snapshot
@@ -529,6 +529,31 @@ class Swept(NamedTuple):
     ended: dict[str, int]  # scope -> processes still running in it that were ended
 
 
+_Parsed = TypeVar("_Parsed")
+
+
+def own_directories(roots: Sequence[str], parse: Callable[[str], _Parsed | None]) -> Iterator[tuple[str, _Parsed]]:
+    """(path, what ``parse`` made of its name) for every entry under ``roots``
+    that ``parse`` accepts and that is a real directory (not a link) owned by
+    this user. A root that cannot be read, or an entry gone meanwhile, is passed over."""
+    uid = os.geteuid()
+    for root in roots:
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for entry in entries:
+            parsed = parse(entry.name)
+            if parsed is None:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
+                yield entry.path, parsed
+
+
 def sweep(roots: Sequence[str]) -> list[str]:
     """Remove scopes whose owner is gone; the paths removed (see sweep_report)."""
     return sweep_report(roots).removed
@@ -545,26 +570,12 @@ def sweep_report(roots: Sequence[str]) -> Swept:
     removed: list[str] = []
     left: list[str] = []
     dead: list[str] = []
-    uid, namespace = os.geteuid(), pid_namespace()
-    for root in roots:
-        try:
-            entries = list(os.scandir(root))
-        except OSError:
+    namespace = pid_namespace()
+    for path, match in own_directories(roots, NAME.fullmatch):
+        pid, start, ns = (int(g) for g in match.groups())
+        if ns != namespace or process_alive(pid, start):
             continue
-        for entry in entries:
-            match = NAME.fullmatch(entry.name)
-            if not match:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
-                continue
-            pid, start, ns = (int(g) for g in match.groups())
-            if ns != namespace or process_alive(pid, start):
-                continue
-            dead.append(entry.path)
+        dead.append(path)
     ended: dict[str, int] = {}
     if dead:
         from .run import end_processes_in
