@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,44 @@ targets:
                 self.assert_no_secrets(report.read_text())
         assert self.scopes_left() == [], "a scope outlived the fan-out"
         return result
+
+    def fanout_signalled(
+        self,
+        path: Path,
+        signum: int,
+        running: int = 1,
+        env: Mapping[str, str] | None = None,
+        before_signal: Callable[[], None] | None = None,
+    ) -> tuple[int, str, str]:
+        """A fan-out signalled once ``running`` targets' commands printed
+        "started NAME" (and ``before_signal`` ran): (exit code, stdout, stderr)."""
+        out_path, err_path = self.tmp / "fanout.out", self.tmp / "fanout.err"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [*AUTHSCOPE, "fanout", "-f", str(path), *self.report_args()],
+                env=dict(self.env if env is None else env),
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while len(started(out_path.read_text())) < running:
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, "the tools never started"
+                time.sleep(0.05)
+            if before_signal is not None:
+                before_signal()
+            proc.send_signal(signum)
+            returncode = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stdout, stderr = out_path.read_text(), err_path.read_text()
+        self.assert_no_secrets(stdout, stderr)
+        return returncode, stdout, stderr
 
     def scopes_left(self) -> list[str]:
         return sorted(p.name for p in self.scopes.iterdir())
@@ -636,31 +674,13 @@ def test_signal_interrupts_cleans_up_and_reports(signum: int, code: int, jobs: i
     mark = str(secrets.randbelow(10**6))
     slow = write_script(fleet.tmp / "slow.sh", f'echo "started $1"\nsleep 43.{mark}\necho "not interrupted"\n')
     path = fleet.custom_file("signals", {name: ["sh", str(slow), "{name}"] for name in fleet.targets}, jobs=jobs)
-    out_path, err_path = fleet.tmp / "fanout.out", fleet.tmp / "fanout.err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [*AUTHSCOPE, "fanout", "-f", str(path), *fleet.report_args()],
-            env=fleet.env,
-            cwd=fleet.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while len(started(out_path.read_text())) < jobs:
-            assert proc.poll() is None, err_path.read_text()
-            assert time.monotonic() < deadline, "the tools never started"
-            time.sleep(0.05)
-        assert len(fleet.scopes_left()) == jobs  # one live scope per running target
-        proc.send_signal(signum)
-        returncode = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stdout, stderr = out_path.read_text(), err_path.read_text()
-    fleet.assert_no_secrets(stdout, stderr)
+
+    def one_live_scope_per_running_target() -> None:
+        assert len(fleet.scopes_left()) == jobs
+
+    returncode, stdout, stderr = fleet.fanout_signalled(
+        path, signum, running=jobs, before_signal=one_live_scope_per_running_target
+    )
     assert returncode == code, stdout + stderr
     assert "not interrupted" not in stdout
     assert len(started(stdout)) == jobs  # queued targets never started

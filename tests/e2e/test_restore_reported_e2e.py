@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import RegistryFactory, require_tools
-from tests.e2e.test_fanout import AUTHSCOPE, Fleet, started, tool_path, write_script
+from tests.e2e.test_fanout import Fleet, tool_path, write_script
 from tests.support import CA
 
 
@@ -97,30 +95,7 @@ exec {crane} copy --insecure "$1" "$2"
 def test_wipe_then_signal_exits_3(fleet: Fleet, signum: int) -> None:
     slow = write_script(fleet.tmp / "slow.sh", WIPE + 'echo "started $1"\nsleep 30\n')
     path = fleet.custom_file("wipe-signal", {"one": ["sh", str(slow), "{name}"]})
-    out_path, err_path = fleet.tmp / "out", fleet.tmp / "err"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [*AUTHSCOPE, "fanout", "-f", str(path), *fleet.report_args()],
-            env=_env(fleet),
-            cwd=fleet.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not started(out_path.read_text()):
-            assert proc.poll() is None, err_path.read_text()
-            assert time.monotonic() < deadline, "the command never started"
-            time.sleep(0.05)
-        proc.send_signal(signum)
-        returncode = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stdout, stderr = out_path.read_text(), err_path.read_text()
-    fleet.assert_no_secrets(stdout, stderr)
+    returncode, stdout, stderr = fleet.fanout_signalled(path, signum, env=_env(fleet))
     assert returncode == 3, stdout + stderr
     assert f"interrupted by signal {int(signum)}" in stderr
     doc = _assert_reported(fleet, stdout, stderr, "one")
