@@ -20,6 +20,9 @@
 #                     the fan-out tools; built with Go into .tools/bin (crane
 #                     0.16.1 is the version of the reported wipe). Needs Go
 #                     1.21+, which fetches the toolchain the modules ask for
+#   cosign, oras      sign and attach referrers to the e2e source images and
+#                     verify them at every target (signed releases)
+#   regsync           regclient's declarative copier: the benchmark yardstick
 #   gitlab-ci-local, check-jsonschema
 #                     the CI/CD component tests (scripts/install-ci-tools.sh)
 #   pytest, hypothesis, pytest-timeout
@@ -32,6 +35,10 @@ cd "$(dirname "$0")/.."
 CRANE_REPORTED=v0.16.1
 CRANE_LATEST=v0.22.1
 REGCTL=v0.11.7
+# Signed releases (cosign signatures/attestations, oras referrers) and the
+# regsync yardstick of benchmarks/wan_fanout.py.
+COSIGN=v2.6.5
+ORAS=v1.3.6
 TOOLS="$PWD/.tools/bin"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -82,6 +89,9 @@ if command -v go >/dev/null 2>&1; then
   build "crane-${CRANE_REPORTED#v}" github.com/google/go-containerregistry/cmd/crane "$CRANE_REPORTED"
   build crane github.com/google/go-containerregistry/cmd/crane "$CRANE_LATEST"
   build regctl github.com/regclient/regclient/cmd/regctl "$REGCTL"
+  build regsync github.com/regclient/regclient/cmd/regsync "$REGCTL"
+  build cosign github.com/sigstore/cosign/v2/cmd/cosign "$COSIGN"
+  build oras oras.land/oras/cmd/oras "$ORAS"
 else
   echo "go not found: crane and regctl are not installed (their e2e tests skip locally, fail under CI=true)" >&2
   if [ "${CI:-}" = true ]; then exit 1; fi
