@@ -63,6 +63,7 @@ class Snapshot(NamedTuple):
     config: dc.Config
     values: dict[EntryPath, str]
     mode: int | None = None  # the file's permission bits; None when there was no file
+    raw: bytes | None = None  # the file's bytes then: the guard's byte-for-byte fast compare
 
 
 class Damage(NamedTuple):
@@ -100,8 +101,13 @@ class Damage(NamedTuple):
         }[self.what]
 
 
+# One encoder for every entry: json.dumps with arguments builds a new one per call,
+# and a snapshot of a base of n entries makes n of them (scope_lifecycle).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(value)
 
 
 def fingerprint(value: str | None) -> str | None:
@@ -234,12 +240,12 @@ class Base:
 
     def snapshot(self) -> Snapshot:
         journal = self.read_journal()  # first: see the module docstring
-        _, cfg = dc.read_config(self.path)
+        raw, cfg = dc.read_config(self.path)
         try:
             mode: int | None = os.stat(self.path).st_mode & 0o7777
         except FileNotFoundError:
             mode = None
-        return Snapshot(journal.generation, cfg, flatten(cfg), mode)
+        return Snapshot(journal.generation, cfg, flatten(cfg), mode, raw)
 
     # -- writing ---------------------------------------------------------------
 
@@ -313,6 +319,12 @@ class Base:
 
     # -- the guard -------------------------------------------------------------
 
+    def _unchanged(self, raw: bytes) -> bool:
+        try:
+            return dc.read_bytes(self.path) == raw
+        except ConfigError:  # made a directory, a FIFO: the full check says what is lost
+            return False
+
     def _current(self) -> tuple[bytes | None, dc.Config, bool]:
         """(raw, config, parsed): a config a tool corrupted reads as empty."""
         try:
@@ -331,6 +343,8 @@ class Base:
         decision is made again under the lock, with fresh reads, before any
         write.
         """
+        if snap.raw is not None and self._unchanged(snap.raw) and not self._widened(snap):
+            return []  # byte for byte what the scope saw: its entries cannot differ
         _, cfg, _ = self._current()
         if not find_damage(snap, flatten(cfg), self.read_journal(), leaks) and not self._widened(snap):
             return []

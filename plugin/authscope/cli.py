@@ -13,10 +13,9 @@ from typing import (
     TYPE_CHECKING,
     Any,
     NoReturn,
-    TextIO,
 )
 
-from . import __version__
+from . import __version__, entry
 from .errors import (
     AuthscopeError,
     BaseWriteError,
@@ -35,7 +34,6 @@ from .errors import (
 
 if TYPE_CHECKING:
     from . import report as R
-    from .base import Damage
 
 # Exit codes (DESIGN.md): 0 done, 1 failed, 2 usage/config error (nothing ran),
 # 3 base integrity restored, 128+N signal N (130 for SIGINT).
@@ -72,12 +70,8 @@ Secrets are never taken on the command line: use --password-env VAR,
 """
 
 
-def say(message: str, stream: TextIO | None = None) -> None:
-    from .run import mask_known
-
-    # Every secret read so far is masked, in every form: an error may quote
-    # a registry's or GitLab's answer, and that may echo a credential.
-    print(f"authscope: {mask_known(message)}", file=stream or sys.stderr, flush=True)
+# say: one line on stderr, every known secret masked (in entry.py, the exec fast path's module).
+say = entry.say
 
 
 class _Parser(argparse.ArgumentParser):
@@ -580,72 +574,17 @@ def _cmd_logout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _cmd_exec(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from . import credentials, dockerconfig, run, scope
-    from .base import Base
-
-    argv: list[str] = a.argv[1:] if a.argv[:1] == ["--"] else a.argv
-    if not argv:
-        raise UsageError(
-            "exec needs a command after --, e.g. `authscope exec --registry HOST ... -- crane copy SRC DST`"
-        )
-    user = credentials.username(a.username, a.username_env, environ)
-    secret = credentials.password(a.password_env, a.password_file, False, environ, warn=say)
-    _remember([secret, dockerconfig.encode_auth(user, secret)])
-    key = dockerconfig.registry_key(a.registry)
-    base = Base(_base_dir(a.config_dir, environ))
-    opened: scope.Scope | None = None
-    try:
-        with scope.open_scope(
-            base,
-            key,
-            dockerconfig.auth_entry(user, secret),
-            root=a.scope_dir,
-            sources=a.source_registry,
-            isolate_home=a.isolate_home,
-            environ=environ,
-            warn=_warn_left_behind,
-        ) as (opened, secrets):
-            if not a.quiet:
-                say(f"scope for {key} at {opened.path} (base {base.path})")
-            run.remember(secrets)
-            status = run.run_relayed(argv, opened.env(environ), run.Masker(secrets))
-    except (Interrupted, AuthscopeError) as exc:
-        # The guard ran as the scope closed; a restore is reported and exits 3
-        # whatever else ended the command (a signal, a tool that vanished).
-        if opened is None or not opened.damage:
-            raise
-        say(f"interrupted by signal {exc.signum}" if isinstance(exc, Interrupted) else f"error: {exc}")
-        return _report_damage(base.path, opened.damage)
-    if opened.damage:
-        return _report_damage(base.path, opened.damage)
-    if opened.left_behind and status == EXIT_OK:
-        # The command succeeded, but a part of its scope (with the target's
-        # login in it, maybe) is still on disk: that is not a success.
-        say(
-            f"the scope {opened.path} could not be removed fully (see above); what is left may hold the target's login: free it (chattr -i, umount), then run `authscope sweep`"
-        )
-        return EXIT_FAILED
-    if not a.quiet:
-        say(f"scope removed; base {base.path} intact; {argv[0]} exited {status}")
-    return status
+    return entry.exec_command(a, environ)  # shared with the console script's fast path
 
 
-def _warn_left_behind(line: str) -> None:
-    say(f"warning: could not remove {line}")
+_warn_left_behind = entry.warn_left_behind
+_report_damage = entry.report_damage
 
 
 def _remember(secrets: Sequence[str]) -> None:
     from .run import remember
 
     remember(secrets)
-
-
-def _report_damage(path: str, damage: Sequence[Damage]) -> int:
-    say(f"BASE INTEGRITY: a command wrote {path} outside its scope:")
-    for d in damage:
-        say(f"  - {d.describe()}")
-    say("run such tools with --isolate-home, or report the tool: it ignores DOCKER_CONFIG")
-    return EXIT_RESTORED
 
 
 def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -998,18 +937,23 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             if opening_job:
                 _fail_eval(exc)
             raise
-    except Interrupted as exc:
+    except (Interrupted, Exception) as exc:
+        return exit_code(exc)
+
+
+def exit_code(exc: BaseException) -> int:
+    """Say what ended a command (an Interrupted or an Exception) and return its exit code."""
+    if isinstance(exc, Interrupted):
         say(f"interrupted by signal {exc.signum}; scopes removed")
         return 128 + exc.signum
-    except AuthscopeError as exc:
+    if isinstance(exc, AuthscopeError):
         say(f"error: {exc}")
         for kind, code in EXIT_CODES:
             if isinstance(exc, kind):
                 return code
         return EXIT_FAILED
-    except Exception:
-        import traceback
+    import traceback
 
-        traceback.print_exc()
-        say("internal error: this is a bug in authscope; please report it with the traceback above")
-        return EXIT_INTERNAL
+    traceback.print_exception(exc)
+    say("internal error: this is a bug in authscope; please report it with the traceback above")
+    return EXIT_INTERNAL

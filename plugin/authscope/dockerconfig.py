@@ -7,6 +7,7 @@ call it with plain dicts.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -139,10 +140,18 @@ def same_registry(key: str, registry: str) -> bool:
     Covers ``https://host``, ``http://host/v1/`` and the Docker Hub spellings,
     so a logout removes every variant a tool may have written.
     """
+    a = _normal_key(key)
+    return a is not None and a == _normal_key(registry)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_key(name: str) -> str | None:
+    """``registry_key(name).lower()``, None when it is no registry name; cached: a scope
+    over a base of n entries compares every key with the target's (scope_lifecycle)."""
     try:
-        return registry_key(key).lower() == registry_key(registry).lower()
+        return registry_key(name).lower()
     except UsageError:
-        return False
+        return None
 
 
 # -- parsing ------------------------------------------------------------------

@@ -105,7 +105,6 @@ def _apply(data: bytes, spans: Sequence[tuple[int, int]]) -> bytes:
 def forms(secret: str) -> set[bytes]:
     """Every form of ``secret`` worth masking (see Masker); short pieces included."""
     import json
-    from urllib.parse import quote, quote_plus
 
     whole = {secret}
     # Each line of a multi-line secret, and the pieces between the "\n"
@@ -119,9 +118,9 @@ def forms(secret: str) -> set[bytes]:
         texts.update(
             (
                 value,
-                quote(value, errors="surrogateescape"),
-                quote(value, safe="", errors="surrogateescape"),
-                quote_plus(value, errors="surrogateescape"),
+                _quote(value, "/"),
+                _quote(value, ""),
+                _quote_plus(value),
             )
         )
         escaped = json.dumps(value, ensure_ascii=False)[1:-1]
@@ -137,6 +136,22 @@ def forms(secret: str) -> set[bytes]:
             out.add(core)
             out.add(core.replace(b"+", b"-").replace(b"/", b"_"))  # URL-safe base64
     return out
+
+
+# urllib.parse.quote's always-safe characters (RFC 3986 unreserved).
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _quote(value: str, safe: str) -> str:
+    """``urllib.parse.quote(value, safe, errors="surrogateescape")``, without importing
+    urllib.parse and ipaddress on exec's path (tests/test_perf_paths.py compares the two)."""
+    keep = _UNRESERVED | frozenset(safe.encode("ascii"))
+    return "".join(chr(b) if b in keep else f"%{b:02X}" for b in value.encode("utf-8", "surrogateescape"))
+
+
+def _quote_plus(value: str) -> str:
+    """``urllib.parse.quote_plus(value, errors="surrogateescape")``: spaces become "+"."""
+    return _quote(value, " ").replace(" ", "+") if " " in value else _quote(value, "")
 
 
 def _bytes(text: str) -> bytes:
