@@ -448,7 +448,9 @@ def _check_credentials(
     t: Target, session: Session, timeout: float, retries: int, log: _Log, cancel: threading.Event | None = None
 ) -> None:
     def ping(_attempt: int) -> int:
-        status, _, _ = session.request("GET", "/v2/")
+        # A token for the repository's pull and push (a Bearer registry): the digest
+        # read-back (pull) then reuses it, no second challenge (registry._covers).
+        status, _, _ = session.request("GET", "/v2/", scope=f"repository:{t.repository}:pull,push")
         return status
 
     deadline = time.monotonic() + timeout

@@ -467,7 +467,11 @@ class Session:
             # Answer the challenge this registry is known to send before it is sent.
             self._authorize(*known, scope, over)
         elif (
-            known is not None and known[0] == "bearer" and scope and scope != self.token_scope and self.auth is not None
+            known is not None
+            and known[0] == "bearer"
+            and scope
+            and not _covers(self.token_scope, scope)
+            and self.auth is not None
         ):
             self._authorize(*known, scope, over)  # a token for another scope
         if self.authorization:
@@ -581,6 +585,21 @@ class Session:
             if status == 200:
                 return "sha256:" + hashlib.sha256(body).hexdigest()
         raise RegistryHTTPError(self.registry, status, f"{self.registry}/{repository}:{reference}", _explain(status))
+
+
+def _covers(held: str | None, wanted: str) -> bool:
+    """True when a token asked for scope ``held`` was asked for every action of ``wanted``:
+    ``repository:app:pull,push`` covers ``repository:app:pull``, so a target's credential
+    check (pull,push) and its digest read-back (pull) share one token, with no second
+    challenge and no second trip to the token service. A token granted fewer actions than
+    asked for is refused with a 401, which is answered as before (a fresh token)."""
+    if held is None:
+        return False
+    if held == wanted:
+        return True
+    h_kind, _, h_rest = held.rpartition(":")
+    w_kind, _, w_rest = wanted.rpartition(":")
+    return bool(h_kind) and h_kind == w_kind and set(w_rest.split(",")) <= set(h_rest.split(","))
 
 
 class _PlainProbe:
