@@ -76,7 +76,9 @@ def test_python_image_whose_install_brings_the_tool_is_accepted(
     main: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install = "apt-get update && apt-get install -y skopeo && pip install authscope==0.1.0"
-    code, doc, err = generate(main, tmp_path, capsys, "--image", "python:3.12-slim", "--install", install, tool="skopeo")
+    code, doc, err = generate(
+        main, tmp_path, capsys, "--image", "python:3.12-slim", "--install", install, tool="skopeo"
+    )
     assert code == 0, err
     assert doc["authscope:one"]["before_script"][0] == install
     # Any other image is the user's call: authscope cannot look inside it.

@@ -429,7 +429,11 @@ def _define_pipeline(p: argparse.ArgumentParser) -> None:
         help="N jobs, each with a slice of the targets (default: one job per target)",
     )
     p.add_argument(
-        "--image", type=_not_empty, default=None, metavar="IMAGE", help="the jobs' image (default: the authscope image of this version, with every tool)"
+        "--image",
+        type=_not_empty,
+        default=None,
+        metavar="IMAGE",
+        help="the jobs' image (default: the authscope image, every tool)",
     )
     p.add_argument(
         "--install",
