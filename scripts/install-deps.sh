@@ -16,6 +16,12 @@
 #                     in docker-cli; skipped when a docker is already on PATH
 #   e2fsprogs         chattr +i: the immutable-base tests (hostile filesystem)
 #   mount             mount/umount: the full-tmpfs and read-only-bind tests
+#   mmdebstrap, buildah, binutils
+#                     ./scripts/build-image: the image's Debian root file
+#                     system, its build without a Docker daemon, strip for
+#                     the tools it carries; tests/e2e/test_image.py runs it
+#   podman, buildah   real clients of the tool matrix (REGISTRY_AUTH_FILE):
+#                     tests/e2e/test_podman_buildah.py
 #   crane, crane-0.16.1, regctl
 #                     the fan-out tools; built with Go into .tools/bin (crane
 #                     0.16.1 is the version of the reported wipe). Needs Go
@@ -43,7 +49,7 @@ TOOLS="$PWD/.tools/bin"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-apt_packages=(docker-registry skopeo apache2-utils openssl rsync git ca-certificates e2fsprogs mount)
+apt_packages=(docker-registry skopeo apache2-utils openssl rsync git ca-certificates e2fsprogs mount mmdebstrap buildah podman binutils)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

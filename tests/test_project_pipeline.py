@@ -193,3 +193,31 @@ def test_control_a_job_without_the_setup_is_caught() -> None:
     doc["reliability"] = {k: v for k, v in resolved(doc, "reliability").items() if k != "before_script"}
     found = problems(doc)
     assert any(p.startswith("job reliability") for p in found), found
+
+
+# -- the image and the package, published (#17 item 4) ------------------------------------
+
+RELEASE_TAG_RULE = [{"if": "$CI_COMMIT_TAG =~ /^\\d+\\.\\d+\\.\\d+$/"}]
+
+
+def test_image_job_builds_with_buildah_and_pushes_sha_and_version() -> None:
+    job = resolved(load(), "container-image")
+    script = "\n".join(job["script"])
+    assert "services" not in job and "docker" not in job["image"]  # no privileged Docker daemon
+    assert "./scripts/build-image" in script and '"docker://$CI_REGISTRY_IMAGE:$CI_COMMIT_SHA"' in script
+    assert '"docker://$CI_REGISTRY_IMAGE:$CI_COMMIT_TAG"' in script
+    assert job["rules"] == [*RELEASE_TAG_RULE, {"if": "$CI_COMMIT_BRANCH == $CI_DEFAULT_BRANCH"}]
+    assert "--password-stdin" in script and '$CI_REGISTRY_PASSWORD" |' in script  # never in argv
+
+
+def test_package_published_on_release_tags_only_with_the_job_token_and_trusted_publishing() -> None:
+    doc = load()
+    gitlab, pypi = resolved(doc, "publish-gitlab-pypi"), resolved(doc, "publish-pypi")
+    for job in (gitlab, pypi):
+        assert job["rules"] == RELEASE_TAG_RULE
+        assert "build" in job["needs"]
+    assert 'TWINE_PASSWORD="$CI_JOB_TOKEN"' in "\n".join(gitlab["script"])
+    assert "$CI_API_V4_URL/projects/$CI_PROJECT_ID/packages/pypi" in "\n".join(gitlab["script"])
+    assert pypi["id_tokens"] == {"PYPI_ID_TOKEN": {"aud": "pypi"}}
+    assert "mint-token" in "\n".join(pypi["script"])
+    assert "container-image" in resolved(doc, "release")["needs"]

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 import authscope
+from authscope import pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO_ROOT / "templates"
@@ -221,7 +222,12 @@ RENDER_CASES: dict[str, dict[str, dict[str, Any]]] = {
 CHILD_CASES: dict[str, list[str]] = {
     "per-target": [],
     "slices": ["--slices", "2", "--jobs", "3", "--fail-fast", "--no-registry-login", "--stage", "copy"],
-    "custom-install": ["--image", "python:3.10-slim", "--install", 'pip install "$CI_PROJECT_DIR/dist/"*.whl'],
+    "custom-install": [
+        "--image",
+        "python:3.10-slim",
+        "--install",
+        'apt-get update -qq && apt-get install -y -qq skopeo && pip install "$CI_PROJECT_DIR/dist/"*.whl',
+    ],
 }
 SCHEMA_CASES = (
     [f"header:{name}" for name in COMPONENTS]
@@ -365,9 +371,11 @@ def test_component_sets_no_global_keywords_and_names_its_jobs_from_inputs(name: 
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
-def test_default_install_pins_this_release(name: str) -> None:
-    install = load_component(name)[0]["spec"]["inputs"]["install"]["default"]
-    assert re.search(rf"\bpip install\b.*\bauthscope=={re.escape(authscope.__version__)}(\s|$)", install)
+def test_default_image_is_this_release_and_installs_nothing(name: str) -> None:
+    inputs = load_component(name)[0]["spec"]["inputs"]
+    assert inputs["image"]["default"] == f"{pipeline.IMAGE_REPOSITORY}:{authscope.__version__}"
+    assert inputs["image"]["default"] == pipeline.DEFAULT_IMAGE  # authscope pipeline's child jobs: the same
+    assert inputs["install"]["default"] == pipeline.DEFAULT_INSTALL == ""
 
 
 def test_scope_job_name_must_be_hidden() -> None:
@@ -536,7 +544,7 @@ def test_generator_job_passes_the_inputs_to_authscope_pipeline(
     (resolved,) = resolved_options(tmp_path)
     expected = {
         "file": "authscope.yml",
-        "image": "python:3.12-slim",
+        "image": pipeline.DEFAULT_IMAGE,
         "install": install,  # as written: the child jobs' shells expand it
         "stage": "fanout",
         "slices": None,

@@ -423,14 +423,18 @@ def _define_pipeline(p: argparse.ArgumentParser) -> None:
         help="N jobs, each with a slice of the targets (default: one job per target)",
     )
     p.add_argument(
-        "--image", type=_not_empty, default=None, metavar="IMAGE", help="the jobs' image (default: python:3.12-slim)"
+        "--image",
+        type=_not_empty,
+        default=None,
+        metavar="IMAGE",
+        help="the jobs' image (default: the authscope image, every tool)",
     )
     p.add_argument(
         "--install",
         type=_not_empty,
         default=None,
         metavar="CMD",
-        help="the shell line that installs authscope in a job (default: pip install authscope==VERSION)",
+        help="a shell line that installs authscope and the copy tool in a job (default: none, the image has them)",
     )
     p.add_argument(
         "--stage", type=_not_empty, default="fanout", metavar="NAME", help="the jobs' stage (default: fanout)"
@@ -721,7 +725,7 @@ def _cmd_pipeline(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = pipeline.JobSettings(
         targets_file=a.file,
         image=a.image or pipeline.DEFAULT_IMAGE,
-        install=a.install or pipeline.DEFAULT_INSTALL,
+        install=a.install if a.install is not None else pipeline.DEFAULT_INSTALL,
         stage=a.stage,
         registry_login=a.registry_login,
         jobs=a.jobs or 0,

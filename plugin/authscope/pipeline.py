@@ -13,6 +13,12 @@ GitLab records itself, once per run, with the job's status. Such a job is
 not given ``--gitlab-deployments``, which would record a second one through
 the API; only the jobs without an environment (slices of several targets)
 are, and record one per target.
+
+Image: the child jobs default to the authscope image of this version
+(``IMAGE``: authscope, crane, skopeo, regctl, cosign, oras; no install line).
+An image known to lack the copy tools (the official ``python`` images) with an
+install line that does not bring the file's tool is refused when the
+pipeline is generated (``check_image``), not in every child job.
 """
 
 from __future__ import annotations
@@ -22,10 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .errors import UsageError
 from .targets import ENVIRONMENT_PREFIX, JOB_PREFIX, Fanout
 
-DEFAULT_IMAGE = "python:3.12-slim"
-DEFAULT_INSTALL = f"pip install authscope=={__version__}"
+# The image the project's pipeline publishes (Containerfile, scripts/build-image),
+# tagged with the package's version; the components default to it too.
+IMAGE_REPOSITORY = "registry.gitlab.com/authscope/authscope"
+DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
+DEFAULT_INSTALL = ""  # the image has authscope and every tool: nothing to install
+COPY_TOOLS = ("crane", "skopeo", "regctl")
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ def _job(names: Sequence[str], settings: JobSettings, slug: str) -> dict[str, An
         "--json",
         f"authscope-{slug}.json",
     ]
-    before = [settings.install]
+    before = [settings.install] if settings.install else []
     if settings.registry_login:
         before.append('authscope login "$CI_REGISTRY" -u "$CI_REGISTRY_USER" --password-env CI_REGISTRY_PASSWORD')
     job: dict[str, Any] = {
@@ -109,8 +120,35 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
+def _bare_python(image: str) -> bool:
+    """The official Python images (python:3.12-slim, docker.io/library/python...):
+    Python and pip, none of the copy tools."""
+    import re
+
+    return re.fullmatch(r"(?:(?:docker\.io|index\.docker\.io)/)?(?:library/)?python(?:[:@].*)?", image) is not None
+
+
+def check_image(fanout: Fanout, settings: JobSettings) -> None:
+    """Refuse child jobs that cannot copy: an image without the file's tool
+    (or without authscope) and an install line that does not bring it."""
+    if not _bare_python(settings.image):
+        return
+    tools = {fanout.tool, *(t.tool for t in fanout.targets)}
+    missing = sorted(t for t in tools if t in COPY_TOOLS and t not in settings.install)
+    if not settings.install:
+        missing.insert(0, "authscope")
+    if missing:
+        raise UsageError(
+            f"--image {settings.image}: the child jobs could not copy: the image has no "
+            f"{', '.join(missing)} and --install {settings.install!r} does not install "
+            f"{'it' if len(missing) == 1 else 'them'}; use the authscope image ({DEFAULT_IMAGE}, "
+            f"the default: every tool, no install line) or an image with {', '.join(missing)}"
+        )
+
+
 def child_pipeline(fanout: Fanout, settings: JobSettings, slice_count: int = 0) -> dict[str, Any]:
     """The child pipeline: one job per target, or ``slice_count`` jobs."""
+    check_image(fanout, settings)
     names = list(fanout.names or [t.name for t in fanout.targets])  # load(names_only=True) expands none
     doc: dict[str, Any] = {"stages": [settings.stage]}
     if slice_count:
