@@ -206,7 +206,7 @@ _TOKEN_REFUSED = re.compile(
     r"unable to retrieve auth token|GET \S*token\S*: (?:UNAUTHORIZED|unauthorized)|token service refused", re.IGNORECASE
 )
 # A refusal of a write: the credentials were good enough to read.
-_WRITE = re.compile(r"\b(?:PUT|POST|PATCH)\b|uploading|writing manifest|put manifest|blob post|blob put", re.IGNORECASE)
+_WRITE = re.compile(r"\b(?:PUT|POST|PATCH)\b|\bupload|writing manifest|put manifest|blob post|blob put", re.IGNORECASE)
 _RATE_LIMITED = re.compile(r"\b429\b|too ?many ?requests", re.IGNORECASE)
 
 

@@ -324,15 +324,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         method = self.command
         body = self._body()
         path = urllib.parse.urlsplit(self.path).path
-        if path == TOKEN_PATH:
-            status, headers, answer = front.token(self.path, self.headers.get("Authorization", ""))
-            front.record(Seen(method, path, status, at=time.monotonic()))
-            self._answer(status, headers, answer)
-            return
         fault = front.fault_for(method, self.path, body)
         if fault is not None:
             front.record(Seen(method, path, fault.status, fault.name, time.monotonic()))
             self._answer(fault.status, fault.headers, fault.body, head=method == "HEAD")
+            return
+        if path == TOKEN_PATH:
+            status, headers, answer = front.token(self.path, self.headers.get("Authorization", ""))
+            front.record(Seen(method, path, status, at=time.monotonic()))
+            self._answer(status, headers, answer)
             return
         status, headers, answer = front.forward(method, self.path, self.headers.items(), body)
         front.record(Seen(method, path, status, at=time.monotonic()))
