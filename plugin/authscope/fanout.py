@@ -253,7 +253,7 @@ def harbor_diagnosis(text: str, target: Target, source_registry: str) -> str | N
         )
     if _NO_PUSH.search(text):
         return (
-            f"{target.username_ref} has no push permission on {where} (Harbor, HTTP 401 \"action: push\"): give the "
+            f'{target.username_ref} has no push permission on {where} (Harbor, HTTP 401 "action: push"): give the '
             "robot account push permission on that project (Harbor: Robot Accounts, the project's permissions)"
         )
     token = _TOKEN_REFUSED.search(text)
@@ -707,9 +707,7 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
         except RegistryError as exc:
             raise _Failure(
                 f"could not read back {t.registry}/{t.repository}:{tag}: {exc.reason}",
-                exc.hint
-                if isinstance(exc, (RealmRefused, RegistryAnswerError))
-                else _readback_hint(exc),
+                exc.hint if isinstance(exc, (RealmRefused, RegistryAnswerError)) else _readback_hint(exc),
             ) from None
         if digests[tag] != ctx.source_digest:
             raise _Failure(

@@ -132,9 +132,7 @@ class Job:
         return path
 
     def fanout(self, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        result = self.authscope(
-            "fanout", "-f", str(path), "--junit", str(self.junit), "--json", str(self.json), *args
-        )
+        result = self.authscope("fanout", "-f", str(path), "--junit", str(self.junit), "--json", str(self.json), *args)
         for report in (self.junit, self.json):
             if report.exists():
                 for secret in self.secrets:
@@ -172,7 +170,9 @@ def job(
 
 def pushes_asked(registry: TokenRegistry, account: str) -> list[tuple[tuple[str, ...], tuple[Any, ...]]]:
     """(scopes asked, access granted) of every token request of ``account`` that asked for push."""
-    return [(r.scopes, r.granted) for r in registry.token_requests if r.account == account and "push" in " ".join(r.scopes)]
+    return [
+        (r.scopes, r.granted) for r in registry.token_requests if r.account == account and "push" in " ".join(r.scopes)
+    ]
 
 
 # -- the fan-out through Bearer tokens --------------------------------------------------------------
@@ -261,12 +261,22 @@ def test_exec_docker_login_and_crane_in_a_scope(job: Job) -> None:
     dst = registry.ref("release/app", "1.0")
     script = (
         'echo "$HARBOR_PASSWORD" | docker login "$HARBOR" -u "$HARBOR_USER" --password-stdin && '
-        f"crane copy --insecure {job.source.ref} {dst} && docker logout \"$HARBOR\" && "
+        f'crane copy --insecure {job.source.ref} {dst} && docker logout "$HARBOR" && '
         'echo \'{"auths":{}}\' > "$DOCKER_CONFIG/config.json"'
     )
     env = dict(job.env, HARBOR=registry.host, HARBOR_USER=ROBOT, HARBOR_PASSWORD=registry.accounts[ROBOT].password)
     result = job.authscope(
-        "exec", "--registry", registry.host, "-u", ROBOT, "--password-env", "HARBOR_PASSWORD", "--", "sh", "-c", script,
+        "exec",
+        "--registry",
+        registry.host,
+        "-u",
+        ROBOT,
+        "--password-env",
+        "HARBOR_PASSWORD",
+        "--",
+        "sh",
+        "-c",
+        script,
         env=env,
     )
     assert result.returncode == 0, result.stderr
@@ -319,7 +329,9 @@ def test_immutable_latest_pushed_twice(job: Job, tool: str) -> None:
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-@pytest.mark.parametrize(("answer", "words"), [("policy_unsigned", "sign it"), ("policy_vulnerable", "vulnerabilities")])
+@pytest.mark.parametrize(
+    ("answer", "words"), [("policy_unsigned", "sign it"), ("policy_vulnerable", "vulnerabilities")]
+)
 def test_project_policy_on_the_source(
     job: Job, token_registry_factory: TokenRegistryFactory, tool: str, answer: str, words: str
 ) -> None:

@@ -679,7 +679,9 @@ def start_token_registry(
         registry.stop()
         if isinstance(exc, RegistryStartError):
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-            raise RegistryStartError(f"token registry {name!r} failed to start: {exc}\n--- {log_path} ---\n{tail}") from None
+            raise RegistryStartError(
+                f"token registry {name!r} failed to start: {exc}\n--- {log_path} ---\n{tail}"
+            ) from None
         raise
     return registry
 
