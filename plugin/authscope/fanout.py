@@ -28,7 +28,15 @@ from . import run, tools
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
 from .plan import Plan, TargetPlan
-from .registry import RealmRefused, RegistryAnswerError, RegistryHTTPError, RegistryUnreachable, Session
+from .registry import (
+    RealmRefused,
+    RegistryAnswerError,
+    RegistryHTTPError,
+    RegistryUnreachable,
+    Session,
+    TokenRefused,
+    retry_after,
+)
 from .scope import Scope, open_scope
 from .targets import Fanout, Target
 
@@ -186,12 +194,106 @@ _HTTP = re.compile(
 _NOT_FOUND = re.compile(r"manifest[ _]unknown|name[ _]unknown|not found|\b404\b", re.IGNORECASE)
 
 
+# Harbor's answers, as crane, skopeo and regctl print them (tests/fixtures/harbor).
+_POLICY = re.compile(
+    r"PROJECTPOLICYVIOLATION|not signed by (?:cosign|notation)|cannot be pulled due to configured policy", re.IGNORECASE
+)
+_VULNERABLE = re.compile(r"vulnerab", re.IGNORECASE)
+_IMMUTABLE = re.compile(r"tag (?P<tag>\S+) configured as immutable", re.IGNORECASE)
+_QUOTA = re.compile(r"will exceed the configured upper limit|quota exceeded", re.IGNORECASE)
+_NO_PUSH = re.compile(r"unauthorized to access repository: \S+, action: push", re.IGNORECASE)
+_TOKEN_REFUSED = re.compile(
+    r"unable to retrieve auth token|GET \S*token\S*: (?:UNAUTHORIZED|unauthorized)|token service refused", re.IGNORECASE
+)
+# A refusal of a write: the credentials were good enough to read.
+_WRITE = re.compile(r"\b(?:PUT|POST|PATCH)\b|\bupload|writing manifest|put manifest|blob post|blob put", re.IGNORECASE)
+_RATE_LIMITED = re.compile(r"\b429\b|too ?many ?requests", re.IGNORECASE)
+
+
+def harbor_diagnosis(text: str, target: Target, source_registry: str) -> str | None:
+    """The hint for one of Harbor's answers in a tool's output, or None.
+
+    Each says what happened and what to do: a project policy (412
+    PROJECTPOLICYVIOLATION), an immutable tag (412), an exceeded quota (403),
+    no push permission (Harbor's 401 "action: push", a 401/403 on a write),
+    the token service refusing the robot account (401). None of them passes
+    by retrying.
+    """
+    where = f"{target.registry}/{target.repository}"
+    policy = _POLICY.search(text)
+    if policy:
+        line = _line_of(text, policy.start())
+        who = (
+            f"the source registry {source_registry}"
+            if source_registry in line and target.registry not in line
+            else target.registry
+        )
+        if _VULNERABLE.search(line):
+            what = (
+                "the image has vulnerabilities at or over the project's severity limit: fix them and release again, "
+                "or have the project's admin allowlist the CVEs"
+            )
+        else:
+            what = (
+                "the project requires a signature the image does not have: sign it (cosign sign) before the fan-out, "
+                "or have the project's admin change its content-trust policy"
+            )
+        return f"{who} refused the pull by a project policy (Harbor, HTTP 412 PROJECTPOLICYVIOLATION): {what}"
+    immutable = _IMMUTABLE.search(text)
+    if immutable:
+        tag = immutable["tag"].strip("'\"")
+        return (
+            f"the tag {tag} of {where} is immutable (Harbor tag immutability rule, HTTP 412): it holds another image "
+            f"and may not be moved; take {tag} out of this target's tags:, or have the project's admin exempt it"
+        )
+    if _QUOTA.search(text):
+        return (
+            f"the project of {where} is over its storage quota (Harbor, HTTP 403): delete old artifacts and run "
+            "garbage collection, or have the project's admin raise the quota; retrying will not help"
+        )
+    if _NO_PUSH.search(text):
+        return (
+            f'{target.username_ref} has no push permission on {where} (Harbor, HTTP 401 "action: push"): give the '
+            "robot account push permission on that project (Harbor: Robot Accounts, the project's permissions)"
+        )
+    token = _TOKEN_REFUSED.search(text)
+    if token:
+        line = _line_of(text, token.start())
+        if source_registry in line and target.registry not in line:
+            return (
+                f"the token service of the source registry {source_registry} refused the base's login: "
+                f"run `authscope login {source_registry} ...` before the fan-out"
+            )
+        return (
+            f"the token service of {target.registry} refused {target.username_ref} (HTTP 401): a robot account "
+            f"whose secret is wrong or expired, or that is disabled; renew the secret and update {target.password_ref}"
+        )
+    return None
+
+
+def _line_of(text: str, at: int) -> str:
+    start = text.rfind("\n", 0, at) + 1
+    end = text.find("\n", at)
+    return text[start : end if end >= 0 else len(text)]
+
+
 def diagnose(output: Sequence[str], target: Target, source_registry: str) -> tuple[bool, str]:
     """(transient, hint) from what a tool printed."""
     text = "\n".join(output[-40:])
+    harbor = harbor_diagnosis(text, target, source_registry)
+    if harbor:
+        return False, harbor
     if _AUTH.search(text):
         who = source_registry if source_registry in text and target.registry not in text else target.registry
         if who == target.registry:
+            refused = next((x for x in text.splitlines() if _AUTH.search(x) or _DENIED.search(x)), "")
+            if _WRITE.search(refused):  # a push refused after the reads went through
+                return (
+                    False,
+                    f"{target.registry} rejected the credentials for a push: {target.username_ref} may have no push "
+                    f"permission on {target.registry}/{target.repository} (Harbor: the robot account's project "
+                    f"permissions); if its secret changed, check {target.username_ref} and {target.password_ref}",
+                )
             return (
                 False,
                 f"{target.registry} rejected the credentials: check {target.username_ref} and {target.password_ref}",
@@ -380,6 +482,11 @@ def _retrying(
             if not transient or attempt > retries or time.monotonic() > deadline:
                 raise
             delay = BACKOFF * 2 ** (attempt - 1)
+            asked = getattr(exc, "retry_after", None)
+            if asked is not None:  # the registry said how long (429/503 Retry-After): honour it, within the timeout
+                if time.monotonic() + asked > deadline:
+                    raise
+                delay = max(delay, asked)
             log(f"authscope: [{t.name}] {what}: {exc}; retrying in {delay:g}s (attempt {attempt + 1}/{retries + 1})")
             if not _pause(delay, cancel):
                 raise _Failure(f"{what}: interrupted", "", R.INTERRUPTED) from None
@@ -450,7 +557,9 @@ def _check_credentials(
     def ping(_attempt: int) -> int:
         # A token for the repository's pull and push (a Bearer registry): the digest
         # read-back (pull) then reuses it, no second challenge (registry._covers).
-        status, _, _ = session.request("GET", "/v2/", scope=f"repository:{t.repository}:pull,push")
+        status, headers, _ = session.request("GET", "/v2/", scope=f"repository:{t.repository}:pull,push")
+        if status == 429 or status >= 500:  # retried by _retrying, after its Retry-After if it sent one
+            raise RegistryHTTPError(t.registry, status, f"{t.registry}/v2/", retry_after=retry_after(headers))
         return status
 
     deadline = time.monotonic() + timeout
@@ -458,7 +567,15 @@ def _check_credentials(
         status = _retrying("checking credentials", t, deadline, retries, ping, log, cancel)
     except RegistryUnreachable as exc:
         raise _Failure(f"cannot reach {t.registry}: {exc.reason}", _reach_hint(t, exc.reason)) from None
+    except TokenRefused as exc:
+        raise _Failure(
+            f"the token service {exc.where} of {t.registry} refused {t.username_ref} (HTTP {exc.status})",
+            "a robot account whose secret is wrong or expired, or that is disabled (Harbor): "
+            f"renew the secret and update {t.password_ref}",
+        ) from None
     except RegistryHTTPError as exc:
+        if exc.status == 429:
+            raise _Failure(str(exc), _rate_hint(exc.retry_after)) from None
         status = exc.status
     except (RealmRefused, RegistryAnswerError) as exc:  # a hostile or broken registry: say which
         raise _Failure(str(exc), exc.hint) from None
@@ -472,6 +589,33 @@ def _check_credentials(
         raise _Failure(
             f"{t.registry}/v2/ answered HTTP {status}", "is this a container registry (the distribution API at /v2/)?"
         )
+
+
+def _rate_hint(asked: float | None) -> str:
+    wait = f"it asked to wait {asked:g}s (Retry-After), " if asked is not None else ""
+    return (
+        f"the registry is rate-limiting this runner: {wait}more than this target's timeout and retries allow; "
+        "raise timeout: or retries: in the targets file, or run the fan-out later"
+    )
+
+
+def _asked_wait(t: Target, ctx: _Context, deadline: float) -> float | None:
+    """After a tool hit a rate limit: how long the registry asks to wait, from
+    the Retry-After of a `GET /v2/` (the tools don't print it); None if it
+    doesn't say."""
+    creds = ctx.credentials.get(t.name)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return None
+    auth = (creds.username, creds.password) if creds else None
+    try:
+        with Session(t.registry, auth, ca_file=t.ca_file, insecure=t.insecure, timeout=min(10.0, left)) as session:
+            status, headers, _ = session.request("GET", "/v2/")
+    except RegistryHTTPError as exc:  # the token service is the one limiting
+        return exc.retry_after
+    except RegistryError:
+        return None
+    return retry_after(headers) if status in (429, 503) else None
 
 
 def _reach_hint(t: Target, reason: str) -> str:
@@ -534,6 +678,17 @@ def _copy(
                 attempts=attempt,
             )
         delay = BACKOFF * 2 ** (attempt - 1)
+        if _RATE_LIMITED.search("\n".join(list(output)[-40:])):
+            asked = _asked_wait(t, ctx, deadline)
+            if asked is not None and time.monotonic() + asked > deadline:
+                raise _Failure(
+                    f"{step.what} failed: {t.tool} exited {code}: {t.registry} is rate-limiting (HTTP 429)",
+                    _rate_hint(asked),
+                    attempts=attempt,
+                )
+            if asked is not None:
+                ctx.log(f"authscope: [{t.name}] {t.registry} asked to wait {asked:g}s (Retry-After)")
+                delay = max(delay, asked)
         ctx.log(f"authscope: [{t.name}] {step.what} failed (exit {code}), looks transient; retrying in {delay:g}s")
         if not run.sleep_unless_stopped(delay):
             raise _Failure(f"{step.what}: interrupted", "", R.INTERRUPTED, attempt)
@@ -554,9 +709,7 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
         except RegistryError as exc:
             raise _Failure(
                 f"could not read back {t.registry}/{t.repository}:{tag}: {exc.reason}",
-                exc.hint
-                if isinstance(exc, (RealmRefused, RegistryAnswerError))
-                else "the copy reported success but the tag can't be read: check pull permission",
+                exc.hint if isinstance(exc, (RealmRefused, RegistryAnswerError)) else _readback_hint(exc),
             ) from None
         if digests[tag] != ctx.source_digest:
             raise _Failure(
@@ -564,6 +717,18 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
                 "the tool changed the image on the way (a single-platform copy or a format conversion); crane and regctl copy it unchanged",
             )
     return digests
+
+
+def _readback_hint(exc: RegistryError) -> str:
+    status = exc.status if isinstance(exc, RegistryHTTPError) else 0
+    if status == 412:
+        return (
+            "the copy landed but a project policy blocks reading it (Harbor: a required cosign/notation signature, "
+            "or a vulnerability limit): sign the image, or have the project's admin change the policy"
+        )
+    if status == 429:
+        return _rate_hint(exc.retry_after if isinstance(exc, RegistryHTTPError) else None)
+    return "the copy reported success but the tag can't be read: check pull permission"
 
 
 # -- the whole fan-out ----------------------------------------------------------------

@@ -56,14 +56,73 @@ MANIFEST_TYPES = ", ".join(
 class RegistryHTTPError(RegistryError):
     """Raised when a registry answers with an unexpected status; keeps it."""
 
-    def __init__(self, registry: str, status: int, where: str, detail: str = "") -> None:
+    def __init__(
+        self, registry: str, status: int, where: str, detail: str = "", retry_after: float | None = None
+    ) -> None:
         self.status = status
         self.where = where
+        self.retry_after = retry_after  # seconds the registry asked to wait (Retry-After), if it did
         super().__init__(registry, f"HTTP {status} from {where}" + (f": {detail}" if detail else ""))
 
     @property
     def transient(self) -> bool:
         return self.status == 429 or self.status >= 500
+
+
+class TokenRefused(RegistryHTTPError):
+    """Raised when the token service of a Bearer registry refuses the
+    credentials (Harbor: a robot account's secret that is wrong or expired,
+    or a disabled account)."""
+
+
+def retry_after(headers: dict[str, str], now: float | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks to wait (delta-seconds or an
+    HTTP-date), or None when there is none or it can't be read."""
+    value = _header(headers, "Retry-After").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+_HARBOR_CODES = {
+    "PROJECTPOLICYVIOLATION": "a project policy of the registry refused it (Harbor: a cosign/notation signature is "
+    "required, or the image has vulnerabilities over the project's limit)",
+    "PRECONDITION": "the registry refused a precondition (Harbor: an immutable tag)",
+}
+
+
+def explain_status(status: int, body: bytes = b"") -> str:
+    """What an answer to authscope's own request means, from its status and,
+    when the registry sent one, its `{"errors": [{"code", "message"}]}` body
+    (Harbor's, distribution's). Quotes the registry's message, cut short."""
+    said = ""
+    code = ""
+    try:
+        errors = json.loads(body).get("errors") if body else None
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            code = str(errors[0].get("code", ""))
+            said = str(errors[0].get("message", ""))
+    except (ValueError, AttributeError, RecursionError):
+        pass
+    meaning = _HARBOR_CODES.get(code) or {
+        401: "the credentials were rejected",
+        403: "the credentials have no pull permission on this repository",
+        404: "no such manifest",
+        412: "a project policy refused the pull (Harbor: a required signature, a vulnerability limit) "
+        "or another precondition failed",
+        429: "the registry is rate-limiting these requests",
+    }.get(status, "")
+    if said:
+        return f"{meaning}: {_shown(said)}" if meaning else _shown(said)
+    return meaning
 
 
 class RegistryUnreachable(RegistryError):
@@ -534,11 +593,15 @@ class Session:
         url = realm + (("&" if "?" in realm else "?") + urllib.parse.urlencode(query) if query else "")
         basic = self._basic()
         try:
-            status, _, body = self._send("GET", url, {"Authorization": basic} if basic else {})
+            status, _headers, body = self._send("GET", url, {"Authorization": basic} if basic else {})
         except (OSError, http.client.HTTPException) as exc:  # the registry answered; its token service did not
             raise RegistryUnreachable(self.registry, f"cannot reach its token service {shown} ({exc})") from None
+        if status == 401:
+            raise TokenRefused(self.registry, status, shown, "the token service refused the credentials")
         if status != 200:
-            raise RegistryHTTPError(self.registry, status, shown, "the token service refused")
+            raise RegistryHTTPError(
+                self.registry, status, shown, "the token service refused", retry_after(dict(_headers))
+            )
         try:
             answer = json.loads(body)
         except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep
@@ -580,11 +643,24 @@ class Session:
                     f"{self._shown(digest)}",
                 )
             return digest
+        body = b""
         if status == 200 or status == 405:  # no digest header / no HEAD: hash the body
             status, headers, body = self.request("GET", path, accept, scope)
             if status == 200:
                 return "sha256:" + hashlib.sha256(body).hexdigest()
-        raise RegistryHTTPError(self.registry, status, f"{self.registry}/{repository}:{reference}", _explain(status))
+        raise RegistryHTTPError(
+            self.registry,
+            status,
+            f"{self.registry}/{repository}:{reference}",
+            self._shown_explained(status, body),
+            retry_after(headers),
+        )
+
+    def _shown_explained(self, status: int, body: bytes) -> str:
+        text = explain_status(status, body)
+        for secret in self._secrets():
+            text = text.replace(secret, "[MASKED]")
+        return text
 
 
 def _covers(held: str | None, wanted: str) -> bool:
@@ -662,19 +738,14 @@ class _PlainProbe:
             return self.conn, self.error
 
 
-def _explain(status: int) -> str:
-    return {
-        401: "the credentials were rejected",
-        403: "the credentials have no pull permission on this repository",
-        404: "no such manifest",
-    }.get(status, "")
-
-
 def verify(registry: str, username: str, password: str, *, ca_file: str | None = None, insecure: bool = False) -> None:
     """Raise RegistryError unless ``registry`` accepts the credentials at /v2/."""
+    at = ""
     try:
         with Session(registry, (username, password), ca_file=ca_file, insecure=insecure) as session:
             status, _, _ = session.request("GET", "/v2/")
+    except TokenRefused as exc:
+        status, at = exc.status, f" at its token service {exc.where}"
     except RegistryHTTPError as exc:  # the token service refused
         status = exc.status
     if status == 200:
@@ -682,7 +753,8 @@ def verify(registry: str, username: str, password: str, *, ca_file: str | None =
     if status in (401, 403):
         raise RegistryError(
             registry,
-            f"the registry rejected the credentials of user {username!r} (HTTP {status}); "
-            "check the username and the password variable or file",
+            f"the registry rejected the credentials of user {username!r}{at} (HTTP {status}); "
+            + ("a robot account whose secret is wrong or expired, or that is disabled (Harbor): " if at else "")
+            + "check the username and the password variable or file",
         )
     raise RegistryHTTPError(registry, status, f"{registry}/v2/")

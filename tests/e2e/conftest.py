@@ -25,6 +25,7 @@ from tests.support import (
     publish_image,
     start_registry,
 )
+from tests.support.tokenauth import Signer, TokenRegistry, start_token_registry
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -143,3 +144,49 @@ def source_image(registry_factory: RegistryFactory, e2e_env: dict[str, str], tmp
     require_tools("skopeo")
     registry = registry_factory("local")
     return publish_image(registry, tmp_path / "source", e2e_env, repository="app", tag="1.0")
+
+
+@pytest.fixture(scope="session")
+def token_signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
+    """One RSA token-signing key for the session's token registries (keygen is the slow part)."""
+    require_tools("openssl")
+    return Signer.create(tmp_path_factory.mktemp("token-signer"))
+
+
+class TokenRegistryFactory:
+    """Starts Harbor-like token registries (tests/support/tokenauth.py) for one test."""
+
+    def __init__(self, workdir: Path, request: pytest.FixtureRequest, signer: Signer) -> None:
+        self._workdir = workdir
+        self._request = request
+        self._signer = signer
+        self.started: list[TokenRegistry] = []
+
+    def __call__(self, name: str = "harbor", *, tls: bool = False) -> TokenRegistry:
+        ca_: CA | None = self._request.getfixturevalue("ca") if tls else None
+        registry = start_token_registry(self._workdir, tls=ca_, name=f"{name}-{len(self.started) + 1}", signer=self._signer)
+        self.started.append(registry)
+        return registry
+
+    def stop_all(self) -> None:
+        for registry in self.started:
+            registry.stop()
+
+
+@pytest.fixture
+def token_registry_factory(
+    tmp_path: Path, request: pytest.FixtureRequest, token_signer: Signer
+) -> Iterator[TokenRegistryFactory]:
+    """`token_registry_factory(name="harbor", *, tls=False) -> TokenRegistry` (accounts: tokenauth.default_accounts)."""
+    require_tools("registry", "openssl")
+    factory = TokenRegistryFactory(tmp_path / "token-registries", request, token_signer)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def token_registry(token_registry_factory: TokenRegistryFactory) -> TokenRegistry:
+    """A plain-HTTP Harbor-like token registry (realm on localhost)."""
+    return token_registry_factory()
