@@ -28,6 +28,7 @@ from . import run, tools
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
 from .plan import Plan, TargetPlan
+from .referrers import Artifact
 from .registry import RealmRefused, RegistryAnswerError, RegistryHTTPError, RegistryUnreachable, Session
 from .scope import Scope, open_scope
 from .targets import Fanout, Target
@@ -184,11 +185,24 @@ _HTTP = re.compile(
     r"server gave HTTP response to HTTPS client|first record does not look like a TLS handshake", re.IGNORECASE
 )
 _NOT_FOUND = re.compile(r"manifest[ _]unknown|name[ _]unknown|not found|\b404\b", re.IGNORECASE)
+# Harbor's "prevent unsigned images from being pulled" (and its other pull policies).
+_POLICY = re.compile(r"PROJECTPOLICYVIOLATION", re.IGNORECASE)
+
+
+def policy_hint(target: Target) -> str:
+    return (
+        f"the project {target.registry}/{target.repository.rpartition('/')[0] or target.repository} enforces a policy "
+        "(Harbor: a 412 PROJECTPOLICYVIOLATION, e.g. 'prevent unsigned images from being pulled'): sign the source "
+        "with cosign before the fan-out and keep referrers: true (the default), so the signature lands before the "
+        "image is read back; or turn the policy off for that project"
+    )
 
 
 def diagnose(output: Sequence[str], target: Target, source_registry: str) -> tuple[bool, str]:
     """(transient, hint) from what a tool printed."""
     text = "\n".join(output[-40:])
+    if _POLICY.search(text):
+        return False, policy_hint(target)
     if _AUTH.search(text):
         who = source_registry if source_registry in text and target.registry not in text else target.registry
         if who == target.registry:
@@ -279,6 +293,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     error = hint = ""
     status = R.OK
     restored: tuple[str, ...] = ()
+    copied: tuple[dict[str, str], ...] = ()
     deadline = started + ctx.plan.timeout
     scope: Scope | None = None
 
@@ -312,7 +327,9 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 run.remember(secrets)  # the base's, read from it or a helper
                 masker = run.Masker([*secrets, *ctx.secrets])
                 attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
+                _index_referrers(tp, ctx, session)
                 digests = _verify(tp, ctx, session, deadline)
+                copied = _verify_referrers(tp, ctx, session)
     except _Failure as failure:
         status, error, hint = failure.status, failure.error, failure.hint
         attempts = attempts or failure.attempts
@@ -340,6 +357,8 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         hint=hint,
         output=tuple(output) if status != R.OK else (),
         restored=restored,
+        referrers=copied,
+        referrers_off=not tp.referrers_on,
     )
     verdict = f"landed {', '.join(tp.destinations)}" if status == R.OK else f"{status.upper()}: {error}"
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
@@ -538,6 +557,61 @@ def _copy(
     raise AssertionError("unreachable")
 
 
+def _index_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> None:
+    """At a target without the referrers API, merge the OCI referrers its tool
+    copied into their fallback tag index (referrers.write_fallback)."""
+    if not tp.referrers:
+        return
+    from .referrers import write_fallback
+
+    t = tp.target
+    try:
+        for tag in write_fallback(session, t.repository, tp.referrers):
+            ctx.log(f"authscope: [{t.name}] merged the referrers into {t.registry}/{t.repository}:{tag}")
+    except ValueError as exc:
+        raise _Failure(
+            f"cannot index the source's referrers at {t.registry}: {exc}",
+            "that tag is the OCI referrers fallback of the image: remove what holds it, or set referrers: false",
+        ) from None
+    except RegistryError as exc:
+        raise _Failure(
+            f"cannot index the source's referrers at {t.registry}: {exc.reason}", _registry_hint(t, exc)
+        ) from None
+
+
+def _registry_hint(t: Target, exc: RegistryError) -> str:
+    if isinstance(exc, RegistryHTTPError) and exc.status == 412:
+        return policy_hint(t)
+    if isinstance(exc, (RealmRefused, RegistryAnswerError)):
+        return exc.hint
+    return "check push and pull permission on the repository"
+
+
+def _verify_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> tuple[dict[str, str], ...]:
+    """Every artifact found at the source must now be at the target, as it
+    is there (HEAD, digests compared), and listed as a referrer: else the
+    target fails, naming what is missing (issue 14: fail closed)."""
+    if not tp.referrers:
+        return ()
+    from .referrers import missing
+
+    t = tp.target
+    try:
+        lost = missing(session, t.repository, tp.referrers)
+    except RegistryError as exc:
+        raise _Failure(
+            f"could not read back the referrers at {t.registry}: {exc.reason}", _registry_hint(t, exc)
+        ) from None
+    if lost:
+        raise _Failure(
+            f"{len(lost)} of the source's {len(tp.referrers)} signatures, attestations and referrers did not reach "
+            f"{t.registry}/{t.repository}: " + "; ".join(lost),
+            f"{tools.referrer_tool(t)} reported success but did not copy them: check its version and the output "
+            "above; a target that cannot hold them can set referrers: false (the image then lands unsigned)",
+        )
+    return tuple(a.as_json() for a in tp.referrers)
+
+
 def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) -> dict[str, str | None]:
     """Every destination must now hold the source's digest (invariant 7)."""
     t = tp.target
@@ -554,6 +628,8 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
                 f"could not read back {t.registry}/{t.repository}:{tag}: {exc.reason}",
                 exc.hint
                 if isinstance(exc, (RealmRefused, RegistryAnswerError))
+                else policy_hint(t)
+                if isinstance(exc, RegistryHTTPError) and exc.status == 412
                 else "the copy reported success but the tag can't be read: check pull permission",
             ) from None
         if digests[tag] != ctx.source_digest:
@@ -595,13 +671,25 @@ def masked_report(report: R.Report, mask: Callable[[str], str]) -> R.Report:
 
 def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> tuple[str, bool]:
     """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
+    digest, plain_http, _ = resolve_source_and_referrers(fanout, base, environ, discover=False)
+    return digest, plain_http
+
+
+def resolve_source_and_referrers(
+    fanout: Fanout, base: Base, environ: Mapping[str, str], *, discover: bool = True
+) -> tuple[str, bool, tuple[Artifact, ...]]:
+    """``resolve_source``, and with ``discover`` what refers to the source
+    digest (referrers.discover), in the same session: found once, for every target."""
+    from .referrers import discover as find
+
     src = fanout.source
     cfg = base.snapshot().config
     auth = source_credentials(cfg, src.image.registry, environ, base.path)
     try:
         with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
             digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
-            return digest, session.schemes == ["http"]
+            found = find(session, src.image.repository, digest) if discover else ()
+            return digest, session.schemes == ["http"], found
     except RegistryError as exc:
         hint = ""
         if isinstance(exc, RegistryHTTPError) and exc.status in (401, 403):
@@ -659,12 +747,18 @@ def pull_source(
             env = scope.env(tool_environ(environ, None, targets, {}, withheld))
             run.remember(secrets)
             env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
+            pending = [plan.pull, *plan.pull_referrers]  # the image, then each of its referrers
             for attempt in range(1, plan.retries + 2):
-                argv = tools.fill_scope(plan.pull.argv, scope.path)
                 log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
-                log(f"authscope: $ {tools.display(plan.pull.argv)}")
-                code, timed_out = run.run_captured(argv, env, run.Masker([*secrets, *extra_secrets]), line, deadline)
-                if code == 0 and not timed_out:
+                while pending:
+                    argv = tools.fill_scope(pending[0].argv, scope.path)
+                    log(f"authscope: $ {tools.display(pending[0].argv)}")
+                    masker = run.Masker([*secrets, *extra_secrets])
+                    code, timed_out = run.run_captured(argv, env, masker, line, deadline)
+                    if code != 0 or timed_out:
+                        break
+                    pending.pop(0)
+                if not pending:
                     return
                 transient, hint = _source_diagnosis(list(output), src.image.registry)
                 if timed_out or not transient or attempt > plan.retries or run.stopping():
