@@ -25,12 +25,17 @@ from authscope import fanout as F
 from authscope.errors import TargetsFileError
 from authscope.registry import Session
 from authscope.targets import load
-from tests.e2e.conftest import RegistryFactory, ca, registry_factory, require_tools  # noqa: F401 - fixtures
+from tests.e2e import conftest as e2e
+from tests.e2e.conftest import RegistryFactory, require_tools
 from tests.support import Registry, SourceImage, isolated_env, publish_image
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 SPDX = "application/spdx+json"
+
+# The real registries of tests/e2e (the fixtures live in its conftest).
+registry_factory = e2e.registry_factory
+ca = e2e.ca
 
 
 # -- a small pusher: blobs and manifests over the distribution API -------------------------
