@@ -82,12 +82,12 @@ def test_summary_table() -> None:
     assert lines[0] == (
         "fan-out of gitlab.local:4567/group/app:1.0 (sha256:0f0f0f0f0f0f): partial, 1/4 targets landed in 12.5s"
     )
-    assert lines[1].split() == ["target", "tags", "digest", "time", "tries", "status"]
+    assert lines[1].split() == ["target", "tags", "digest", "refs", "time", "tries", "status"]
     assert set(lines[2].replace(" ", "")) == {"-"}
     rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert list(rows) == ["harbor-1", "harbor-2", "staging", "slow"]
-    assert rows["harbor-1"] == ["harbor-1", "1.0,latest", DIGEST[:19], "1.2s", "1", "OK"]
-    assert rows["harbor-2"][2:] == ["-", "0.5s", "1", "FAILED"]
+    assert rows["harbor-1"] == ["harbor-1", "1.0,latest", DIGEST[:19], "0", "1.2s", "1", "OK"]
+    assert rows["harbor-2"][2:] == ["-", "0", "0.5s", "1", "FAILED"]
     assert rows["staging"][-1] == "SKIPPED" and rows["slow"][-1] == "INTERRUPTED"
     # Columns line up: every row's status starts where the header's does.
     col = lines[1].index("status")

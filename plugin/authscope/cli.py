@@ -364,6 +364,14 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
         help="fetch the source once into a local OCI layout ($TMPDIR), then push every target from it "
         "(one source read instead of one per target; digests unchanged)",
     )
+    p.add_argument(
+        "--referrers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="copy (or not) what refers to the source digest along with it: cosign signatures, attestations "
+        "and SBOMs (sha256-<hex>.sig/.att/.sbom), OCI 1.1 referrers, recursively; each is read back "
+        "(default: referrers: in the file, else on)",
+    )
     p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report (artifacts: reports: junit)")
     p.add_argument("--dotenv", metavar="PATH", help="write a dotenv report (artifacts: reports: dotenv)")
     p.add_argument("--json", metavar="PATH", help="write a versioned JSON report")
@@ -602,6 +610,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         retries=a.retries,
         timeout=a.timeout,
         pull_once=a.pull_once or None,
+        referrers=a.referrers,
         fail_fast=a.fail_fast,
         config_dir=a.config_dir,
         scope_dir=a.scope_dir,

@@ -28,6 +28,7 @@ from . import run, tools
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
 from .plan import Plan, TargetPlan
+from .referrers import Artifact
 from .registry import (
     RealmRefused,
     RegistryAnswerError,
@@ -192,8 +193,6 @@ _HTTP = re.compile(
     r"server gave HTTP response to HTTPS client|first record does not look like a TLS handshake", re.IGNORECASE
 )
 _NOT_FOUND = re.compile(r"manifest[ _]unknown|name[ _]unknown|not found|\b404\b", re.IGNORECASE)
-
-
 # Harbor's answers, as crane, skopeo and regctl print them (tests/fixtures/harbor).
 _POLICY = re.compile(
     r"PROJECTPOLICYVIOLATION|not signed by (?:cosign|notation)|cannot be pulled due to configured policy", re.IGNORECASE
@@ -235,7 +234,8 @@ def harbor_diagnosis(text: str, target: Target, source_registry: str) -> str | N
             )
         else:
             what = (
-                "the project requires a signature the image does not have: sign it (cosign sign) before the fan-out, "
+                "the project requires a signature the image does not have: sign it (cosign sign) before the fan-out "
+                "and keep referrers: true (the default), so the signature lands before the image is read back; "
                 "or have the project's admin change its content-trust policy"
             )
         return f"{who} refused the pull by a project policy (Harbor, HTTP 412 PROJECTPOLICYVIOLATION): {what}"
@@ -381,6 +381,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     error = hint = ""
     status = R.OK
     restored: tuple[str, ...] = ()
+    copied: tuple[dict[str, str], ...] = ()
     deadline = started + ctx.plan.timeout
     scope: Scope | None = None
 
@@ -414,7 +415,9 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 run.remember(secrets)  # the base's, read from it or a helper
                 masker = run.Masker([*secrets, *ctx.secrets])
                 attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
+                _index_referrers(tp, ctx, session)
                 digests = _verify(tp, ctx, session, deadline)
+                copied = _verify_referrers(tp, ctx, session)
     except _Failure as failure:
         status, error, hint = failure.status, failure.error, failure.hint
         attempts = attempts or failure.attempts
@@ -442,6 +445,8 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         hint=hint,
         output=tuple(output) if status != R.OK else (),
         restored=restored,
+        referrers=copied,
+        referrers_off=not tp.referrers_on,
     )
     verdict = f"landed {', '.join(tp.destinations)}" if status == R.OK else f"{status.upper()}: {error}"
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
@@ -695,6 +700,61 @@ def _copy(
     raise AssertionError("unreachable")
 
 
+def _index_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> None:
+    """At a target without the referrers API, merge the OCI referrers its tool
+    copied into their fallback tag index (referrers.write_fallback)."""
+    if not tp.referrers:
+        return
+    from .referrers import write_fallback
+
+    t = tp.target
+    try:
+        for tag in write_fallback(session, t.repository, tp.referrers):
+            ctx.log(f"authscope: [{t.name}] merged the referrers into {t.registry}/{t.repository}:{tag}")
+    except ValueError as exc:
+        raise _Failure(
+            f"cannot index the source's referrers at {t.registry}: {exc}",
+            "that tag is the OCI referrers fallback of the image: remove what holds it, or set referrers: false",
+        ) from None
+    except RegistryError as exc:
+        raise _Failure(
+            f"cannot index the source's referrers at {t.registry}: {exc.reason}", _registry_hint(t, exc)
+        ) from None
+
+
+def _registry_hint(t: Target, exc: RegistryError) -> str:
+    if isinstance(exc, RegistryHTTPError) and exc.status in (412, 429):
+        return _readback_hint(exc)
+    if isinstance(exc, (RealmRefused, RegistryAnswerError)):
+        return exc.hint
+    return "check push and pull permission on the repository"
+
+
+def _verify_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> tuple[dict[str, str], ...]:
+    """Every artifact found at the source must now be at the target, as it
+    is there (HEAD, digests compared), and listed as a referrer: else the
+    target fails, naming what is missing (issue 14: fail closed)."""
+    if not tp.referrers:
+        return ()
+    from .referrers import missing
+
+    t = tp.target
+    try:
+        lost = missing(session, t.repository, tp.referrers)
+    except RegistryError as exc:
+        raise _Failure(
+            f"could not read back the referrers at {t.registry}: {exc.reason}", _registry_hint(t, exc)
+        ) from None
+    if lost:
+        raise _Failure(
+            f"{len(lost)} of the source's {len(tp.referrers)} signatures, attestations and referrers did not reach "
+            f"{t.registry}/{t.repository}: " + "; ".join(lost),
+            f"{tools.referrer_tool(t)} reported success but did not copy them: check its version and the output "
+            "above; a target that cannot hold them can set referrers: false (the image then lands unsigned)",
+        )
+    return tuple(a.as_json() for a in tp.referrers)
+
+
 def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) -> dict[str, str | None]:
     """Every destination must now hold the source's digest (invariant 7)."""
     t = tp.target
@@ -724,7 +784,8 @@ def _readback_hint(exc: RegistryError) -> str:
     if status == 412:
         return (
             "the copy landed but a project policy blocks reading it (Harbor: a required cosign/notation signature, "
-            "or a vulnerability limit): sign the image, or have the project's admin change the policy"
+            "or a vulnerability limit): sign the source with cosign and keep referrers: true (the default), so the "
+            "signature lands before the read-back; or have the project's admin change the policy"
         )
     if status == 429:
         return _rate_hint(exc.retry_after if isinstance(exc, RegistryHTTPError) else None)
@@ -762,13 +823,25 @@ def masked_report(report: R.Report, mask: Callable[[str], str]) -> R.Report:
 
 def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> tuple[str, bool]:
     """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
+    digest, plain_http, _ = resolve_source_and_referrers(fanout, base, environ, discover=False)
+    return digest, plain_http
+
+
+def resolve_source_and_referrers(
+    fanout: Fanout, base: Base, environ: Mapping[str, str], *, discover: bool = True
+) -> tuple[str, bool, tuple[Artifact, ...]]:
+    """``resolve_source``, and with ``discover`` what refers to the source
+    digest (referrers.discover), in the same session: found once, for every target."""
+    from .referrers import discover as find
+
     src = fanout.source
     cfg = base.snapshot().config
     auth = source_credentials(cfg, src.image.registry, environ, base.path)
     try:
         with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
             digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
-            return digest, session.schemes == ["http"]
+            found = find(session, src.image.repository, digest) if discover else ()
+            return digest, session.schemes == ["http"], found
     except RegistryError as exc:
         hint = ""
         if isinstance(exc, RegistryHTTPError) and exc.status in (401, 403):
@@ -826,12 +899,18 @@ def pull_source(
             env = scope.env(tool_environ(environ, None, targets, {}, withheld))
             run.remember(secrets)
             env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
+            pending = [plan.pull, *plan.pull_referrers]  # the image, then each of its referrers
             for attempt in range(1, plan.retries + 2):
-                argv = tools.fill_scope(plan.pull.argv, scope.path)
                 log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
-                log(f"authscope: $ {tools.display(plan.pull.argv)}")
-                code, timed_out = run.run_captured(argv, env, run.Masker([*secrets, *extra_secrets]), line, deadline)
-                if code == 0 and not timed_out:
+                while pending:
+                    argv = tools.fill_scope(pending[0].argv, scope.path)
+                    log(f"authscope: $ {tools.display(pending[0].argv)}")
+                    masker = run.Masker([*secrets, *extra_secrets])
+                    code, timed_out = run.run_captured(argv, env, masker, line, deadline)
+                    if code != 0 or timed_out:
+                        break
+                    pending.pop(0)
+                if not pending:
                     return
                 transient, hint = _source_diagnosis(list(output), src.image.registry)
                 if timed_out or not transient or attempt > plan.retries or run.stopping():

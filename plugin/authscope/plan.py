@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from . import tools
 from .errors import UsageError
+from .referrers import Artifact
 from .targets import Fanout, Source, Target
 
 
@@ -15,6 +16,8 @@ class TargetPlan:
     target: Target
     destinations: tuple[str, ...]
     steps: tuple[tools.Step, ...]
+    referrers_on: bool = False  # referrers: true for this target (the file's, or --[no-]referrers)
+    referrers: tuple[Artifact, ...] = ()  # what its steps copy, found at the source (referrers.py)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,9 @@ class Plan:
     retries: int
     timeout: float
     path: str
+    referrers_on: bool = False  # some target copies referrers: discover them at the source
+    artifacts: tuple[Artifact, ...] | None = None  # what was discovered; None before the run starts
+    pull_referrers: tuple[tools.Step, ...] = ()  # pull_once: each artifact into a layout of its own
 
 
 def make_plan(
@@ -40,11 +46,17 @@ def make_plan(
     source_digest: str | None = None,
     pull_once: bool | None = None,
     layout: str = "{layout}",
+    referrers: bool | None = None,
+    artifacts: tuple[Artifact, ...] | None = None,
 ) -> Plan:
     """The plan for ``fanout``; ``only`` picks targets by name, in file order.
 
     With pull_once (from the file unless given), the source is fetched once
     into the local OCI layout ``layout`` and every target is pushed from it.
+    ``referrers`` (--[no-]referrers) overrides every target's referrers:;
+    ``artifacts``: what discovery found at the source, copied after each
+    target's first copy (before its further tags: a registry that refuses
+    unsigned images must see the signature before the tag is read back).
     """
     known = list(fanout.names or [t.name for t in fanout.targets])  # loaded with only=: names of all
     unknown = [name for name in only if name not in known]
@@ -62,7 +74,13 @@ def make_plan(
     for target in chosen:
         destinations = tuple(f"{target.registry}/{target.repository}:{tag}" for tag in target.tags)
         steps = tools.steps_for(fanout.source, target, source_ref, layout if pulled else None)
-        plans.append(TargetPlan(target, destinations, tuple(steps)))
+        on = target.referrers if referrers is None else referrers
+        carried = tuple(artifacts or ()) if on else ()
+        if carried:
+            extra = tools.referrer_steps(fanout.source, target, carried, layout if pulled else None)
+            first = len(steps) if target.tool == "custom" else 1
+            steps = [*steps[:first], *extra, *steps[first:]]
+        plans.append(TargetPlan(target, destinations, tuple(steps), on, carried))
     return Plan(
         fanout.source,
         source_ref,
@@ -73,6 +91,11 @@ def make_plan(
         fanout.retries if retries is None else retries,
         timeout or fanout.timeout,
         fanout.path,
+        any(tp.referrers_on for tp in plans),
+        artifacts,
+        tuple(tools.pull_referrer_steps(fanout.tool, fanout.source, artifacts, layout))
+        if pulled and artifacts and any(tp.referrers for tp in plans)
+        else (),
     )
 
 
@@ -88,6 +111,18 @@ def _is_file(path: str) -> bool:
     import os
 
     return os.path.isfile(path)
+
+
+def _referrers_line(tp: TargetPlan, plan: Plan) -> str:
+    if not tp.referrers_on:
+        return "not copied (referrers: false): signatures, attestations and SBOMs stay behind"
+    how = f"with {tools.referrer_tool(tp.target)}, by digest, each read back"
+    if plan.artifacts is None:
+        return (
+            "copied along, " + how + ": the cosign tags (sha256-<hex>.sig, .att, .sbom, ...) and OCI referrers "
+            "of the source digest and of each platform manifest, recursively; found when the run starts"
+        )
+    return f"{len(tp.referrers)} copied along, {how}: " + (", ".join(a.label for a in tp.referrers) or "none found")
 
 
 def render(plan: Plan, environ: Mapping[str, str]) -> str:
@@ -120,6 +155,7 @@ def render(plan: Plan, environ: Mapping[str, str]) -> str:
         lines.append(f"  credentials: {user}, {password}")
         for dest in tp.destinations:
             lines.append(f"  -> {dest}")
+        lines.append(f"  referrers: {_referrers_line(tp, plan)}")
         for step in tp.steps:
             lines.append(f"  $ {tools.display(step.argv)}")
     lines.append("\ndry run: nothing was contacted, copied or written")

@@ -436,7 +436,7 @@ class Session:
         user, password = self.auth
         return "Basic " + encode_auth(user, password)
 
-    def _send(self, method: str, url: str, headers: dict[str, str]) -> Answer:
+    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> Answer:
         parts = urllib.parse.urlsplit(url)
         key = (parts.scheme, parts.netloc)
         headers = {"User-Agent": USER_AGENT, **headers}
@@ -448,7 +448,7 @@ class Session:
                 self._connections[key] = conn
             try:
                 try:
-                    conn.request(method, target, headers=headers)
+                    conn.request(method, target, body=body, headers=headers)
                 except ValueError:  # never shown: http.client's message quotes the header
                     raise _Unsendable() from None
                 response = conn.getresponse()
@@ -473,19 +473,23 @@ class Session:
                 raise
         raise AssertionError("unreachable")
 
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None, scope: str = "") -> Answer:
-        """``method`` on ``path``, answering an auth challenge once."""
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, scope: str = "", body: bytes | None = None
+    ) -> Answer:
+        """``method`` on ``path`` (with ``body``), answering an auth challenge once."""
         if self.schemes == ["https", "http"]:
-            return self._request_either(method, path, dict(headers or {}), scope)
+            return self._request_either(method, path, dict(headers or {}), scope, body)
         scheme = self.schemes[0]
         try:
-            result = self._request(method, f"{scheme}://{self.host}{path}", dict(headers or {}), scope)
+            result = self._request(method, f"{scheme}://{self.host}{path}", dict(headers or {}), scope, body)
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeout
             raise RegistryUnreachable(self.registry, f"cannot reach {path} ({scheme}: {exc})") from None
         _SCHEME[self.host] = scheme
         return result
 
-    def _request_either(self, method: str, path: str, headers: dict[str, str], scope: str) -> Answer:
+    def _request_either(
+        self, method: str, path: str, headers: dict[str, str], scope: str, body: bytes | None = None
+    ) -> Answer:
         """HTTPS, falling back to plain HTTP, with the fallback's round trips
         overlapped: while HTTPS is tried, a `_PlainProbe` connects over plain
         HTTP and asks `GET /v2/` with no credentials. If HTTPS answers, the
@@ -495,7 +499,7 @@ class Session:
         round trips fewer than trying one scheme after the other."""
         probe = _PlainProbe(self.host, self.timeout)
         try:
-            result = self._request(method, f"https://{self.host}{path}", dict(headers), scope)
+            result = self._request(method, f"https://{self.host}{path}", dict(headers), scope, body)
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, TLS, timeout
             https_error = f"https: {exc}"
         except BaseException:  # HTTPS answered, but not usably: no fallback to clear text
@@ -515,11 +519,11 @@ class Session:
         self.schemes = ["http"]
         _SCHEME[self.host] = "http"
         try:
-            return self._request(method, f"http://{self.host}{path}", headers, scope)
+            return self._request(method, f"http://{self.host}{path}", headers, scope, body)
         except (OSError, http.client.HTTPException) as exc:
             raise RegistryUnreachable(self.registry, f"cannot reach {path} ({https_error}; http: {exc})") from None
 
-    def _request(self, method: str, url: str, headers: dict[str, str], scope: str) -> Answer:
+    def _request(self, method: str, url: str, headers: dict[str, str], scope: str, body: bytes | None = None) -> Answer:
         over = url.partition(":")[0]  # the scheme the registry is reached over, for check_realm
         known = _CHALLENGE.get(self.host)
         if self.authorization is None and known is not None and self.auth is not None:
@@ -535,9 +539,9 @@ class Session:
             self._authorize(*known, scope, over)  # a token for another scope
         if self.authorization:
             headers["Authorization"] = self.authorization
-        status, answer, body = self._send(method, url, headers)
+        status, answer, content = self._send(method, url, headers, body)
         if status != 401:
-            return status, answer, body
+            return status, answer, content
         value = _header(answer, "WWW-Authenticate")
         challenge, params = parse_challenge(value)
         usable = challenge == "basic" or (challenge == "bearer" and bool(params.get("realm")))
@@ -554,11 +558,11 @@ class Session:
                 ),
             )
         if not usable or (challenge == "basic" and self.auth is None):
-            return status, answer, body
+            return status, answer, content
         _CHALLENGE[self.host] = (challenge, params)
         self._authorize(challenge, params, scope, over)
         headers["Authorization"] = self.authorization or ""
-        return self._send(method, url, headers)
+        return self._send(method, url, headers, body)
 
     def _authorize(self, challenge: str, params: dict[str, str], scope: str, over: str) -> None:
         if challenge == "basic":
@@ -662,6 +666,92 @@ class Session:
             text = text.replace(secret, "[MASKED]")
         return text
 
+    # -- what referrers need (referrers.py): manifests, tags, the referrers API --------
+
+    def find_digest(self, repository: str, reference: str) -> str | None:
+        """`manifest_digest`, or None when there is no such manifest (404)."""
+        try:
+            return self.manifest_digest(repository, reference)
+        except RegistryHTTPError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def manifest(self, repository: str, reference: str) -> tuple[str, str, bytes] | None:
+        """(media type, digest, body) of ``repository:reference``, None for a 404.
+
+        A manifest asked for by digest must hash to it: a registry that
+        answers with other bytes is refused."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        status, headers, body = self.request("GET", path, {"Accept": MANIFEST_TYPES}, f"repository:{repository}:pull")
+        if status == 404:
+            return None
+        if status != 200:
+            raise RegistryHTTPError(
+                self.registry, status, f"{self.registry}/{repository}:{reference}", explain_status(status)
+            )
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryAnswerError(
+                self.registry, f"{self.registry}/{repository}@{reference} answered with a manifest of digest {digest}"
+            )
+        media_type = _header(headers, "Content-Type").partition(";")[0].strip()
+        return media_type, digest, body
+
+    def tags(self, repository: str, pages: int = 100) -> list[str] | None:
+        """Every tag of ``repository`` (following the Link header's pages);
+        None when the registry will not list them (401, 403, 404, 405)."""
+        path: str | None = f"/v2/{repository}/tags/list"
+        found: list[str] = []
+        for _ in range(pages):
+            if path is None:
+                return found
+            status, headers, body = self.request(
+                "GET", path, {"Accept": "application/json"}, f"repository:{repository}:pull"
+            )
+            if status in (401, 403, 404, 405):
+                return None
+            if status != 200:
+                raise RegistryHTTPError(self.registry, status, f"{self.registry}/{repository} (tags)")
+            answer = _json_object(self.registry, body, f"the tag list of {repository}")
+            tags = answer.get("tags") or []
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise RegistryAnswerError(self.registry, f"the tag list of {repository} is not a list of strings")
+            found.extend(tags)
+            path = _next_page(_header(headers, "Link"))
+        raise RegistryAnswerError(self.registry, f"the tag list of {repository} has more than {pages} pages")
+
+    def referrers(self, repository: str, digest: str) -> list[dict[str, Any]] | None:
+        """The OCI 1.1 referrers API's descriptors for ``digest``; None when
+        the registry has no referrers API (it answers 404, 400, 405 or 501)."""
+        path = f"/v2/{repository}/referrers/{digest}"
+        accept = {"Accept": "application/vnd.oci.image.index.v1+json"}
+        status, headers, body = self.request("GET", path, accept, f"repository:{repository}:pull")
+        if status in (400, 404, 405, 501):
+            return None
+        if status != 200:
+            raise RegistryHTTPError(self.registry, status, f"{self.registry}/{repository} (referrers of {digest})")
+        if "json" not in _header(headers, "Content-Type"):
+            return None  # a registry without the API that answers its own page
+        return descriptors(self.registry, body, f"the referrers of {repository}@{digest}")
+
+    def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
+        """PUT a manifest; its digest (which the registry must agree on)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        headers = {"Content-Type": media_type}
+        status, answer, _ = self.request("PUT", path, headers, f"repository:{repository}:pull,push", body)
+        if status not in (200, 201):
+            raise RegistryHTTPError(
+                self.registry, status, f"PUT {self.registry}/{repository}:{reference}", explain_status(status)
+            )
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        said = _header(answer, "Docker-Content-Digest")
+        if said and said != digest:
+            raise RegistryAnswerError(
+                self.registry, f"{self.registry}/{repository}:{reference} stored {self._shown(said)}, not {digest}"
+            )
+        return digest
+
 
 def _covers(held: str | None, wanted: str) -> bool:
     """True when a token asked for scope ``held`` was asked for every action of ``wanted``:
@@ -676,6 +766,43 @@ def _covers(held: str | None, wanted: str) -> bool:
     h_kind, _, h_rest = held.rpartition(":")
     w_kind, _, w_rest = wanted.rpartition(":")
     return bool(h_kind) and h_kind == w_kind and set(w_rest.split(",")) <= set(h_rest.split(","))
+
+
+def _json_object(registry: str, body: bytes, what: str) -> dict[str, Any]:
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        raise RegistryAnswerError(registry, f"{what} is not JSON") from None
+    if not isinstance(answer, dict):
+        raise RegistryAnswerError(registry, f"{what} is a JSON {type(answer).__name__}, not an object")
+    return answer
+
+
+def descriptors(registry: str, body: bytes, what: str) -> list[dict[str, Any]]:
+    """The ``manifests`` of an image index, each checked to be a descriptor."""
+    manifests = _json_object(registry, body, what).get("manifests") or []
+    if not isinstance(manifests, list):
+        raise RegistryAnswerError(registry, f"{what}: manifests is not a list")
+    for item in manifests:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("digest"), str)
+            and _DIGEST.fullmatch(item["digest"])
+            and isinstance(item.get("mediaType"), str)
+        ):
+            raise RegistryAnswerError(registry, f"{what} holds an entry that is not a descriptor")
+    return manifests
+
+
+def _next_page(link: str) -> str | None:
+    """The path of a Link header's rel="next" page (the registry's own path only)."""
+    match = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', link)
+    if not match:
+        return None
+    parts = urllib.parse.urlsplit(match.group(1))
+    if parts.scheme or parts.netloc or not parts.path.startswith("/v2/"):
+        return None  # another host: not followed
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 class _PlainProbe:

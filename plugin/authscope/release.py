@@ -46,6 +46,7 @@ class Options:
     scope_dir: str | None = None
     withheld: tuple[str, ...] = ()  # variables no tool gets (the GitLab API token's)
     masked: tuple[str, ...] = ()  # more secrets to mask (the GitLab API token)
+    referrers: bool | None = None  # --[no-]referrers: overrides every target's referrers:
 
 
 def make_plan(spec: Fanout, options: Options, **resolved: Any) -> plan.Plan:
@@ -57,6 +58,7 @@ def make_plan(spec: Fanout, options: Options, **resolved: Any) -> plan.Plan:
         retries=options.retries,
         timeout=options.timeout,
         pull_once=options.pull_once,
+        referrers=options.referrers,
         **resolved,
     )
 
@@ -112,8 +114,12 @@ def run(
 
     with _layout_dir(draft.layout is not None) as layout, fanout.Preflights(draft, credentials, stream) as checks:
         try:
-            digest, plain_http = fanout.resolve_source(spec, base, environ)
-            final = make_plan(spec, options, source_digest=digest, layout=layout)
+            # What refers to the source (signatures, attestations, SBOMs) is
+            # found here, once, for every target (referrers.discover).
+            digest, plain_http, artifacts = fanout.resolve_source_and_referrers(
+                spec, base, environ, discover=draft.referrers_on
+            )
+            final = make_plan(spec, options, source_digest=digest, layout=layout, artifacts=artifacts)
             if final.pull is not None:
                 fanout.pull_source(
                     final,
@@ -134,6 +140,11 @@ def run(
             status, error = (R.INTERRUPTED, f"interrupted: {exc}") if interrupted else (R.FAILED, str(exc))
             return report(fanout.none_copied(draft, status, error), None, error)
         say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
+        if final.referrers_on:
+            say(
+                f"{len(artifacts)} signature(s), attestation(s) and referrer(s) go along"
+                + (": " + ", ".join(a.label for a in artifacts) if artifacts else "")
+            )
         results = fanout.execute(
             final,
             digest,

@@ -38,6 +38,8 @@ class Result:
     hint: str = ""  # how to fix it
     output: tuple[str, ...] = ()  # the last lines the tool printed (masked)
     restored: tuple[str, ...] = ()  # base entries the guard restored while it ran
+    referrers: tuple[dict[str, str], ...] = ()  # signatures, attestations, referrers copied and read back
+    referrers_off: bool = False  # referrers: false: none were looked for or copied
 
     @property
     def destinations(self) -> list[str]:
@@ -88,11 +90,12 @@ def _short(digest: str | None) -> str:
 
 
 def summary_table(report: Report) -> str:
-    rows = [("target", "tags", "digest", "time", "tries", "status")]
+    rows = [("target", "tags", "digest", "refs", "time", "tries", "status")]
     for r in report.results:
         digest = next((d for d in r.digests.values() if d), None)
         status = r.status.upper() + (" (BASE RESTORED)" if r.restored else "")
-        rows.append((r.name, ",".join(r.tags), _short(digest), f"{r.duration:.1f}s", str(r.attempts), status))
+        refs = "off" if r.referrers_off else str(len(r.referrers))
+        rows.append((r.name, ",".join(r.tags), _short(digest), refs, f"{r.duration:.1f}s", str(r.attempts), status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -127,6 +130,8 @@ def result_text(r: Result, failure: bool = True) -> str:
     ]
     for tag in r.tags:
         lines.append(f"  {r.registry}/{r.repository}:{tag}  {r.digests.get(tag) or '(not verified)'}")
+    lines.append(referrers_text(r))
+    lines.extend(f"  {a.get('kind') or a.get('artifactType')} {a.get('tag') or a['digest']}" for a in r.referrers)
     if r.error and failure:
         lines.append(f"failed: {r.error}")
     if r.hint and failure:
@@ -138,6 +143,12 @@ def result_text(r: Result, failure: bool = True) -> str:
         lines.append(f"last {len(output)} line(s) of output:")
         lines.extend(f"  | {line}" for line in output)
     return "\n".join(lines)
+
+
+def referrers_text(r: Result) -> str:
+    if r.referrers_off:
+        return "referrers: off (referrers: false): no signature, attestation or SBOM was copied"
+    return f"referrers: {len(r.referrers)} copied and read back (signatures, attestations, SBOMs, OCI referrers)"
 
 
 def cap_line(text: str, limit: int = LINE_LIMIT) -> str:
@@ -292,6 +303,7 @@ def to_json(report: Report) -> str:
         item["tags"] = list(r.tags)
         item["output"] = list(bounded(r.output))
         item["restored"] = list(r.restored)
+        item["referrers"] = [dict(a) for a in r.referrers]
         item["destinations"] = r.destinations
         item["duration"] = round(r.duration, 3)
         doc["targets"].append(item)

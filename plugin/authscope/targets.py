@@ -133,6 +133,7 @@ class Target:
     ca_file: str | None
     command: tuple[str, ...] | None
     line: int
+    referrers: bool = True  # signatures, attestations, SBOMs, OCI referrers go along (referrers.py)
 
     @property
     def password_ref(self) -> str:
@@ -154,6 +155,7 @@ class Fanout:
     pull_once: bool
     tool: str  # the file's default tool; with pull_once, every target's
     names: tuple[str, ...] = ()  # every target's name, in file order (``targets`` are the selected ones)
+    referrers: bool = True  # the file's referrers: (each target has its own)
 
 
 # -- YAML nodes to values, remembering lines -------------------------------------
@@ -431,7 +433,19 @@ def _read_yaml(path: str) -> tuple[Any, _Doc]:
 
 # -- checking -----------------------------------------------------------------------
 
-TOP_KEYS = ("version", "source", "tags", "tool", "jobs", "retries", "timeout", "pull_once", "command", "targets")
+TOP_KEYS = (
+    "version",
+    "source",
+    "tags",
+    "tool",
+    "jobs",
+    "retries",
+    "timeout",
+    "pull_once",
+    "command",
+    "referrers",
+    "targets",
+)
 SOURCE_KEYS = ("image", "insecure", "ca_file")
 TARGET_KEYS = (
     "name",
@@ -446,6 +460,7 @@ TARGET_KEYS = (
     "insecure",
     "ca_file",
     "command",
+    "referrers",
 )
 
 
@@ -680,6 +695,7 @@ def check(
     retries = int(c.number(data, "retries", (), DEFAULT_RETRIES, 0, 20, True))
     timeout = float(c.number(data, "timeout", (), DEFAULT_TIMEOUT, 1, 86400, False))
     pull_once = c.boolean(data, "pull_once", ())
+    referrers = c.boolean(data, "referrers", (), True)
 
     raw_targets = data.get("targets")
     if not isinstance(raw_targets, list) or not raw_targets:
@@ -690,7 +706,7 @@ def check(
     for i, raw in enumerate(raw_targets):
         name = _target_name(c, raw, ("targets", i))
         selected = not names_only and (not only or name in only)
-        target = _target(c, raw, ("targets", i), name, default_tags, str(tool), command, data, selected)
+        target = _target(c, raw, ("targets", i), name, default_tags, str(tool), command, data, selected, referrers)
         if name is None or (selected and target is None):
             continue
         if name in names:
@@ -711,7 +727,9 @@ def check(
                 break
     if doc.problems or source is None:
         return None
-    return Fanout(doc.path, source, tuple(targets), jobs, retries, timeout, pull_once, str(tool), tuple(names))
+    return Fanout(
+        doc.path, source, tuple(targets), jobs, retries, timeout, pull_once, str(tool), tuple(names), referrers
+    )
 
 
 def _credential_variables(raw_targets: Any) -> tuple[dict[str, str], tuple[str, ...]]:
@@ -799,6 +817,7 @@ def _target(
     default_command: tuple[str, ...] | None,
     top: dict[str, Any],
     selected: bool = True,
+    default_referrers: bool = True,
 ) -> Target | None:
     """One target, checked; a file-level key that was given but is broken
     has already been reported, so its absence is not reported again here.
@@ -847,6 +866,7 @@ def _target(
         password_file = os.path.join(c.base_dir, password_file)
     insecure = c.boolean(raw, "insecure", where)
     ca_file = c.path(raw, "ca_file", where) if selected else None
+    referrers = c.boolean(raw, "referrers", where, default_referrers)
     if not selected or len(doc.problems) > before or not (name and registry and repository and tags):
         return None  # reported here, or (a broken file-level key, the name) above
     return Target(
@@ -863,6 +883,7 @@ def _target(
         ca_file,
         command,
         doc.line(where),
+        referrers,
     )
 
 

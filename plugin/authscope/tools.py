@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .dockerconfig import is_loopback
+from .referrers import Artifact
 from .targets import PLACEHOLDER, Source, Target
 
 SCOPE = "{scope}"
@@ -182,6 +183,63 @@ def push_steps(target: Target, layout: str, destinations: Sequence[str]) -> list
         push = Step(what, ("regctl", "image", "copy", f"ocidir://{layout}:{LAYOUT_TAG}", first))
         return [push, *_regctl_tags(destinations)]
     raise ValueError(f"pull_once does not support tool {target.tool!r}")
+
+
+# -- signatures, attestations, SBOMs, OCI referrers (referrers.py) -----------------------
+
+
+def referrer_tool(target: Target) -> str:
+    """The tool that copies a target's referrers: its own; for ``tool: custom``,
+    crane (a custom command copies one image and knows nothing of its referrers)."""
+    return "crane" if target.tool == "custom" else target.tool
+
+
+def referrer_layout(layout: str, index: int) -> str:
+    """Where pull_once keeps the ``index``-th referrer: a layout of its own beside the image's."""
+    return f"{layout}.referrer-{index}"
+
+
+def referrer_steps(
+    source: Source, target: Target, artifacts: Sequence[Artifact], layout: str | None = None
+) -> list[Step]:
+    """Copy each artifact to the target by digest, with the target's tool: a
+    cosign tag as that tag, an OCI referrer to its digest. With ``layout``,
+    pushed from what pull_referrer_steps wrote."""
+    tool = referrer_tool(target)
+    steps = []
+    for i, artifact in enumerate(artifacts):
+        src = f"{source.image.registry}/{source.image.repository}@{artifact.digest}"
+        dest = f"{target.registry}/{target.repository}" + (
+            f":{artifact.tag}" if artifact.tag else f"@{artifact.digest}"
+        )
+        what = f"referrer {artifact.label}"
+        local = referrer_layout(layout, i) if layout is not None else None
+        if tool == "crane":
+            source_needs_flag = source.insecure and not is_loopback(source.image.registry) and local is None
+            flags = _crane_flags(target.insecure or source_needs_flag)
+            argv = ("crane", "push", *flags, local, dest) if local else ("crane", "copy", *flags, src, dest)
+        elif tool == "skopeo":
+            tls = [] if local else _skopeo_tls("src", source.insecure, source.ca_file, "source")
+            tls += _skopeo_tls("dest", target.insecure, target.ca_file, "target")
+            origin = f"oci:{local}:{LAYOUT_TAG}" if local else f"docker://{src}"
+            argv = (*SKOPEO_COPY, *tls, origin, f"docker://{dest}")
+        else:
+            origin = f"ocidir://{local}:{LAYOUT_TAG}" if local else src
+            argv = ("regctl", "image", "copy", "--digest-tags=false", origin, dest)
+        steps.append(Step(what, argv))
+    return steps
+
+
+def pull_referrer_steps(tool: str, source: Source, artifacts: Sequence[Artifact], layout: str) -> list[Step]:
+    """pull_once: fetch each artifact into a layout of its own (referrer_layout)."""
+    image = source.image
+    return [
+        Step(
+            f"pull referrer {a.label}",
+            pull_step(tool, source, f"{image.registry}/{image.repository}@{a.digest}", referrer_layout(layout, i)).argv,
+        )
+        for i, a in enumerate(artifacts)
+    ]
 
 
 def fill_scope(argv: Sequence[str], scope: str) -> list[str]:
