@@ -129,7 +129,9 @@ def result_text(r: Result, failure: bool = True) -> str:
         lines.append(f"  {r.registry}/{r.repository}:{tag}  {r.digests.get(tag) or '(not verified)'}")
     if r.error and failure:
         lines.append(f"failed: {r.error}")
-    if r.hint and failure:
+    if r.hint and r.status == OK:  # a check that passed with a caveat (authscope check)
+        lines.append(f"note: {r.hint}")
+    elif r.hint and failure:
         lines.append(f"fix: {r.hint}")
     if failure:
         lines.extend(f"base guard: {note}" for note in r.restored)
