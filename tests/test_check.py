@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from authscope import check, cli, fanout
+from authscope import check, cli, fanout, registry
 from authscope import report as R
 from authscope.registry import Session, token_actions
 
@@ -120,6 +120,17 @@ class Toy(BaseHTTPRequestHandler):
         return self._send(404)
 
     do_GET = do_HEAD = do_POST = do_DELETE = _handle  # noqa: N815 - http.server's naming
+
+
+@pytest.fixture(autouse=True)
+def fresh_sessions() -> Iterator[None]:
+    """What the process learnt of a registry (scheme, challenge) is keyed by
+    host:port, and a later test's toy may get a port an earlier one had."""
+    registry._SCHEME.clear()
+    registry._CHALLENGE.clear()
+    yield
+    registry._SCHEME.clear()
+    registry._CHALLENGE.clear()
 
 
 @pytest.fixture
@@ -342,3 +353,15 @@ def test_table_says_check_and_keeps_report_rows() -> None:
     assert head.startswith("check of r/app:1.0 and 1 target(s): 1 failed")
     assert table[0].split() == ["target", "tags", "digest", "time", "tries", "status"]
     assert table[3].split()[-1] == "FAILED"
+
+
+def test_a_challenge_learnt_over_http_does_not_fail_another_sessions_https_attempt(toy: Any) -> None:
+    """The source and a target on one plain-HTTP host, checked in parallel: one
+    session learns the Bearer challenge (an http realm) while the other still
+    tries HTTPS first. Its pre-emptive answer must not end in RealmRefused."""
+    host, _ = toy(grant=("push", "pull"))
+    registry._CHALLENGE[host] = ("bearer", {"realm": f"http://{host}/token", "service": "toy"})
+    assert host not in registry._SCHEME  # what the other session had not stored yet
+    with Session(host, (USER, PASSWORD), insecure=True) as session:
+        assert session.request("GET", "/v2/")[0] == 200
+        assert session.granted(REPO) == ("push", "pull")

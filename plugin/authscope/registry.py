@@ -463,13 +463,23 @@ class Session:
     def _request(self, method: str, url: str, headers: dict[str, str], scope: str) -> Answer:
         over = url.partition(":")[0]  # the scheme the registry is reached over, for check_realm
         known = _CHALLENGE.get(self.host)
-        if self.authorization is None and known is not None and self.auth is not None:
-            # Answer the challenge this registry is known to send before it is sent.
-            self._authorize(*known, scope, over)
-        elif (
-            known is not None and known[0] == "bearer" and scope and scope != self.token_scope and self.auth is not None
-        ):
-            self._authorize(*known, scope, over)  # a token for another scope
+        try:
+            if self.authorization is None and known is not None and self.auth is not None:
+                # Answer the challenge this registry is known to send before it is sent.
+                self._authorize(*known, scope, over)
+            elif (
+                known is not None
+                and known[0] == "bearer"
+                and scope
+                and scope != self.token_scope
+                and self.auth is not None
+            ):
+                self._authorize(*known, scope, over)  # a token for another scope
+        except RealmRefused:
+            # A challenge another session learnt over plain HTTP while this one
+            # still tries HTTPS (a source and a target on one host, checked in
+            # parallel): nothing was sent; this scheme's own answer decides.
+            self.authorization = None
         if self.authorization:
             headers["Authorization"] = self.authorization
         status, answer, body = self._send(method, url, headers)
