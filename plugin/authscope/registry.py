@@ -390,6 +390,8 @@ class Session:
             try:
                 try:
                     conn.request(method, target, headers=headers)
+                except ssl.SSLError:  # a failed handshake: SSLCertVerificationError is a ValueError too
+                    raise
                 except ValueError:  # never shown: http.client's message quotes the header
                     raise _Unsendable() from None
                 response = conn.getresponse()
