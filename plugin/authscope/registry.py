@@ -390,8 +390,6 @@ class Session:
             try:
                 try:
                     conn.request(method, target, headers=headers)
-                except ssl.SSLError:  # a failed handshake: SSLCertVerificationError is a ValueError too
-                    raise
                 except ValueError:  # never shown: http.client's message quotes the header
                     raise _Unsendable() from None
                 response = conn.getresponse()
@@ -453,10 +451,10 @@ class Session:
         if conn is None:
             raise RegistryUnreachable(self.registry, f"cannot reach {path} ({https_error}; http: {error})")
         self._connections[("http", self.host)] = conn
+        self.schemes = ["http"]
+        _SCHEME[self.host] = "http"  # before the challenge: a session that sees it sees where it was learnt
         if probe.challenge is not None and self.host not in _CHALLENGE:
             _CHALLENGE[self.host] = probe.challenge
-        self.schemes = ["http"]
-        _SCHEME[self.host] = "http"
         try:
             return self._request(method, f"http://{self.host}{path}", headers, scope)
         except (OSError, http.client.HTTPException) as exc:
@@ -465,23 +463,19 @@ class Session:
     def _request(self, method: str, url: str, headers: dict[str, str], scope: str) -> Answer:
         over = url.partition(":")[0]  # the scheme the registry is reached over, for check_realm
         known = _CHALLENGE.get(self.host)
-        try:
-            if self.authorization is None and known is not None and self.auth is not None:
-                # Answer the challenge this registry is known to send before it is sent.
-                self._authorize(*known, scope, over)
-            elif (
-                known is not None
-                and known[0] == "bearer"
-                and scope
-                and scope != self.token_scope
-                and self.auth is not None
-            ):
-                self._authorize(*known, scope, over)  # a token for another scope
-        except RealmRefused:
-            # A challenge another session learnt over plain HTTP while this one
-            # still tries HTTPS (a source and a target on one host, checked in
-            # parallel): nothing was sent; this scheme's own answer decides.
-            self.authorization = None
+        if known is not None and over == "https" and _SCHEME.get(self.host) == "http":
+            # Learnt by another session over plain HTTP while this one still
+            # tries HTTPS (a source and a target on one host, in parallel): an
+            # http realm is fine for that scheme, not for this one, so this
+            # attempt gets its own challenge rather than answer that one.
+            known = None
+        if self.authorization is None and known is not None and self.auth is not None:
+            # Answer the challenge this registry is known to send before it is sent.
+            self._authorize(*known, scope, over)
+        elif (
+            known is not None and known[0] == "bearer" and scope and scope != self.token_scope and self.auth is not None
+        ):
+            self._authorize(*known, scope, over)  # a token for another scope
         if self.authorization:
             headers["Authorization"] = self.authorization
         status, answer, body = self._send(method, url, headers)

@@ -294,19 +294,6 @@ def test_tls_registry_without_its_ca_is_named(fleet: dict[str, Any]) -> None:
     assert f"[harbor-two] FAILED (target): {fleet['two'].host}" in line
 
 
-def test_an_untrusted_certificate_is_named_as_such(fleet: dict[str, Any]) -> None:
-    """A registry reached over HTTPS only (any non-loopback one): the failed
-    handshake is named, not taken for a header that cannot be sent."""
-    from authscope.errors import RegistryError
-    from authscope.registry import Session
-
-    two: Registry = fleet["two"]
-    with Session(two.host, two.credentials) as session:
-        session.schemes = ["https"]
-        with pytest.raises(RegistryError, match="CERTIFICATE_VERIFY_FAILED"):
-            session.request("GET", "/v2/")
-
-
 def test_pull_only_account_is_reported_unable_to_push(fleet: dict[str, Any]) -> None:
     job: Job = fleet["job"]
     proxy: ReadOnlyProxy = fleet["proxy"]
