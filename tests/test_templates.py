@@ -208,6 +208,20 @@ RENDER_CASES: dict[str, dict[str, dict[str, Any]]] = {
             "resource-group": "authscope-release",
         },
     },
+    "check": {
+        "defaults": {},
+        "changed": {
+            "job-name": "nightly:credentials",
+            "stage": "verify",
+            "targets-file": "release/authscope.yml",
+            "image": "python:3.13-slim",
+            "install": "true",
+            "jobs": 8,
+            "targets": "harbor-1,harbor-2",
+            "registry-login": False,
+            "rules": [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}, {"when": "manual", "allow_failure": True}],
+        },
+    },
     "scope": {
         "defaults": {},
         "changed": {
@@ -508,6 +522,39 @@ def test_fanout_job_runs_authscope_fanout_with_the_inputs(
     expected = {**FANOUT_DEFAULTS, **options}
     assert {key: resolved[key] for key in expected} == expected
     assert run_job_shell(job, tmp_path, ("after_script",)) == [["sweep"]]
+
+
+@pytest.mark.parametrize(
+    ("given", "login", "options"),
+    [
+        ({}, True, {}),
+        (
+            {"jobs": 8, "targets": "harbor-1,harbor-2", "registry-login": False, "targets-file": "a b/authscope.yml"},
+            False,
+            {"jobs": 8, "target": ["harbor-1", "harbor-2"], "file": "a b/authscope.yml"},
+        ),
+    ],
+    ids=["defaults", "all-inputs"],
+)
+def test_check_job_runs_authscope_check_with_the_inputs(
+    given: dict[str, Any], login: bool, options: dict[str, Any], tmp_path: Path
+) -> None:
+    job = render_component("check", install="true", **given)["authscope-check"]
+    calls = run_job_shell(job, tmp_path)
+    assert calls == [["--version"], *([LOGIN] if login else []), ["check"]]
+    (resolved,) = resolved_options(tmp_path)
+    expected = {
+        "file": "authscope.yml",
+        "jobs": None,
+        "target": [],
+        "junit": "authscope-check-junit.xml",
+        "json": "authscope-check.json",
+        **options,
+    }
+    assert {key: resolved[key] for key in expected} == expected
+    assert job["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "schedule"'}]  # scheduled pipelines by default
+    assert job["artifacts"]["when"] == "always"
+    assert job["artifacts"]["reports"] == {"junit": "authscope-check-junit.xml"}
 
 
 def test_fanout_job_publishes_its_reports_always() -> None:

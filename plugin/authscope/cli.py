@@ -397,6 +397,37 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_cmd_fanout)
 
 
+def _define_check(p: argparse.ArgumentParser) -> None:
+    _describe(
+        p,
+        description=(
+            "Check, before release day and without pushing anything, that every target of a "
+            "targets file can be released to: its credential variables are set, its registry "
+            "answers, it accepts the credentials, and the account may push to the repository "
+            "(a Bearer token asked for push,pull and what it grants; on Basic-auth registries, a "
+            "blob upload started and cancelled). And the source: readable with the base's login, "
+            "its tag exists. Targets are checked in parallel; no blob, manifest or tag is written."
+        ),
+        epilog=(
+            "examples:\n"
+            "  authscope check                                  # every target of authscope.yml\n"
+            "  authscope check --target harbor-remote-1 --junit check.xml\n"
+            "\nexit codes: 0 all pass, 1 some target (or the source) failed, 2 config error"
+        ),
+    )
+    p.add_argument(
+        "-f", "--file", default="authscope.yml", metavar="PATH", help="the targets file (default: authscope.yml)"
+    )
+    p.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
+    p.add_argument(
+        "--jobs", type=_positive_int, metavar="N", help="targets checked at a time (default: jobs: in the file, else 4)"
+    )
+    p.add_argument("--junit", metavar="PATH", help="write a JUnit XML report: a testcase per target and the source")
+    p.add_argument("--json", metavar="PATH", help="write a versioned JSON report")
+    _add_base(p)
+    p.set_defaults(run=_cmd_check)
+
+
 def _define_pipeline(p: argparse.ArgumentParser) -> None:
     _describe(
         p,
@@ -517,6 +548,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "logout": ("remove one registry's login from the base config", _define_logout),
     "exec": ("run a command in a fresh scope holding one extra login", _define_exec),
     "fanout": ("copy an image to every target of authscope.yml, in parallel, verified", _define_fanout),
+    "check": ("check every target's credentials and push permission, and the source; pushes nothing", _define_check),
     "pipeline": ("print a child pipeline: one job per target (or per slice)", _define_pipeline),
     "sweep": ("remove scopes left by killed processes (for after_script)", _define_sweep),
     "job": ("give a whole CI job its own Docker config: job open / job close", _define_job),
@@ -723,6 +755,29 @@ def _fanout_exit(report: R.Report) -> int:
     return EXIT_OK
 
 
+def _cmd_check(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from . import check
+    from . import report as R
+    from .dockerconfig import write_atomic
+    from .fanout import masked_report
+    from .run import mask_known
+
+    options = check.Options(only=tuple(a.target), jobs=a.jobs, config_dir=a.config_dir)
+    report = masked_report(check.run(a.file, environ, options), mask_known)
+    for r in report.results:
+        say(check.line(r), sys.stdout)
+    print(check.table(report), flush=True)
+    for path, render in ((a.junit, check.junit), (a.json, lambda rep: check.to_json(rep).encode())):
+        if path:
+            write_atomic(os.path.abspath(path), render(report), 0o644)
+            say(f"wrote {path}")
+    failed = len(report.results) - report.count(R.OK)
+    if failed:
+        say(f"{failed} of {len(report.results)} check(s) failed: see above")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _cmd_pipeline(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from . import pipeline, targets
 
@@ -871,7 +926,7 @@ def _sweep_jobs(roots: Sequence[str]) -> int:
 # switch takes true/false (1/0, yes/no); AUTHSCOPE_JOBS=0 (and SLICES=0) keep
 # the default, as the components' inputs do.
 ENV_PREFIX = "AUTHSCOPE_"
-ENV_COMMANDS = ("fanout", "pipeline", "job")
+ENV_COMMANDS = ("fanout", "pipeline", "job", "check")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # Options that take a value or are switches (not --help, not --version).
 _ENV_ACTIONS = (

@@ -626,7 +626,7 @@ def _asked_wait(t: Target, ctx: _Context, deadline: float) -> float | None:
 def _reach_hint(t: Target, reason: str) -> str:
     if _TLS.search(reason):
         return f"the certificate of {t.registry} is not trusted: set ca_file: to its CA, or insecure: true"
-    if "http" in reason.lower() and not t.insecure:
+    if "http" in reason.lower() and not t.insecure and "refused" not in reason.lower():  # not "https: [Errno 111]"
         return "if it speaks plain HTTP, set insecure: true on this target"
     return f"check registry: {t.registry} (host and port) and the network from this runner"
 

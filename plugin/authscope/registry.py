@@ -514,10 +514,10 @@ class Session:
         if conn is None:
             raise RegistryUnreachable(self.registry, f"cannot reach {path} ({https_error}; http: {error})")
         self._connections[("http", self.host)] = conn
+        self.schemes = ["http"]
+        _SCHEME[self.host] = "http"  # before the challenge: a session that sees it sees where it was learnt
         if probe.challenge is not None and self.host not in _CHALLENGE:
             _CHALLENGE[self.host] = probe.challenge
-        self.schemes = ["http"]
-        _SCHEME[self.host] = "http"
         try:
             return self._request(method, f"http://{self.host}{path}", headers, scope, body)
         except (OSError, http.client.HTTPException) as exc:
@@ -526,6 +526,12 @@ class Session:
     def _request(self, method: str, url: str, headers: dict[str, str], scope: str, body: bytes | None = None) -> Answer:
         over = url.partition(":")[0]  # the scheme the registry is reached over, for check_realm
         known = _CHALLENGE.get(self.host)
+        if known is not None and over == "https" and _SCHEME.get(self.host) == "http":
+            # Learnt by another session over plain HTTP while this one still
+            # tries HTTPS (a source and a target on one host, in parallel): an
+            # http realm is fine for that scheme, not for this one, so this
+            # attempt gets its own challenge rather than answer that one.
+            known = None
         if self.authorization is None and known is not None and self.auth is not None:
             # Answer the challenge this registry is known to send before it is sent.
             self._authorize(*known, scope, over)
@@ -752,6 +758,40 @@ class Session:
             )
         return digest
 
+    def challenge(self) -> str:
+        """The auth scheme this registry challenged with ("basic", "bearer"),
+        "" when it has not challenged (yet, or at all: an open registry)."""
+        known = _CHALLENGE.get(self.host)
+        return known[0] if known else ""
+
+    def granted(self, repository: str, actions: str = "push,pull") -> tuple[str, ...] | None:
+        """What a Bearer registry's token service grants on ``repository`` when
+        asked for ``actions``: the ``access`` claim of the JWT it returns, read
+        without verifying its signature (authscope only reports it; the
+        registry checks it). None when the token is opaque (not a JWT with an
+        ``access`` claim). Nothing is sent to the registry itself."""
+        known = _CHALLENGE.get(self.host)
+        if known is None or known[0] != "bearer":
+            raise RegistryAnswerError(self.registry, "it sent no Bearer challenge: there is no token to read")
+        token = self._token(known[1], f"repository:{repository}:{actions}", self.schemes[0])
+        return token_actions(token, repository)
+
+    def upload_probe(self, repository: str) -> tuple[int, int | None]:
+        """Start a blob upload to ``repository`` and cancel it at once: (the
+        POST's status, the DELETE's, None when none was sent). 202 means the
+        account may push; no blob, manifest or tag is written, and the upload
+        session the registry opened is deleted."""
+        scope = f"repository:{repository}:push,pull"
+        status, headers, _ = self.request("POST", f"/v2/{repository}/blobs/uploads/", {}, scope)
+        if status != 202:
+            return status, None
+        parts = urllib.parse.urlsplit(_header(headers, "Location"))
+        if (parts.netloc and parts.netloc != self.host) or not parts.path.startswith("/v2/"):
+            return status, None  # an upload elsewhere: never sent our credentials
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        cancelled, _, _ = self.request("DELETE", target, {}, scope)
+        return status, cancelled
+
 
 def _covers(held: str | None, wanted: str) -> bool:
     """True when a token asked for scope ``held`` was asked for every action of ``wanted``:
@@ -803,6 +843,29 @@ def _next_page(link: str) -> str | None:
     if parts.scheme or parts.netloc or not parts.path.startswith("/v2/"):
         return None  # another host: not followed
     return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def token_actions(token: str, repository: str) -> tuple[str, ...] | None:
+    """The actions a registry token's ``access`` claim grants on ``repository``
+    (docker/distribution's token spec), unverified; None for an opaque token."""
+    import base64
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
+    except (ValueError, RecursionError):  # not base64url, not UTF-8, not JSON
+        return None
+    access = claims.get("access") if isinstance(claims, dict) else None
+    if not isinstance(access, list):
+        return None
+    found: list[str] = []
+    for entry in access:
+        if isinstance(entry, dict) and entry.get("type") == "repository" and entry.get("name") == repository:
+            found += [a for a in entry.get("actions") or [] if isinstance(a, str)]
+    return tuple(dict.fromkeys(found))
 
 
 class _PlainProbe:

@@ -89,13 +89,17 @@ def _short(digest: str | None) -> str:
     return digest[:19] if digest else "-"
 
 
-def summary_table(report: Report) -> str:
-    rows = [("target", "tags", "digest", "refs", "time", "tries", "status")]
+def summary_table(report: Report, referrers: bool = True) -> str:
+    """The table a person reads at the end of the log; ``referrers=False``
+    leaves out the refs column (`authscope check` copies nothing)."""
+    rows: list[tuple[str, ...]] = [("target", "tags", "digest", "refs", "time", "tries", "status")]
     for r in report.results:
         digest = next((d for d in r.digests.values() if d), None)
         status = r.status.upper() + (" (BASE RESTORED)" if r.restored else "")
         refs = "off" if r.referrers_off else str(len(r.referrers))
         rows.append((r.name, ",".join(r.tags), _short(digest), refs, f"{r.duration:.1f}s", str(r.attempts), status))
+    if not referrers:
+        rows = [row[:3] + row[4:] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -134,7 +138,9 @@ def result_text(r: Result, failure: bool = True) -> str:
     lines.extend(f"  {a.get('kind') or a.get('artifactType')} {a.get('tag') or a['digest']}" for a in r.referrers)
     if r.error and failure:
         lines.append(f"failed: {r.error}")
-    if r.hint and failure:
+    if r.hint and r.status == OK:  # a check that passed with a caveat (authscope check)
+        lines.append(f"note: {r.hint}")
+    elif r.hint and failure:
         lines.append(f"fix: {r.hint}")
     if failure:
         lines.extend(f"base guard: {note}" for note in r.restored)
