@@ -76,6 +76,21 @@ def make_plan(
     )
 
 
+def for_tags(plan: Plan, tp: TargetPlan, tags: Sequence[str]) -> TargetPlan:
+    """``tp`` narrowed to ``tags`` (a re-run: the tags that don't hold the source
+    digest yet), with its tool's steps made for those destinations only: the
+    first of them copied from the source (or the layout), the others made from
+    it, so a tag that is already right is never pushed again."""
+    from dataclasses import replace
+
+    kept = tuple(tag for tag in tp.target.tags if tag in tags)
+    if kept == tp.target.tags:
+        return tp
+    target = replace(tp.target, tags=kept)
+    steps = tools.steps_for(plan.source, target, plan.source_ref, plan.layout)
+    return TargetPlan(target, tuple(f"{target.registry}/{target.repository}:{tag}" for tag in kept), tuple(steps))
+
+
 def _secret_ref(name: str | None, kind: str, environ: Mapping[str, str]) -> str:
     if name is None:
         return ""
@@ -90,8 +105,9 @@ def _is_file(path: str) -> bool:
     return os.path.isfile(path)
 
 
-def render(plan: Plan, environ: Mapping[str, str]) -> str:
-    """The plan as text for --dry-run: references to secrets, never values."""
+def render(plan: Plan, environ: Mapping[str, str], force: bool = False) -> str:
+    """The plan as text for --dry-run: references to secrets, never values.
+    ``force``: --force (every target copied, up to date or not)."""
     src = plan.source
     lines: list[str] = [
         f"plan from {plan.path}: {len(plan.targets)} target(s), {plan.jobs} at a time, "
@@ -122,5 +138,10 @@ def render(plan: Plan, environ: Mapping[str, str]) -> str:
             lines.append(f"  -> {dest}")
         for step in tp.steps:
             lines.append(f"  $ {tools.display(step.argv)}")
+        lines.append(
+            f"  {'--force' if force else 'force: true'}: copied even when its tags already hold the source digest"
+            if t.force or force
+            else "  at run time, tags that already hold the source digest (read with HEAD) are not copied again"
+        )
     lines.append("\ndry run: nothing was contacted, copied or written")
     return "\n".join(lines)

@@ -582,6 +582,28 @@ class Session:
                 return "sha256:" + hashlib.sha256(body).hexdigest()
         raise RegistryHTTPError(self.registry, status, f"{self.registry}/{repository}:{reference}", _explain(status))
 
+    def head_digest(self, repository: str, reference: str) -> str | None:
+        """The digest ``repository:reference`` holds, read with HEAD only; None
+        when it does not exist (404). Never a GET, even when the registry sends
+        no Docker-Content-Digest (RegistryAnswerError then): Harbor counts a
+        manifest GET as a pull and uses it for retention (issue 15)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        status, headers, _ = self.request("HEAD", path, {"Accept": MANIFEST_TYPES}, f"repository:{repository}:pull")
+        if status == 404:
+            return None
+        digest = _header(headers, "Docker-Content-Digest")
+        if status != 200:
+            raise RegistryHTTPError(
+                self.registry, status, f"{self.registry}/{repository}:{reference}", _explain(status)
+            )
+        if not _DIGEST.fullmatch(digest):
+            raise RegistryAnswerError(
+                self.registry,
+                f"{self.registry}/{repository}:{reference} answered HEAD without a usable Docker-Content-Digest: "
+                f"{self._shown(digest) if digest else '(none)'}",
+            )
+        return digest
+
 
 class _PlainProbe:
     """`GET /v2/` over plain HTTP, with no credentials, in a thread of its own.

@@ -38,6 +38,19 @@ class Result:
     hint: str = ""  # how to fix it
     output: tuple[str, ...] = ()  # the last lines the tool printed (masked)
     restored: tuple[str, ...] = ()  # base entries the guard restored while it ran
+    # True once a copy step ran on the target (something may have been pushed);
+    # an ok target with changed False was up to date: nothing was copied (issue 15).
+    changed: bool = False
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.status == OK and not self.changed
+
+    @property
+    def verdict(self) -> str:
+        """The status as the table and the sections show it: UP TO DATE for an
+        ok target that needed no copy."""
+        return "UP TO DATE" if self.up_to_date else self.status.upper()
 
     @property
     def destinations(self) -> list[str]:
@@ -75,6 +88,10 @@ class Report:
     def restored(self) -> bool:
         return bool(self.guard) or any(r.restored for r in self.results)
 
+    def unchanged(self) -> int:
+        """Targets that were up to date: ok, nothing copied."""
+        return sum(1 for r in self.results if r.up_to_date)
+
     def restored_notes(self) -> list[str]:
         """Every base entry the guard restored during the run, each naming where."""
         return [*self.guard, *(f"{r.name}: {note}" for r in self.results for note in r.restored)]
@@ -91,7 +108,7 @@ def summary_table(report: Report) -> str:
     rows = [("target", "tags", "digest", "time", "tries", "status")]
     for r in report.results:
         digest = next((d for d in r.digests.values() if d), None)
-        status = r.status.upper() + (" (BASE RESTORED)" if r.restored else "")
+        status = r.verdict + (" (BASE RESTORED)" if r.restored else "")
         rows.append((r.name, ",".join(r.tags), _short(digest), f"{r.duration:.1f}s", str(r.attempts), status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]
@@ -99,6 +116,7 @@ def summary_table(report: Report) -> str:
     head = (
         f"fan-out of {report.source} ({_short(report.source_digest)}): {report.status}, "
         f"{report.count(OK)}/{len(report.results)} targets landed in {report.duration:.1f}s"
+        + (f" ({unchanged} up to date, nothing copied)" if (unchanged := report.unchanged()) else "")
     )
     guard = [f"BASE INTEGRITY: {note}" for note in report.restored_notes()]
     return "\n".join([head, *lines, *guard])
@@ -127,6 +145,8 @@ def result_text(r: Result, failure: bool = True) -> str:
     ]
     for tag in r.tags:
         lines.append(f"  {r.registry}/{r.repository}:{tag}  {r.digests.get(tag) or '(not verified)'}")
+    if r.up_to_date:
+        lines.append("up to date: every tag already held the source digest; nothing was copied")
     if r.error and failure:
         lines.append(f"failed: {r.error}")
     if r.hint and failure:
@@ -248,6 +268,7 @@ def dotenv(report: Report) -> str:
         ("AUTHSCOPE_TARGETS_OK", ",".join(names[OK])),
         ("AUTHSCOPE_TARGETS_FAILED", ",".join(names[FAILED] + names[INTERRUPTED])),
         ("AUTHSCOPE_TARGETS_SKIPPED", ",".join(names[SKIPPED])),
+        ("AUTHSCOPE_TARGETS_UNCHANGED", ",".join(r.name for r in report.results if r.up_to_date)),
         ("AUTHSCOPE_DESTINATIONS", " ".join(d for r in report.results if r.status == OK for d in r.destinations)),
         ("AUTHSCOPE_BASE_RESTORED", "true" if report.restored else "false"),
     ]

@@ -133,6 +133,7 @@ class Target:
     ca_file: str | None
     command: tuple[str, ...] | None
     line: int
+    force: bool = False  # copied even when every tag already holds the source digest
 
     @property
     def password_ref(self) -> str:
@@ -446,6 +447,7 @@ TARGET_KEYS = (
     "insecure",
     "ca_file",
     "command",
+    "force",
 )
 
 
@@ -847,6 +849,7 @@ def _target(
         password_file = os.path.join(c.base_dir, password_file)
     insecure = c.boolean(raw, "insecure", where)
     ca_file = c.path(raw, "ca_file", where) if selected else None
+    force = c.boolean(raw, "force", where)
     if not selected or len(doc.problems) > before or not (name and registry and repository and tags):
         return None  # reported here, or (a broken file-level key, the name) above
     return Target(
@@ -863,6 +866,7 @@ def _target(
         ca_file,
         command,
         doc.line(where),
+        force,
     )
 
 
