@@ -324,7 +324,8 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
         p,
         description=(
             "Copy the source image to every target of a targets file, N at a time, each in "
-            "its own scope. Every target's credentials are checked at /v2/ first; transient "
+            "its own scope. Every target's credentials are checked at /v2/ first; a target whose "
+            "tags already hold the source digest (read with HEAD) is UP TO DATE and not copied; transient "
             "failures are retried with backoff; every destination tag is read back and must "
             "hold the source's digest. Reports: a live log, a GitLab collapsible section per "
             "target, a summary table, and optionally JUnit, dotenv and JSON files."
