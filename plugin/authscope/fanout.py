@@ -270,9 +270,14 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     started = time.monotonic()
     fields = dict(name=t.name, registry=t.registry, repository=t.repository, tool=t.tool, tags=t.tags)
     if run.stopping():
-        return R.Result(**fields, status=R.INTERRUPTED, error="not started: the run was interrupted")  # type: ignore[arg-type]
+        return R.Result(**fields, status=R.INTERRUPTED, error="not started: the run was interrupted", changed=False)  # type: ignore[arg-type]
     if ctx.fail_fast and ctx.failed.is_set():
-        return R.Result(**fields, status=R.SKIPPED, error="not started: --fail-fast after an earlier failure")  # type: ignore[arg-type]
+        return R.Result(
+            **fields,  # type: ignore[arg-type]
+            status=R.SKIPPED,
+            error="not started: --fail-fast after an earlier failure",
+            changed=False,
+        )
     creds = ctx.credentials[t.name]
     output: deque[str] = deque(maxlen=R.TAIL_LINES)
     attempts = 0
@@ -630,7 +635,17 @@ def _referrers_missing(tp: TargetPlan, ctx: _Context, session: Session) -> list[
 def none_copied(plan: Plan, status: str, error: str) -> tuple[R.Result, ...]:
     """A Result per target when the run ended before any copy (the source failed)."""
     return tuple(
-        R.Result(t.name, t.registry, t.repository, t.tool, t.tags, status, error=error, hint="no target was copied")
+        R.Result(
+            t.name,
+            t.registry,
+            t.repository,
+            t.tool,
+            t.tags,
+            status,
+            error=error,
+            hint="no target was copied",
+            changed=False,
+        )
         for t in (tp.target for tp in plan.targets)
     )
 

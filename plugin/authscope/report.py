@@ -38,9 +38,10 @@ class Result:
     hint: str = ""  # how to fix it
     output: tuple[str, ...] = ()  # the last lines the tool printed (masked)
     restored: tuple[str, ...] = ()  # base entries the guard restored while it ran
-    # True once a copy step ran on the target (something may have been pushed);
-    # an ok target with changed False was up to date: nothing was copied (issue 15).
-    changed: bool = False
+    # False when no copy step ran on the target: an ok target with changed
+    # False was up to date, nothing was copied (issue 15). True (the default)
+    # whenever something may have been pushed.
+    changed: bool = True
 
     @property
     def up_to_date(self) -> bool:
