@@ -66,7 +66,9 @@ def test_destination_with_another_digest_fails_its_target(
 def test_control_without_the_digest_check_another_image_is_reported_landed(
     registry: FakeRegistry, main: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def read_back_and_accept_any(tp: F.TargetPlan, ctx: Any, session: Any, deadline: float) -> dict[str, Any]:
+    def read_back_and_accept_any(
+        tp: F.TargetPlan, ctx: Any, session: Any, deadline: float, known: Any = None
+    ) -> dict[str, Any]:
         return {tag: session.manifest_digest(tp.target.repository, tag) for tag in tp.target.tags}
 
     monkeypatch.setattr(F, "_verify", read_back_and_accept_any)

@@ -237,6 +237,7 @@ def test_dotenv_values() -> None:
         "AUTHSCOPE_TARGETS_OK": "harbor-1",
         "AUTHSCOPE_TARGETS_FAILED": "harbor-2,slow",
         "AUTHSCOPE_TARGETS_SKIPPED": "staging",
+        "AUTHSCOPE_TARGETS_UNCHANGED": "",
         "AUTHSCOPE_DESTINATIONS": "harbor-1.example:5000/release/app:1.0 harbor-1.example:5000/release/app:latest",
         "AUTHSCOPE_BASE_RESTORED": "false",
     }
@@ -264,6 +265,7 @@ def test_dotenv_within_gitlab_limit_with_many_long_names(count: int) -> None:
         "AUTHSCOPE_TARGETS_OK",
         "AUTHSCOPE_TARGETS_FAILED",
         "AUTHSCOPE_TARGETS_SKIPPED",
+        "AUTHSCOPE_TARGETS_UNCHANGED",
         "AUTHSCOPE_DESTINATIONS",
         "AUTHSCOPE_BASE_RESTORED",
     ]

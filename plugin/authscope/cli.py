@@ -318,7 +318,8 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
         p,
         description=(
             "Copy the source image to every target of a targets file, N at a time, each in "
-            "its own scope. Every target's credentials are checked at /v2/ first; transient "
+            "its own scope. Every target's credentials are checked at /v2/ first; a target whose "
+            "tags already hold the source digest (read with HEAD) is UP TO DATE and not copied; transient "
             "failures are retried with backoff; every destination tag is read back and must "
             "hold the source's digest. Reports: a live log, a GitLab collapsible section per "
             "target, a summary table, and optionally JUnit, dotenv and JSON files."
@@ -345,6 +346,12 @@ def _define_fanout(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fail-fast", action="store_true", help="start no new target after one fails")
     p.add_argument("--dry-run", action="store_true", help="print the plan (argv without secrets) and run nothing")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="copy every target even when its tags already hold the source digest (default: such a target is "
+        "reported UP TO DATE and nothing is copied; force: true does it for one target)",
+    )
     p.add_argument("--target", action="append", default=[], metavar="NAME", help="only this target (repeatable)")
     p.add_argument(
         "--timeout",
@@ -644,6 +651,7 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
         pull_once=a.pull_once or None,
         referrers=a.referrers,
         fail_fast=a.fail_fast,
+        force=a.force,
         config_dir=a.config_dir,
         scope_dir=a.scope_dir,
         # No tool gets the API token of --gitlab-token-env (fanout.tool_environ);
@@ -710,7 +718,7 @@ def _publish(report: R.Report, junit: str | None, dotenv: str | None, json_path:
 
     report = masked_report(report, mask_known)  # the sections, the table and every file
     for r in report.results:
-        header = f"{r.name}: {r.status.upper()}" + (f" - {r.error}" if r.error else "")
+        header = f"{r.name}: {r.verdict}" + (f" - {r.error}" if r.error else "")
         text = R.result_text(r)
         print(R.section(f"authscope_{r.name}", header, text, collapsed=r.status == R.OK, gitlab=gitlab), flush=True)
     print(R.summary_table(report), flush=True)

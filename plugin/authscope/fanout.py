@@ -27,7 +27,7 @@ from . import report as R
 from . import run, tools
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
-from .plan import Plan, TargetPlan
+from .plan import Plan, TargetPlan, for_tags
 from .referrers import Artifact
 from .registry import (
     RealmRefused,
@@ -356,6 +356,7 @@ class _Context:
     preflights: Preflights | None = None
     targets: tuple[Target, ...] = ()  # every target of the file, for tool_environ
     withheld: tuple[str, ...] = ()  # variables no tool gets (tool_environ)
+    force: bool = False  # --force: copy targets that are up to date too
 
 
 class _Failure(Exception):
@@ -371,9 +372,14 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     started = time.monotonic()
     fields = dict(name=t.name, registry=t.registry, repository=t.repository, tool=t.tool, tags=t.tags)
     if run.stopping():
-        return R.Result(**fields, status=R.INTERRUPTED, error="not started: the run was interrupted")  # type: ignore[arg-type]
+        return R.Result(**fields, status=R.INTERRUPTED, error="not started: the run was interrupted", changed=False)  # type: ignore[arg-type]
     if ctx.fail_fast and ctx.failed.is_set():
-        return R.Result(**fields, status=R.SKIPPED, error="not started: --fail-fast after an earlier failure")  # type: ignore[arg-type]
+        return R.Result(
+            **fields,  # type: ignore[arg-type]
+            status=R.SKIPPED,
+            error="not started: --fail-fast after an earlier failure",
+            changed=False,
+        )
     creds = ctx.credentials[t.name]
     output: deque[str] = deque(maxlen=R.TAIL_LINES)
     attempts = 0
@@ -384,6 +390,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     copied: tuple[dict[str, str], ...] = ()
     deadline = started + ctx.plan.timeout
     scope: Scope | None = None
+    changed = False
 
     def line(data: bytes, is_stderr: bool) -> None:
         for text in data.decode("utf-8", "replace").splitlines():
@@ -398,26 +405,44 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
             else _preflight(t, creds, ctx.plan.timeout, ctx.plan.retries, ctx.log)
         )
         with checked as session:
-            plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
-            entry = dc.auth_entry(creds.username, creds.password)
-            with open_scope(
-                ctx.base,
-                t.registry,
-                entry,
-                root=ctx.scope_dir,
-                sources=[ctx.plan.source.image.registry],
-                environ=ctx.environ,
-            ) as (scope, secrets):
-                env = scope.env(tool_environ(ctx.environ, t, ctx.targets, ctx.credentials, ctx.withheld))
-                env.update(
-                    tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None)
-                )
-                run.remember(secrets)  # the base's, read from it or a helper
-                masker = run.Masker([*secrets, *ctx.secrets])
-                attempts = _copy(tp, ctx, env, scope, masker, line, output, deadline)
-                _index_referrers(tp, ctx, session)
-                digests = _verify(tp, ctx, session, deadline)
-                copied = _verify_referrers(tp, ctx, session)
+            forced = ctx.force or t.force
+            held = {} if forced else _held(tp, ctx, session)
+            missing = tuple(tag for tag in t.tags if held.get(tag) != ctx.source_digest)
+            # A target that holds the image under none of its tags gets every
+            # referrer: no round trips to look for them there first.
+            fresh = forced or len(missing) == len(t.tags)
+            lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
+            if not missing and not lacking:
+                # Up to date: no scope, no tool; the HEAD of every tag just now is the
+                # digest check, and every referrer was just read back there too.
+                digests = _verify(tp, ctx, session, deadline, known=held)
+                copied = tuple(a.as_json() for a in tp.referrers)
+            else:
+                plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
+                entry = dc.auth_entry(creds.username, creds.password)
+                with open_scope(
+                    ctx.base,
+                    t.registry,
+                    entry,
+                    root=ctx.scope_dir,
+                    sources=[ctx.plan.source.image.registry],
+                    environ=ctx.environ,
+                ) as (scope, secrets):
+                    env = scope.env(tool_environ(ctx.environ, t, ctx.targets, ctx.credentials, ctx.withheld))
+                    env.update(
+                        tools.prepare(scope.path, ctx.plan.source, t, plain_http, pulled=ctx.plan.layout is not None)
+                    )
+                    run.remember(secrets)  # the base's, read from it or a helper
+                    masker = run.Masker([*secrets, *ctx.secrets])
+                    changed = True
+                    # Only the tags that don't hold the source digest yet, and the
+                    # referrers the target lacks (a re-run after a lost signature).
+                    narrowed = for_tags(ctx.plan, tp, missing, lacking)
+                    if narrowed.steps:
+                        attempts = _copy(narrowed, ctx, env, scope, masker, line, output, deadline)
+                    _index_referrers(tp, ctx, session)
+                    digests = _verify(tp, ctx, session, deadline)
+                    copied = _verify_referrers(tp, ctx, session)
     except _Failure as failure:
         status, error, hint = failure.status, failure.error, failure.hint
         attempts = attempts or failure.attempts
@@ -447,8 +472,11 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         restored=restored,
         referrers=copied,
         referrers_off=not tp.referrers_on,
+        changed=changed,
     )
     verdict = f"landed {', '.join(tp.destinations)}" if status == R.OK else f"{status.upper()}: {error}"
+    if result.up_to_date:
+        verdict = f"up to date: {', '.join(t.tags)} already hold {ctx.source_digest}; nothing copied"
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
     return result
 
@@ -755,13 +783,20 @@ def _verify_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> tuple[
     return tuple(a.as_json() for a in tp.referrers)
 
 
-def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) -> dict[str, str | None]:
-    """Every destination must now hold the source's digest (invariant 7)."""
+def _verify(
+    tp: TargetPlan, ctx: _Context, session: Session, deadline: float, known: Mapping[str, str | None] | None = None
+) -> dict[str, str | None]:
+    """Every destination must now hold the source's digest (invariant 7).
+
+    ``known``: digests read with HEAD just now, when nothing was copied
+    since (an up-to-date target): not read again."""
     t = tp.target
     digests: dict[str, str | None] = {}
     for tag in t.tags:
 
-        def read(_attempt: int, tag: str = tag) -> str:
+        def read(_attempt: int, tag: str = tag) -> str | None:
+            if known is not None and tag in known:
+                return known[tag]
             return session.manifest_digest(t.repository, tag)
 
         try:
@@ -792,13 +827,68 @@ def _readback_hint(exc: RegistryError) -> str:
     return "the copy reported success but the tag can't be read: check pull permission"
 
 
+def _held(tp: TargetPlan, ctx: _Context, session: Session) -> dict[str, str | None]:
+    """What each destination tag holds now, read with HEAD only (invariant 8;
+    a GET is a pull on Harbor): {tag: digest, or None when missing}.
+
+    {} when a tag can't be read (not a 404: an error, no digest header, no
+    pull permission): the target is then copied as before, whole.
+    """
+    t = tp.target
+    held: dict[str, str | None] = {}
+    for tag in t.tags:
+        if run.stopping():
+            return {}
+        try:
+            held[tag] = session.head_digest(t.repository, tag)
+        except RegistryError as exc:
+            ctx.log(
+                f"authscope: [{t.name}] could not tell whether {tag} is up to date ({exc.reason}); copying every tag"
+            )
+            return {}
+    right = [tag for tag in t.tags if held[tag] == ctx.source_digest]
+    if right and len(right) < len(t.tags):
+        wrong = [tag for tag in t.tags if tag not in right]
+        ctx.log(
+            f"authscope: [{t.name}] {', '.join(right)} already hold{'s' if len(right) == 1 else ''} "
+            f"{ctx.source_digest}; copying only {', '.join(wrong)}"
+        )
+    return held
+
+
+def _referrers_missing(tp: TargetPlan, ctx: _Context, session: Session) -> list[Artifact]:
+    """The source's referrers (signatures, attestations, OCI referrers) the
+    target lacks: a target whose tags are right but lacks one is not up to
+    date. All of them when they can't be read: then they are copied again."""
+    if not tp.referrers:
+        return []
+    from .referrers import lacking
+
+    t = tp.target
+    try:
+        return lacking(session, t.repository, tp.referrers)
+    except RegistryError as exc:
+        ctx.log(f"authscope: [{t.name}] could not read its referrers ({exc.reason}); copying them all")
+        return list(tp.referrers)
+
+
 # -- the whole fan-out ----------------------------------------------------------------
 
 
 def none_copied(plan: Plan, status: str, error: str) -> tuple[R.Result, ...]:
     """A Result per target when the run ended before any copy (the source failed)."""
     return tuple(
-        R.Result(t.name, t.registry, t.repository, t.tool, t.tags, status, error=error, hint="no target was copied")
+        R.Result(
+            t.name,
+            t.registry,
+            t.repository,
+            t.tool,
+            t.tags,
+            status,
+            error=error,
+            hint="no target was copied",
+            changed=False,
+        )
         for t in (tp.target for tp in plan.targets)
     )
 
@@ -944,6 +1034,7 @@ def execute(
     *,
     scope_dir: str | None,
     fail_fast: bool,
+    force: bool = False,
     source_plain_http: bool = False,
     preflights: Preflights | None = None,
     targets: Sequence[Target] = (),
@@ -955,7 +1046,8 @@ def execute(
 
     ``targets``: every target of the file (default: the plan's), whose
     credential variables a tool gets only for its own target; ``withheld``:
-    variables no tool gets; ``secrets``: more to mask (the GitLab token).
+    variables no tool gets; ``secrets``: more to mask (the GitLab token);
+    ``force``: copy targets whose tags already hold ``source_digest`` too.
     """
     log = _Log(stream)
     plain = (plan.source.image.registry,) if source_plain_http else ()
@@ -974,6 +1066,7 @@ def execute(
         preflights,
         tuple(targets) or tuple(tp.target for tp in plan.targets),
         tuple(withheld),
+        force,
     )
     results: dict[str, R.Result] = {}
     with ThreadPoolExecutor(

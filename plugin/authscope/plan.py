@@ -99,6 +99,39 @@ def make_plan(
     )
 
 
+def for_tags(
+    plan: Plan, tp: TargetPlan, tags: Sequence[str], referrers: Sequence[Artifact] | None = None
+) -> TargetPlan:
+    """``tp`` narrowed to ``tags`` (a re-run: the tags that don't hold the source
+    digest yet), with its tool's steps made for those destinations only: the
+    first of them copied from the source (or the layout), the others made from
+    it, so a tag that is already right is never pushed again. ``referrers``:
+    the artifacts to copy along (those the target lacks; None: all of tp's),
+    after the first copy as in make_plan."""
+    from dataclasses import replace
+
+    wanted = tp.referrers if referrers is None else tuple(a for a in tp.referrers if a in referrers)
+    kept = tuple(tag for tag in tp.target.tags if tag in tags)
+    if kept == tp.target.tags and wanted == tp.referrers:
+        return tp
+    target = replace(tp.target, tags=kept)
+    steps = tools.steps_for(plan.source, target, plan.source_ref, plan.layout) if kept else []
+    if wanted:
+        # Made for all of tp's artifacts, then picked: with pull_once each has its
+        # own layout, numbered in that order (tools.pull_referrer_steps).
+        every = tools.referrer_steps(plan.source, target, tp.referrers, plan.layout)
+        extra = [step for artifact, step in zip(tp.referrers, every, strict=True) if artifact in wanted]
+        first = len(steps) if target.tool == "custom" else min(1, len(steps))
+        steps = [*steps[:first], *extra, *steps[first:]]
+    return TargetPlan(
+        target,
+        tuple(f"{target.registry}/{target.repository}:{tag}" for tag in kept),
+        tuple(steps),
+        tp.referrers_on,
+        wanted,
+    )
+
+
 def _secret_ref(name: str | None, kind: str, environ: Mapping[str, str]) -> str:
     if name is None:
         return ""
@@ -125,8 +158,9 @@ def _referrers_line(tp: TargetPlan, plan: Plan) -> str:
     return f"{len(tp.referrers)} copied along, {how}: " + (", ".join(a.label for a in tp.referrers) or "none found")
 
 
-def render(plan: Plan, environ: Mapping[str, str]) -> str:
-    """The plan as text for --dry-run: references to secrets, never values."""
+def render(plan: Plan, environ: Mapping[str, str], force: bool = False) -> str:
+    """The plan as text for --dry-run: references to secrets, never values.
+    ``force``: --force (every target copied, up to date or not)."""
     src = plan.source
     lines: list[str] = [
         f"plan from {plan.path}: {len(plan.targets)} target(s), {plan.jobs} at a time, "
@@ -158,5 +192,10 @@ def render(plan: Plan, environ: Mapping[str, str]) -> str:
         lines.append(f"  referrers: {_referrers_line(tp, plan)}")
         for step in tp.steps:
             lines.append(f"  $ {tools.display(step.argv)}")
+        lines.append(
+            f"  {'--force' if force else 'force: true'}: copied even when its tags already hold the source digest"
+            if t.force or force
+            else "  at run time, tags that already hold the source digest (read with HEAD) are not copied again"
+        )
     lines.append("\ndry run: nothing was contacted, copied or written")
     return "\n".join(lines)

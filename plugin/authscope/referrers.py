@@ -209,6 +209,22 @@ def write_fallback(session: Session, repository: str, artifacts: Sequence[Artifa
     return written
 
 
+def lacking(session: Session, repository: str, artifacts: Sequence[Artifact]) -> list[Artifact]:
+    """The artifacts a target lacks, in their order: not there as at the source
+    (HEAD, digests compared), or an OCI referrer its subject does not list (a
+    re-run copies these, and only these, again)."""
+    out = [a for a in artifacts if session.find_digest(repository, a.tag or a.digest) != a.digest]
+    for subject, items in _by_subject(artifacts).items():
+        if all(a in out for a in items):
+            continue
+        listed = session.referrers(repository, subject)
+        if listed is None:
+            listed = _fallback_entries(session, repository, subject)
+        there = {d["digest"] for d in listed}
+        out.extend(a for a in items if a.digest not in there and a not in out)
+    return [a for a in artifacts if a in out]
+
+
 def missing(session: Session, repository: str, artifacts: Sequence[Artifact]) -> list[str]:
     """Each artifact that is not at the target as at the source (HEAD, digests
     compared), and each OCI referrer that the target does not list for its subject."""

@@ -792,6 +792,28 @@ class Session:
         cancelled, _, _ = self.request("DELETE", target, {}, scope)
         return status, cancelled
 
+    def head_digest(self, repository: str, reference: str) -> str | None:
+        """The digest ``repository:reference`` holds, read with HEAD only; None
+        when it does not exist (404). Never a GET, even when the registry sends
+        no Docker-Content-Digest (RegistryAnswerError then): Harbor counts a
+        manifest GET as a pull and uses it for retention (issue 15)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        status, headers, _ = self.request("HEAD", path, {"Accept": MANIFEST_TYPES}, f"repository:{repository}:pull")
+        if status == 404:
+            return None
+        digest = _header(headers, "Docker-Content-Digest")
+        if status != 200:
+            raise RegistryHTTPError(
+                self.registry, status, f"{self.registry}/{repository}:{reference}", explain_status(status)
+            )
+        if not _DIGEST.fullmatch(digest):
+            raise RegistryAnswerError(
+                self.registry,
+                f"{self.registry}/{repository}:{reference} answered HEAD without a usable Docker-Content-Digest: "
+                f"{self._shown(digest) if digest else '(none)'}",
+            )
+        return digest
+
 
 def _covers(held: str | None, wanted: str) -> bool:
     """True when a token asked for scope ``held`` was asked for every action of ``wanted``:

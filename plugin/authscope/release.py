@@ -42,6 +42,7 @@ class Options:
     timeout: float | None = None
     pull_once: bool | None = None
     fail_fast: bool = False
+    force: bool = False  # copy targets that are already up to date too
     config_dir: str | None = None  # the base (default: $DOCKER_CONFIG, else ~/.docker)
     scope_dir: str | None = None
     withheld: tuple[str, ...] = ()  # variables no tool gets (the GitLab API token's)
@@ -72,7 +73,7 @@ def dry_run(
 ) -> None:
     """Show the plan (references to secrets, never values), then check that
     every chosen target's secrets can be read (TargetsFileError: exit 2)."""
-    show(plan.render(make_plan(spec, options), environ))
+    show(plan.render(make_plan(spec, options), environ, force=options.force))
     fanout.resolve_credentials(spec, environ, options.only, warn=warn)
 
 
@@ -153,6 +154,7 @@ def run(
             environ,
             scope_dir=options.scope_dir,
             fail_fast=options.fail_fast,
+            force=options.force,
             source_plain_http=plain_http,
             preflights=checks,
             targets=spec.targets,

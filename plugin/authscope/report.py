@@ -40,6 +40,20 @@ class Result:
     restored: tuple[str, ...] = ()  # base entries the guard restored while it ran
     referrers: tuple[dict[str, str], ...] = ()  # signatures, attestations, referrers copied and read back
     referrers_off: bool = False  # referrers: false: none were looked for or copied
+    # False when no copy step ran on the target: an ok target with changed
+    # False was up to date, nothing was copied (issue 15). True (the default)
+    # whenever something may have been pushed.
+    changed: bool = True
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.status == OK and not self.changed
+
+    @property
+    def verdict(self) -> str:
+        """The status as the table and the sections show it: UP TO DATE for an
+        ok target that needed no copy."""
+        return "UP TO DATE" if self.up_to_date else self.status.upper()
 
     @property
     def destinations(self) -> list[str]:
@@ -77,6 +91,10 @@ class Report:
     def restored(self) -> bool:
         return bool(self.guard) or any(r.restored for r in self.results)
 
+    def unchanged(self) -> int:
+        """Targets that were up to date: ok, nothing copied."""
+        return sum(1 for r in self.results if r.up_to_date)
+
     def restored_notes(self) -> list[str]:
         """Every base entry the guard restored during the run, each naming where."""
         return [*self.guard, *(f"{r.name}: {note}" for r in self.results for note in r.restored)]
@@ -95,7 +113,7 @@ def summary_table(report: Report, referrers: bool = True) -> str:
     rows: list[tuple[str, ...]] = [("target", "tags", "digest", "refs", "time", "tries", "status")]
     for r in report.results:
         digest = next((d for d in r.digests.values() if d), None)
-        status = r.status.upper() + (" (BASE RESTORED)" if r.restored else "")
+        status = r.verdict + (" (BASE RESTORED)" if r.restored else "")
         refs = "off" if r.referrers_off else str(len(r.referrers))
         rows.append((r.name, ",".join(r.tags), _short(digest), refs, f"{r.duration:.1f}s", str(r.attempts), status))
     if not referrers:
@@ -106,6 +124,7 @@ def summary_table(report: Report, referrers: bool = True) -> str:
     head = (
         f"fan-out of {report.source} ({_short(report.source_digest)}): {report.status}, "
         f"{report.count(OK)}/{len(report.results)} targets landed in {report.duration:.1f}s"
+        + (f" ({unchanged} up to date, nothing copied)" if (unchanged := report.unchanged()) else "")
     )
     guard = [f"BASE INTEGRITY: {note}" for note in report.restored_notes()]
     return "\n".join([head, *lines, *guard])
@@ -136,6 +155,8 @@ def result_text(r: Result, failure: bool = True) -> str:
         lines.append(f"  {r.registry}/{r.repository}:{tag}  {r.digests.get(tag) or '(not verified)'}")
     lines.append(referrers_text(r))
     lines.extend(f"  {a.get('kind') or a.get('artifactType')} {a.get('tag') or a['digest']}" for a in r.referrers)
+    if r.up_to_date:
+        lines.append("up to date: every tag already held the source digest; nothing was copied")
     if r.error and failure:
         lines.append(f"failed: {r.error}")
     if r.hint and r.status == OK:  # a check that passed with a caveat (authscope check)
@@ -265,6 +286,7 @@ def dotenv(report: Report) -> str:
         ("AUTHSCOPE_TARGETS_OK", ",".join(names[OK])),
         ("AUTHSCOPE_TARGETS_FAILED", ",".join(names[FAILED] + names[INTERRUPTED])),
         ("AUTHSCOPE_TARGETS_SKIPPED", ",".join(names[SKIPPED])),
+        ("AUTHSCOPE_TARGETS_UNCHANGED", ",".join(r.name for r in report.results if r.up_to_date)),
         ("AUTHSCOPE_DESTINATIONS", " ".join(d for r in report.results if r.status == OK for d in r.destinations)),
         ("AUTHSCOPE_BASE_RESTORED", "true" if report.restored else "false"),
     ]

@@ -134,6 +134,7 @@ class Target:
     command: tuple[str, ...] | None
     line: int
     referrers: bool = True  # signatures, attestations, SBOMs, OCI referrers go along (referrers.py)
+    force: bool = False  # copied even when every tag already holds the source digest
 
     @property
     def password_ref(self) -> str:
@@ -461,6 +462,7 @@ TARGET_KEYS = (
     "ca_file",
     "command",
     "referrers",
+    "force",
 )
 
 
@@ -867,6 +869,7 @@ def _target(
     insecure = c.boolean(raw, "insecure", where)
     ca_file = c.path(raw, "ca_file", where) if selected else None
     referrers = c.boolean(raw, "referrers", where, default_referrers)
+    force = c.boolean(raw, "force", where)
     if not selected or len(doc.problems) > before or not (name and registry and repository and tags):
         return None  # reported here, or (a broken file-level key, the name) above
     return Target(
@@ -884,6 +887,7 @@ def _target(
         command,
         doc.line(where),
         referrers,
+        force,
     )
 
 

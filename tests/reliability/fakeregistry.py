@@ -13,6 +13,12 @@ destination's manifest). ``arrived(phase)`` tells when one is waiting, and
 ``other_image_at`` (a set of repositories) makes the read-back of those
 destinations answer another image's manifest and digest, as a registry does
 when the copy landed something else (a single-platform copy, a conversion).
+
+Destinations start empty (``fresh``, the default): the first manifest request
+for a destination tag answers 404 without waiting on any phase, as a new
+repository does to authscope's up-to-date check (issue 15); after that it is
+answered as if the copy had landed, since the copies are commands the fake
+cannot see. With ``fresh`` False every destination already holds the image.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class FakeRegistry:
         self.password = password
         self.source_repository = source_repository
         self.other_image_at: set[str] = set()
+        self.fresh = True
+        self._looked_up: set[str] = set()
         self.requests: list[tuple[str, str]] = []
         self._held = {phase: False for phase in PHASES}
         self._arrived = {phase: threading.Event() for phase in PHASES}
@@ -76,7 +84,12 @@ class FakeRegistry:
                 if match is None:
                     self._send(404, b"{}")
                     return
-                registry._wait("source" if match.group("repo") == registry.source_repository else "verify")
+                destination = match.group("repo") != registry.source_repository
+                if destination and registry.fresh and self.path not in registry._looked_up:
+                    registry._looked_up.add(self.path)
+                    self._send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+                    return
+                registry._wait("verify" if destination else "source")
                 other = match.group("repo") in registry.other_image_at
                 self._send(
                     200,

@@ -625,8 +625,9 @@ def sweep_after_kill(workdir: Path) -> Sweep:
         try:
             for _ in range(2):
                 before = set(scopes.iterdir())
+                # --force: the second run must copy too, though the first already "landed" (FakeRegistry.fresh)
                 proc = subprocess.Popen(
-                    [*cli, "fanout", "-f", str(targets)], env=env,
+                    [*cli, "fanout", "-f", str(targets), "--force"], env=env,
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 procs.append(proc)
