@@ -917,6 +917,27 @@ def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> tu
     return digest, plain_http
 
 
+def _source_policy_hint(registry: str, reason: str) -> str:
+    """A source that a project policy keeps from being pulled (Harbor's 412)."""
+    said = re.search(r"'([^']*)'\s*$", reason)  # the registry's own message, quoted last
+    if said is None:  # no body (a HEAD): either policy
+        why = "the project requires a signature, or caps the vulnerabilities an image may have"
+        what = (
+            "sign the image (cosign sign) before the fan-out, or fix its vulnerabilities; "
+            "the project's admin can tell which policy it is"
+        )
+    elif _VULNERABLE.search(said.group(1)):
+        what = "fix them and release again, or have the project's admin allowlist the CVEs"
+        why = "the image has vulnerabilities at or over the project's severity limit"
+    else:
+        what = "sign it (cosign sign) before the fan-out, or have the project's admin change its content-trust policy"
+        why = "the project requires a signature the image does not have"
+    return (
+        f"the source registry {registry} refused the pull by a project policy "
+        f"(Harbor, HTTP 412 PROJECTPOLICYVIOLATION): {why}; {what}"
+    )
+
+
 def resolve_source_and_referrers(
     fanout: Fanout, base: Base, environ: Mapping[str, str], *, discover: bool = True
 ) -> tuple[str, bool, tuple[Artifact, ...]]:
@@ -936,6 +957,8 @@ def resolve_source_and_referrers(
         hint = ""
         if isinstance(exc, RegistryHTTPError) and exc.status in (401, 403):
             hint = f"; log the job in first: authscope login {src.image.registry} -u ... --password-env ..."
+        elif isinstance(exc, RegistryHTTPError) and exc.status == 412:
+            hint = "; " + _source_policy_hint(src.image.registry, exc.reason)
         raise RegistryError(
             src.image.registry,
             f"cannot read the source {src.image.with_tag(src.image.tag or 'latest')}: {exc.reason}{hint}",

@@ -694,7 +694,11 @@ class Session:
             return None
         if status != 200:
             raise RegistryHTTPError(
-                self.registry, status, f"{self.registry}/{repository}:{reference}", explain_status(status)
+                self.registry,
+                status,
+                f"{self.registry}/{repository}:{reference}",
+                self._shown_explained(status, body),
+                retry_after(headers),
             )
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
@@ -745,10 +749,14 @@ class Session:
         """PUT a manifest; its digest (which the registry must agree on)."""
         path = f"/v2/{repository}/manifests/{reference}"
         headers = {"Content-Type": media_type}
-        status, answer, _ = self.request("PUT", path, headers, f"repository:{repository}:pull,push", body)
+        status, answer, refusal = self.request("PUT", path, headers, f"repository:{repository}:pull,push", body)
         if status not in (200, 201):
             raise RegistryHTTPError(
-                self.registry, status, f"PUT {self.registry}/{repository}:{reference}", explain_status(status)
+                self.registry,
+                status,
+                f"PUT {self.registry}/{repository}:{reference}",
+                self._shown_explained(status, refusal),
+                retry_after(answer),
             )
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         said = _header(answer, "Docker-Content-Digest")

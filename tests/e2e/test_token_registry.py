@@ -352,9 +352,12 @@ def test_project_policy_on_the_source(
     source.add_fault(harbor_fault(answer, "GET", r"/release/src/manifests/"))
     result = job.fanout(job.targets_file(tool, targets=[job.harbor], source=source.ref("release/src", "1.0")))
     assert result.returncode == 1, result.stdout + result.stderr
-    r = job.results()[job.harbor.name]
-    assert f"the source registry {source.host} refused the pull by a project policy" in r["hint"], r
-    assert words in r["hint"] and "PROJECTPOLICYVIOLATION" in r["hint"]
+    # authscope's own read of the source (its digest, its referrers) meets the
+    # policy first: the run stops there, before any tool, and says why.
+    error = json.loads(job.json.read_text())["error"]
+    assert f"the source registry {source.host} refused the pull by a project policy" in error, error
+    assert words in error and "PROJECTPOLICYVIOLATION" in error
+    assert "PROJECTPOLICYVIOLATION" in result.stdout + result.stderr
     assert "PROJECTPOLICYVIOLATION" in job.junit_text(job.harbor.name)
 
 
