@@ -108,6 +108,50 @@ def _regctl_tags(destinations: Sequence[str]) -> list[Step]:
     return [Step(f"tag {dest}", ("regctl", "image", "copy", first, dest)) for dest in destinations[1:]]
 
 
+# podman and buildah copy through their local storage: each target's run gets
+# its own, in its scope, so concurrent targets never contend for one store's
+# locks and nothing outlives the scope. vfs works unprivileged and nested;
+# ignore_chown_errors keeps every file owned by the job's user, so a rootless
+# run's storage can be removed with the scope.
+CONTAINERS_STORAGE = (
+    f"--root={SCOPE}/storage",
+    f"--runroot={SCOPE}/storage-run",
+    "--storage-driver=vfs",
+    "--storage-opt=vfs.ignore_chown_errors=true",
+)
+# podman's own state (events log, locks) would go to /run/libpod, shared.
+PODMAN_STATE = (f"--tmpdir={SCOPE}/podman-tmp", "--events-backend=none")
+
+
+def _containers_tls(insecure: bool, ca_file: str | None, cert_dir: str) -> list[str]:
+    flags = [f"--tls-verify={_tls(insecure)}"]
+    if ca_file:
+        flags.append(f"--cert-dir={SCOPE}/certs/{cert_dir}")
+    return flags
+
+
+def containers_steps(
+    tool: str, source_ref: str, destinations: Sequence[str], source: Source, target: Target
+) -> list[Step]:
+    """``podman``/``buildah`` ``pull`` of the source by digest into the scope's
+    storage, then a ``push`` of it to every destination; credentials via
+    REGISTRY_AUTH_FILE.
+
+    The push writes layers compressed afresh from local storage: the target
+    gets the source's digest only when the source's layers were compressed the
+    same way (pushed by containers/image, single platform); else the digest
+    check fails the target (docs/tools.md).
+    """
+    base = (tool, *CONTAINERS_STORAGE, *(PODMAN_STATE if tool == "podman" else ()))
+    pull_tls = _containers_tls(source.insecure, source.ca_file, "source")
+    pull = Step(f"pull {source_ref}", (*base, "pull", *pull_tls, f"docker://{source_ref}"))
+    push_tls = _containers_tls(target.insecure, target.ca_file, "target")
+    pushes = [
+        Step(f"push {dest}", (*base, "push", *push_tls, source_ref, f"docker://{dest}")) for dest in destinations
+    ]
+    return [pull, *pushes]
+
+
 def custom_steps(command: Sequence[str], source_ref: str, destinations: Sequence[str], target: Target) -> list[Step]:
     """The user's command once per destination, placeholders filled in."""
     steps = []
@@ -147,6 +191,8 @@ def steps_for(source: Source, target: Target, source_ref: str, layout: str | Non
         return skopeo_steps(source_ref, destinations, source, target)
     if target.tool == "regctl":
         return regctl_steps(source_ref, destinations)
+    if target.tool in ("podman", "buildah"):
+        return containers_steps(target.tool, source_ref, destinations, source, target)
     assert target.command is not None  # checked when the file was loaded
     return custom_steps(target.command, source_ref, destinations, target)
 
@@ -236,7 +282,7 @@ def prepare_pull(scope: str, source: Source, tool: str, plain_http: Sequence[str
 def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     cas = [ca for _, _, ca, _ in hosts if ca]
-    if tool == "skopeo":
+    if tool in ("skopeo", "podman", "buildah"):  # containers/image: a cert dir per host
         for _, _, ca, cert_dir in hosts:
             if ca:
                 _write(os.path.join(scope, "certs", cert_dir, "ca.crt"), _read(ca))
