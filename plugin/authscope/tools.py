@@ -146,9 +146,7 @@ def containers_steps(
     pull_tls = _containers_tls(source.insecure, source.ca_file, "source")
     pull = Step(f"pull {source_ref}", (*base, "pull", *pull_tls, f"docker://{source_ref}"))
     push_tls = _containers_tls(target.insecure, target.ca_file, "target")
-    pushes = [
-        Step(f"push {dest}", (*base, "push", *push_tls, source_ref, f"docker://{dest}")) for dest in destinations
-    ]
+    pushes = [Step(f"push {dest}", (*base, "push", *push_tls, source_ref, f"docker://{dest}")) for dest in destinations]
     return [pull, *pushes]
 
 
