@@ -108,17 +108,6 @@ def _regctl_tags(destinations: Sequence[str]) -> list[Step]:
     return [Step(f"tag {dest}", ("regctl", "image", "copy", first, dest)) for dest in destinations[1:]]
 
 
-# podman and buildah copy through their local storage: each target's run gets
-# its own, in its scope, so concurrent targets never contend for one store's
-# locks and nothing outlives the scope. vfs works unprivileged and nested;
-# ignore_chown_errors keeps every file owned by the job's user, so a rootless
-# run's storage can be removed with the scope.
-CONTAINERS_STORAGE = (
-    f"--root={SCOPE}/storage",
-    f"--runroot={SCOPE}/storage-run",
-    "--storage-driver=vfs",
-    "--storage-opt=vfs.ignore_chown_errors=true",
-)
 # podman's own state (events log, locks) would go to /run/libpod, shared.
 PODMAN_STATE = (f"--tmpdir={SCOPE}/podman-tmp", "--events-backend=none")
 
@@ -134,15 +123,15 @@ def containers_steps(
     tool: str, source_ref: str, destinations: Sequence[str], source: Source, target: Target
 ) -> list[Step]:
     """``podman``/``buildah`` ``pull`` of the source by digest into the scope's
-    storage, then a ``push`` of it to every destination; credentials via
-    REGISTRY_AUTH_FILE.
+    storage (CONTAINERS_STORAGE_CONF, see prepare), then a ``push`` of it to
+    every destination; credentials via REGISTRY_AUTH_FILE.
 
     The push writes layers compressed afresh from local storage: the target
     gets the source's digest only when the source's layers were compressed the
     same way (pushed by containers/image, single platform); else the digest
     check fails the target (docs/tools.md).
     """
-    base = (tool, *CONTAINERS_STORAGE, *(PODMAN_STATE if tool == "podman" else ()))
+    base = (tool, *(PODMAN_STATE if tool == "podman" else ()))
     pull_tls = _containers_tls(source.insecure, source.ca_file, "source")
     pull = Step(f"pull {source_ref}", (*base, "pull", *pull_tls, f"docker://{source_ref}"))
     push_tls = _containers_tls(target.insecure, target.ca_file, "target")
@@ -291,10 +280,29 @@ def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[
         bundle = (_read(system, SYSTEM_BUNDLE_LIMIT) if system else b"") + b"\n".join(_read(ca) for ca in cas) + b"\n"
         env["SSL_CERT_FILE"] = os.path.join(scope, "ca-bundle.crt")
         _write(env["SSL_CERT_FILE"], bundle)
+    if tool in ("podman", "buildah"):
+        env["CONTAINERS_STORAGE_CONF"] = os.path.join(scope, "storage.conf")
+        _write(env["CONTAINERS_STORAGE_CONF"], containers_storage_conf(scope).encode())
     if tool == "regctl":
         env["REGCTL_CONFIG"] = os.path.join(scope, "regctl.json")
         _write(env["REGCTL_CONFIG"], json.dumps(regctl_config(hosts, plain_http)).encode())
     return env
+
+
+def containers_storage_conf(scope: str) -> str:
+    """The image storage of one target's podman or buildah run, all in its scope.
+
+    Each target's own, so concurrent targets never contend for one store's
+    locks, and nothing of it outlives the scope. In a file, not --root and
+    --runroot: podman 4 refuses a --runroot longer than 50 characters. vfs
+    works unprivileged and nested; ignore_chown_errors keeps every file owned
+    by the job's user, so a rootless run's storage is removed with the scope.
+    """
+    root, run = json.dumps(os.path.join(scope, "storage")), json.dumps(os.path.join(scope, "storage-run"))
+    return (
+        f'[storage]\ndriver = "vfs"\ngraphroot = {root}\nrunroot = {run}\n'
+        '[storage.options.vfs]\nignore_chown_errors = "true"\n'
+    )
 
 
 def regctl_config(hosts: Sequence[Host], plain_http: Sequence[str] = ()) -> dict[str, object]:
