@@ -24,7 +24,7 @@ import yaml
 
 from authscope.dockerconfig import SENTINEL
 from tests.e2e.conftest import RegistryFactory
-from tests.e2e.fanout_helpers import UNAUTHORIZED, Release, Target, b64, q, tool_paths
+from tests.e2e.fanout_helpers import AUTHSCOPE, UNAUTHORIZED, Release, Target, b64, q, tool_paths
 from tests.support import build_oci_layout
 
 TOOLS = ("podman", "buildah")
@@ -296,3 +296,32 @@ def test_fanout_with_podman_fails_a_source_whose_layers_it_compresses_anew(
     for target in release.targets:
         landed = target.registry.manifest_digest("release/app", "1.0")
         assert landed is not None and landed != release.source.digest
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_pull_once_with_podman_or_buildah_is_a_config_error(tool: str, tmp_path: Path, e2e_env: dict[str, str]) -> None:
+    """pull_once needs a tool that can push from one local OCI layout; podman and
+    buildah pull into each target's storage instead: refused when the file is
+    loaded (exit 2, nothing contacted), never an internal error."""
+    path = tmp_path / "authscope.yml"
+    doc = {
+        "source": "127.0.0.1:9/app:1.0",
+        "tool": tool,
+        "pull_once": True,
+        "targets": [
+            {"name": "one", "registry": "127.0.0.1:9", "repository": "a", "username": "u", "password_env": "P"}
+        ],
+    }
+    path.write_text(yaml.safe_dump(doc))
+    result = subprocess.run(
+        [*AUTHSCOPE, "fanout", "-f", str(path), "--dry-run"],
+        env=dict(e2e_env, P="x"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"pull_once needs every target to use one tool, crane, skopeo or regctl (targets[0] 'one' uses {tool})" in (
+        result.stderr
+    )
