@@ -10,7 +10,9 @@ referenced through the ``{scope}`` placeholder, filled in when a step runs.
 The source is always copied by digest (``repo@sha256:...``), so every target
 gets the same bits even if the source tag moves during the fan-out; the first
 destination tag is copied with the whole index (every platform), and each
-further tag is then made from that destination.
+further tag is then made from that destination. podman and buildah, which
+copy through local storage, pull the source into the scope's own storage and
+push it to each tag (containers_steps).
 """
 
 from __future__ import annotations
