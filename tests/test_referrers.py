@@ -405,3 +405,17 @@ def load_target() -> Any:
     from tests.test_fanout_unit import target
 
     return target()
+
+
+@pytest.mark.parametrize("tool", ["podman", "buildah"])
+def test_podman_and_buildah_targets_copy_referrers_with_skopeo(tmp_path: Path, tool: str) -> None:
+    """podman and buildah unpack into a store and compress again on push, which
+    would give every artifact another digest: skopeo copies them, by digest,
+    with the same auth file and cert dirs."""
+    spec = load(str(write(tmp_path, FILE.format(top=f"tool: {tool}\n", two=""))), {})
+    p = release.make_plan(spec, release.Options(), source_digest="sha256:" + "0" * 64, artifacts=(SIG, SBOM))
+    referrer_steps = [s for s in p.targets[0].steps if s.what.startswith("referrer")]
+    assert [s.argv[:2] for s in referrer_steps] == [("skopeo", "copy")] * 2
+    assert all("--preserve-digests" in s.argv for s in referrer_steps)
+    # Control: the image itself still goes through the target's own tool.
+    assert {s.argv[0] for s in p.targets[0].steps if not s.what.startswith("referrer")} == {tool}

@@ -384,7 +384,7 @@ def test_every_problem_at_once(tmp_path: Path) -> None:
             password_env: PW
             insecure: "yes please"
             ca_file: certs/missing.crt
-            tool: podman
+            tool: kaniko
         """,
     )
     expected = {
@@ -400,7 +400,7 @@ def test_every_problem_at_once(tmp_path: Path) -> None:
         ("targets[1].registry", 16, "not a registry host"),
         ("targets[1].insecure", 20, "must be true or false"),
         ("targets[1].ca_file", 21, "certs/missing.crt: no such file (looked in"),
-        ("targets[1].tool", 22, "'podman' is not one of crane, skopeo, regctl, custom"),
+        ("targets[1].tool", 22, "'kaniko' is not one of crane, skopeo, regctl, podman, buildah, custom"),
     }
     for where, line, text in expected:
         assert one(found, where, text).line == line

@@ -809,7 +809,9 @@ def _verify(
         if digests[tag] != ctx.source_digest:
             raise _Failure(
                 f"{t.registry}/{t.repository}:{tag} has {digests[tag]}, the source has {ctx.source_digest}",
-                "the tool changed the image on the way (a single-platform copy or a format conversion); crane and regctl copy it unchanged",
+                "podman and buildah push layers compressed afresh from local storage and one platform only: use skopeo (the same containers/image) or crane, which copy it unchanged"
+                if t.tool in ("podman", "buildah")
+                else "the tool changed the image on the way (a single-platform copy or a format conversion); crane and regctl copy it unchanged",
             )
     return digests
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from . import tools
 from .errors import UsageError
 from .referrers import Artifact
-from .targets import Fanout, Source, Target
+from .targets import PULL_ONCE_TOOLS, Fanout, Source, Target
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def make_plan(
     source_ref = f"{image.registry}/{image.repository}@{source_digest}" if source_digest else image.pinned
     chosen = [t for t in fanout.targets if not only or t.name in only]
     pulled = fanout.pull_once if pull_once is None else pull_once
-    if pulled and (fanout.tool == "custom" or any(t.tool != fanout.tool for t in chosen)):
+    if pulled and (fanout.tool not in PULL_ONCE_TOOLS or any(t.tool != fanout.tool for t in chosen)):
         raise UsageError("--pull-once needs every target to use one tool: crane, skopeo or regctl")
     plans = []
     for target in chosen:

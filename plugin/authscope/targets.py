@@ -37,7 +37,8 @@ from typing import Any
 
 from .errors import Problem, SecretSourceError, TargetsFileError
 
-TOOLS = ("crane", "skopeo", "regctl", "custom")
+TOOLS = ("crane", "skopeo", "regctl", "podman", "buildah", "custom")
+PULL_ONCE_TOOLS = ("crane", "skopeo", "regctl")  # podman and buildah pull into each target's own storage
 DEFAULT_JOBS = 4
 DEFAULT_RETRIES = 2
 DEFAULT_TIMEOUT = 1800.0
@@ -721,7 +722,7 @@ def check(
         # The tools are never expanded: checked for every target, selected or not.
         for i, raw in enumerate(raw_targets):
             used = raw.get("tool", tool) if isinstance(raw, dict) else tool
-            if used != tool or tool == "custom":
+            if used != tool or tool not in PULL_ONCE_TOOLS:
                 doc.problem(
                     ("pull_once",),
                     f"pull_once needs every target to use one tool, crane, skopeo or regctl (targets[{i}] {raw.get('name')!r} uses {used})",

@@ -10,7 +10,9 @@ referenced through the ``{scope}`` placeholder, filled in when a step runs.
 The source is always copied by digest (``repo@sha256:...``), so every target
 gets the same bits even if the source tag moves during the fan-out; the first
 destination tag is copied with the whole index (every platform), and each
-further tag is then made from that destination.
+further tag is then made from that destination. podman and buildah, which
+copy through local storage, pull the source into the scope's own storage and
+push it to each tag (containers_steps).
 """
 
 from __future__ import annotations
@@ -109,6 +111,37 @@ def _regctl_tags(destinations: Sequence[str]) -> list[Step]:
     return [Step(f"tag {dest}", ("regctl", "image", "copy", first, dest)) for dest in destinations[1:]]
 
 
+# podman's own state (events log, locks) would go to /run/libpod, shared.
+PODMAN_STATE = (f"--tmpdir={SCOPE}/podman-tmp", "--events-backend=none")
+
+
+def _containers_tls(insecure: bool, ca_file: str | None, cert_dir: str) -> list[str]:
+    flags = [f"--tls-verify={_tls(insecure)}"]
+    if ca_file:
+        flags.append(f"--cert-dir={SCOPE}/certs/{cert_dir}")
+    return flags
+
+
+def containers_steps(
+    tool: str, source_ref: str, destinations: Sequence[str], source: Source, target: Target
+) -> list[Step]:
+    """``podman``/``buildah`` ``pull`` of the source by digest into the scope's
+    storage (CONTAINERS_STORAGE_CONF, see prepare), then a ``push`` of it to
+    every destination; credentials via REGISTRY_AUTH_FILE.
+
+    The push writes layers compressed afresh from local storage: the target
+    gets the source's digest only when the source's layers were compressed the
+    same way (pushed by containers/image, single platform); else the digest
+    check fails the target (docs/tools.md).
+    """
+    base = (tool, *(PODMAN_STATE if tool == "podman" else ()))
+    pull_tls = _containers_tls(source.insecure, source.ca_file, "source")
+    pull = Step(f"pull {source_ref}", (*base, "pull", *pull_tls, f"docker://{source_ref}"))
+    push_tls = _containers_tls(target.insecure, target.ca_file, "target")
+    pushes = [Step(f"push {dest}", (*base, "push", *push_tls, source_ref, f"docker://{dest}")) for dest in destinations]
+    return [pull, *pushes]
+
+
 def custom_steps(command: Sequence[str], source_ref: str, destinations: Sequence[str], target: Target) -> list[Step]:
     """The user's command once per destination, placeholders filled in."""
     steps = []
@@ -148,6 +181,8 @@ def steps_for(source: Source, target: Target, source_ref: str, layout: str | Non
         return skopeo_steps(source_ref, destinations, source, target)
     if target.tool == "regctl":
         return regctl_steps(source_ref, destinations)
+    if target.tool in ("podman", "buildah"):
+        return containers_steps(target.tool, source_ref, destinations, source, target)
     assert target.command is not None  # checked when the file was loaded
     return custom_steps(target.command, source_ref, destinations, target)
 
@@ -190,8 +225,13 @@ def push_steps(target: Target, layout: str, destinations: Sequence[str]) -> list
 
 def referrer_tool(target: Target) -> str:
     """The tool that copies a target's referrers: its own; for ``tool: custom``,
-    crane (a custom command copies one image and knows nothing of its referrers)."""
-    return "crane" if target.tool == "custom" else target.tool
+    crane (a custom command copies one image and knows nothing of its
+    referrers); for podman and buildah, skopeo (the same containers/image
+    credentials and cert dirs, but it copies by digest without unpacking into
+    a store and compressing again, which would change every artifact's digest)."""
+    if target.tool == "custom":
+        return "crane"
+    return "skopeo" if target.tool in ("podman", "buildah") else target.tool
 
 
 def referrer_layout(layout: str, index: int) -> str:
@@ -294,7 +334,7 @@ def prepare_pull(scope: str, source: Source, tool: str, plain_http: Sequence[str
 def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     cas = [ca for _, _, ca, _ in hosts if ca]
-    if tool == "skopeo":
+    if tool in ("skopeo", "podman", "buildah"):  # containers/image: a cert dir per host
         for _, _, ca, cert_dir in hosts:
             if ca:
                 _write(os.path.join(scope, "certs", cert_dir, "ca.crt"), _read(ca))
@@ -305,10 +345,29 @@ def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[
         bundle = (_read(system, SYSTEM_BUNDLE_LIMIT) if system else b"") + b"\n".join(_read(ca) for ca in cas) + b"\n"
         env["SSL_CERT_FILE"] = os.path.join(scope, "ca-bundle.crt")
         _write(env["SSL_CERT_FILE"], bundle)
+    if tool in ("podman", "buildah"):
+        env["CONTAINERS_STORAGE_CONF"] = os.path.join(scope, "storage.conf")
+        _write(env["CONTAINERS_STORAGE_CONF"], containers_storage_conf(scope).encode())
     if tool == "regctl":
         env["REGCTL_CONFIG"] = os.path.join(scope, "regctl.json")
         _write(env["REGCTL_CONFIG"], json.dumps(regctl_config(hosts, plain_http)).encode())
     return env
+
+
+def containers_storage_conf(scope: str) -> str:
+    """The image storage of one target's podman or buildah run, all in its scope.
+
+    Each target's own, so concurrent targets never contend for one store's
+    locks, and nothing of it outlives the scope. In a file, not --root and
+    --runroot: podman 4 refuses a --runroot longer than 50 characters. vfs
+    works unprivileged and nested; ignore_chown_errors keeps every file owned
+    by the job's user, so a rootless run's storage is removed with the scope.
+    """
+    root, run = json.dumps(os.path.join(scope, "storage")), json.dumps(os.path.join(scope, "storage-run"))
+    return (
+        f'[storage]\ndriver = "vfs"\ngraphroot = {root}\nrunroot = {run}\n'
+        '[storage.options.vfs]\nignore_chown_errors = "true"\n'
+    )
 
 
 def regctl_config(hosts: Sequence[Host], plain_http: Sequence[str] = ()) -> dict[str, object]:
