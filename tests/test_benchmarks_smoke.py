@@ -94,7 +94,9 @@ def test_startup_prints_ratio() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.search(r"^ratio authscope exec / clean venv floor:\s+wall [\d.]+x\s+cpu [\d.]+x", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^ratio authscope exec / clean venv floor:\s+wall [\d.]+x\s+cpu [\d.]+x", proc.stdout, re.M), (
+        proc.stdout
+    )
     assert "clean interpreter: " in proc.stdout, proc.stdout
 
 

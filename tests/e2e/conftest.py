@@ -164,7 +164,9 @@ class TokenRegistryFactory:
 
     def __call__(self, name: str = "harbor", *, tls: bool = False) -> TokenRegistry:
         ca_: CA | None = self._request.getfixturevalue("ca") if tls else None
-        registry = start_token_registry(self._workdir, tls=ca_, name=f"{name}-{len(self.started) + 1}", signer=self._signer)
+        registry = start_token_registry(
+            self._workdir, tls=ca_, name=f"{name}-{len(self.started) + 1}", signer=self._signer
+        )
         self.started.append(registry)
         return registry
 
