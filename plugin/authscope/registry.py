@@ -173,10 +173,7 @@ class CertificateUntrusted(RegistryAnswerError):
     )
 
     def __init__(self, registry: str, where: str, exc: ssl.SSLCertVerificationError) -> None:
-        why = exc.verify_message or exc.reason or "verification failed"
-        self.mismatch = exc.verify_code == 62  # X509_V_ERR_HOSTNAME_MISMATCH: a CA file does not help
-        if self.mismatch:
-            self.hint = "use the registry's name its certificate is issued for (in registry: or the image reference)"
+        why = exc.verify_message or exc.reason or "verification failed"  # e.g. "Hostname mismatch, ..."
         super().__init__(
             registry,
             f"the TLS certificate of {where} is not trusted ({why}); the credentials were not sent, "
@@ -997,8 +994,7 @@ def verify(registry: str, username: str, password: str, *, ca_file: str | None =
         with Session(registry, (username, password), ca_file=ca_file, insecure=insecure) as session:
             status, _, _ = session.request("GET", "/v2/")
     except CertificateUntrusted as exc:  # login's own option, not a targets file's
-        fix = "use the name its certificate is issued for" if exc.mismatch else "pass --ca-file PATH, the CA that issued it"
-        raise RegistryError(registry, f"{exc.reason}: {fix}") from None
+        raise RegistryError(registry, f"{exc.reason}: pass --ca-file PATH, the CA that issued it") from None
     except TokenRefused as exc:
         status, at = exc.status, f" at its token service {exc.where}"
     except RegistryHTTPError as exc:  # the token service refused

@@ -65,7 +65,9 @@ class Job:
         env["LOCAL_PASSWORD"] = source.registry.password
         self.env = env
         self.secrets = [source.registry.password, b64(source.registry.username, source.registry.password)]
-        login = self.run("login", source.registry.host, "-u", source.registry.username, "--password-env", "LOCAL_PASSWORD")
+        login = self.run(
+            "login", source.registry.host, "-u", source.registry.username, "--password-env", "LOCAL_PASSWORD"
+        )
         assert login.returncode == 0, login.stderr
 
     def trust(self, registry: TokenRegistry) -> None:
@@ -103,7 +105,9 @@ class Job:
         return {t["name"]: t for t in doc["targets"]}
 
 
-def entry(job: Job, name: str, registry: TokenRegistry, account: str, repository: str = "release/app") -> dict[str, Any]:
+def entry(
+    job: Job, name: str, registry: TokenRegistry, account: str, repository: str = "release/app"
+) -> dict[str, Any]:
     """One target of the targets file; its password in ${NAME}_PASSWORD."""
     variable = name.upper().replace("-", "_") + "_PASSWORD"
     job.env[variable] = registry.accounts[account].password
@@ -159,7 +163,9 @@ def harbors(
 # -- the Bearer flow -------------------------------------------------------------------------------------
 
 
-def test_robot_passes_push_established_from_the_granted_token(harbors: tuple[Job, TokenRegistry, TokenRegistry]) -> None:
+def test_robot_passes_push_established_from_the_granted_token(
+    harbors: tuple[Job, TokenRegistry, TokenRegistry],
+) -> None:
     job, plain, tls = harbors
     path = targets_file(job, [entry(job, "plain", plain, ROBOT), entry(job, "tls", tls, ROBOT)])
     result = job.check(path)
@@ -173,7 +179,9 @@ def test_robot_passes_push_established_from_the_granted_token(harbors: tuple[Job
     assert 'failures="0"' in (job.dir / "check.xml").read_text()
     for registry in plain, tls:
         # One token request, for exactly the scope check asks, and it granted push.
-        assert asked(registry, ROBOT) == [((CHECK_SCOPE.format("release/app"),), (("release/app", ("pull", "push")),), 200)]
+        assert asked(registry, ROBOT) == [
+            ((CHECK_SCOPE.format("release/app"),), (("release/app", ("pull", "push")),), 200)
+        ]
         assert {r.account for r in registry.token_requests} == {ROBOT}
         assert writes(registry) == []  # a Bearer registry gets no test upload either
         assert registry.catalog() == []
