@@ -160,6 +160,27 @@ class RegistryAnswerError(RegistryError):
     )
 
 
+class CertificateUntrusted(RegistryAnswerError):
+    """Raised when the TLS handshake with a registry (or its token service)
+    fails verification: an unknown CA, a self-signed or expired certificate,
+    another host's name. Nothing was sent, and plain HTTP is never tried
+    after it (a loopback registry too): the certificate is the problem, not
+    the scheme."""
+
+    hint = (
+        "trust the CA that issued the registry's certificate: ca_file: (a PEM file) on this target, or in "
+        "source: {image: ..., ca_file: ...}, in the targets file; for authscope login --verify, --ca-file PATH"
+    )
+
+    def __init__(self, registry: str, where: str, exc: ssl.SSLCertVerificationError) -> None:
+        why = exc.verify_message or exc.reason or "verification failed"  # e.g. "Hostname mismatch, ..."
+        super().__init__(
+            registry,
+            f"the TLS certificate of {where} is not trusted ({why}); the credentials were not sent, "
+            "and it is not tried over plain HTTP instead",
+        )
+
+
 def check_realm(registry: str, realm: str, over: str, shown: str = "") -> None:
     """Raise RealmRefused unless the credentials may go to ``realm``, the token
     service of a registry reached over ``over`` ("https" or "http").
@@ -449,6 +470,8 @@ class Session:
             try:
                 try:
                     conn.request(method, target, body=body, headers=headers)
+                except ssl.SSLCertVerificationError as exc:  # a ValueError too, but the handshake's
+                    raise CertificateUntrusted(self.registry, f"{parts.scheme}://{parts.netloc}", exc) from None
                 except ValueError:  # never shown: http.client's message quotes the header
                     raise _Unsendable() from None
                 response = conn.getresponse()
@@ -777,11 +800,17 @@ class Session:
         asked for ``actions``: the ``access`` claim of the JWT it returns, read
         without verifying its signature (authscope only reports it; the
         registry checks it). None when the token is opaque (not a JWT with an
-        ``access`` claim). Nothing is sent to the registry itself."""
+        ``access`` claim). Nothing is sent to the registry itself; the token
+        this session already holds is read when it was asked for as much (the
+        credential check's pull,push): one trip to the token service, not two."""
         known = _CHALLENGE.get(self.host)
         if known is None or known[0] != "bearer":
             raise RegistryAnswerError(self.registry, "it sent no Bearer challenge: there is no token to read")
-        token = self._token(known[1], f"repository:{repository}:{actions}", self.schemes[0])
+        scope = f"repository:{repository}:{actions}"
+        held = self.authorization or ""
+        if held.startswith("Bearer ") and _covers(self.token_scope, scope):
+            return token_actions(held.partition(" ")[2], repository)
+        token = self._token(known[1], scope, self.schemes[0])
         return token_actions(token, repository)
 
     def upload_probe(self, repository: str) -> tuple[int, int | None]:
@@ -964,6 +993,8 @@ def verify(registry: str, username: str, password: str, *, ca_file: str | None =
     try:
         with Session(registry, (username, password), ca_file=ca_file, insecure=insecure) as session:
             status, _, _ = session.request("GET", "/v2/")
+    except CertificateUntrusted as exc:  # login's own option, not a targets file's
+        raise RegistryError(registry, f"{exc.reason}: pass --ca-file PATH, the CA that issued it") from None
     except TokenRefused as exc:
         status, at = exc.status, f" at its token service {exc.where}"
     except RegistryHTTPError as exc:  # the token service refused
