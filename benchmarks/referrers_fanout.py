@@ -232,7 +232,7 @@ def main() -> int:
         version = next(
             (
                 ln.split(":", 1)[1].strip()
-                for ln in proc.stdout.splitlines()
+                for ln in (proc.stdout + proc.stderr).splitlines()
                 if ln.startswith(("GitVersion", "Version"))
             ),
             "?",
