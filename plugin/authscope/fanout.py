@@ -679,18 +679,35 @@ def _copy(
             f"authscope: [{t.name}] copying to {len(tp.destinations)} tag(s) with {t.tool} (attempt {attempt}/{retries + 1})"
         )
         failed: tuple[tools.Step, int, bool] | None = None
-        for step in tp.steps:
-            scope.reset()  # each command starts from the layered config
+
+        def one(step: tools.Step, attempt: int = attempt) -> tuple[int, bool]:
             argv = tools.fill_scope(step.argv, scope.path)
             ctx.log(f"authscope: [{t.name}] $ {tools.display(step.argv)}")
             try:
-                code, timed_out = run.run_captured(argv, env, masker, line, deadline)
+                return run.run_captured(argv, env, masker, line, deadline)
             except AuthscopeError as exc:  # the tool is not installed
                 raise _Failure(
                     str(exc), f"install {argv[0]} in the job's image, or choose another tool:", attempts=attempt
                 ) from None
-            if code != 0 or timed_out:
-                failed = (step, code, timed_out)
+
+        for group in _batches(tp.steps):
+            scope.reset()  # each command (each batch of referrer copies) starts from the layered config
+            if len(group) == 1:
+                outcomes = [one(group[0])]
+            else:
+                # One wave of referrer copies at once: authscope's own copy commands,
+                # which read the scope's config and never write it.
+                with ThreadPoolExecutor(min(len(group), REFERRER_JOBS), thread_name_prefix=f"{t.name}-ref") as pool:
+                    outcomes = list(pool.map(one, group))
+            failed = next(
+                (
+                    (step, code, timed_out)
+                    for step, (code, timed_out) in zip(group, outcomes, strict=True)
+                    if code != 0 or timed_out
+                ),
+                None,
+            )
+            if failed is not None:
                 break
         if failed is None:
             return attempt
@@ -726,6 +743,20 @@ def _copy(
         if not run.sleep_unless_stopped(delay):
             raise _Failure(f"{step.what}: interrupted", "", R.INTERRUPTED, attempt)
     raise AssertionError("unreachable")
+
+
+REFERRER_JOBS = 4  # a target's referrer copies running at once (tools.Step.batch)
+
+
+def _batches(steps: Sequence[tools.Step]) -> list[list[tools.Step]]:
+    """The steps in order, neighbours of one non-zero batch together."""
+    out: list[list[tools.Step]] = []
+    for step in steps:
+        if step.batch and out and out[-1][-1].batch == step.batch:
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
 
 
 def _index_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> None:

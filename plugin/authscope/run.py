@@ -512,9 +512,18 @@ def _kill(pid: int, start: int | None, signum: int) -> None:
 
 def _leftovers(marker: bytes, root: int, scan: bool = False) -> dict[int, int]:
     """Live processes the command ``root`` left: pid -> start time.
-    ``scan``: follow parents from a scan of all of /proc, not the children files."""
+    ``scan``: follow parents from a scan of all of /proc, not the children files.
+
+    Under ``_children_lock``, as _spawn's fork and registration are: a command
+    started meanwhile in the same scope (a target's referrer copies run at
+    once) is either not forked yet or already one of ``others``, never taken
+    for a leftover."""
     with _children_lock:
-        others = {child.pid for child in _children if child.pid != root}
+        return _leftovers_locked(marker, root, scan)
+
+
+def _leftovers_locked(marker: bytes, root: int, scan: bool) -> dict[int, int]:
+    others = {child.pid for child in _children if child.pid != root}
     children = _child_pids
     if scan:
         kids = _ppid_map()
@@ -688,21 +697,21 @@ def _spawn(
     with _children_lock:
         _starting += 1
     try:
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                env=dict(env),
-                cwd=cwd,
-                stdin=stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=own_group,
-            )
-        except FileNotFoundError:
-            raise CommandNotFound(argv[0]) from None
-        except PermissionError:
-            raise CommandNotFound(f"{argv[0]} (not executable)") from None
-        with _children_lock:
+        with _children_lock:  # fork and registration at once, as _leftovers sees them
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    env=dict(env),
+                    cwd=cwd,
+                    stdin=stdin,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=own_group,
+                )
+            except FileNotFoundError:
+                raise CommandNotFound(argv[0]) from None
+            except PermissionError:
+                raise CommandNotFound(f"{argv[0]} (not executable)") from None
             _children[proc] = own_group
     finally:
         with _children_lock:

@@ -37,10 +37,14 @@ SYSTEM_BUNDLE_LIMIT = 16 * 1024 * 1024  # the system's own store: larger than an
 
 @dataclass(frozen=True)
 class Step:
-    """One command of a target's copy; ``what`` names it in logs and reports."""
+    """One command of a target's copy; ``what`` names it in logs and reports.
+
+    ``batch``: 0 runs it alone; neighbours with the same non-zero batch run
+    at the same time (a wave of referrer copies, see referrer_steps)."""
 
     what: str
     argv: tuple[str, ...]
+    batch: int = 0
 
 
 def _tls(insecure: bool) -> str:
@@ -244,10 +248,18 @@ def referrer_steps(
 ) -> list[Step]:
     """Copy each artifact to the target by digest, with the target's tool: a
     cosign tag as that tag, an OCI referrer to its digest. With ``layout``,
-    pushed from what pull_referrer_steps wrote."""
+    pushed from what pull_referrer_steps wrote.
+
+    Each step's batch is its wave: 1 for what refers to the image (or a
+    platform manifest), 2 for what refers to those (a signature of an SBOM),
+    and so on; the copies of one wave run at the same time, each wave after
+    the one its subjects are in (``artifacts`` come subjects first)."""
     tool = referrer_tool(target)
     steps = []
+    waves: dict[str, int] = {}
     for i, artifact in enumerate(artifacts):
+        wave = waves.get(artifact.subject, 0) + 1
+        waves.setdefault(artifact.digest, wave)
         src = f"{source.image.registry}/{source.image.repository}@{artifact.digest}"
         dest = f"{target.registry}/{target.repository}" + (
             f":{artifact.tag}" if artifact.tag else f"@{artifact.digest}"
@@ -266,7 +278,7 @@ def referrer_steps(
         else:
             origin = f"ocidir://{local}:{LAYOUT_TAG}" if local else src
             argv = ("regctl", "image", "copy", "--digest-tags=false", origin, dest)
-        steps.append(Step(what, argv))
+        steps.append(Step(what, argv, wave))
     return steps
 
 
