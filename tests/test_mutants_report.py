@@ -70,7 +70,9 @@ def test_dotenv_truncates_only_what_it_must() -> None:
     rep = report([result("a")], source="gitlab.local:4567/group/" + "a" * 9000 + ":1.0")
     text = R.dotenv(rep)
     size = len(text.encode())
-    assert R.DOTENV_LIMIT - 64 <= size < R.DOTENV_LIMIT
+    # In one step: the value loses what is over the limit and 20 bytes more, for the
+    # 14-byte marker; the file ends 7 bytes under GitLab's limit.
+    assert size == R.DOTENV_LIMIT - 7
     source = next(line for line in text.splitlines() if line.startswith("AUTHSCOPE_SOURCE="))
     assert source.startswith("AUTHSCOPE_SOURCE=gitlab.local:4567/group/aaaa") and source.endswith("...(truncated)")
     assert f"AUTHSCOPE_DIGEST={DIGEST}" in text.splitlines()
@@ -107,3 +109,13 @@ def test_junit_marks_a_skipped_target_by_its_status_value() -> None:
     assert case is not None
     skipped = case.find("skipped")
     assert skipped is not None and skipped.get("message") == "not started: --fail-fast"
+
+
+def test_junit_failure_message_without_an_error_names_the_restore_or_the_status() -> None:
+    import xml.etree.ElementTree as ET
+
+    note = "auths entry 'gitlab.local:4567' was removed by a tool outside its scope; restored"
+    rep = report([result("landed", restored=(note,)), result("quiet", R.FAILED)])
+    landed, quiet = ET.fromstring(R.junit(rep)).iter("failure")
+    assert landed.get("message") == f"BASE INTEGRITY: {note}" and landed.get("type") == "base-integrity"
+    assert quiet.get("message") == "failed" and quiet.get("type") == "failed"
