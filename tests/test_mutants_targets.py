@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from authscope import targets
+from authscope.errors import TargetsFileError
 from authscope.targets import ImageRef, parse_image
 from tests.test_targets import MINIMAL, load_ok, problems
 
@@ -32,3 +36,52 @@ def test_target_names_up_to_245_characters_fit_gitlab_job_and_environment_names(
     found = problems(tmp_path, MINIMAL.replace("name: harbor-1", f"name: {name}n"))
     assert [p.where for p in found] == ["targets[0].name"]
     assert found[0].message.startswith("is 246 characters long; the limit is 245")
+
+
+SOURCE = "source: gitlab.local:4567/group/app:1.0\n"
+
+
+def test_alias_cycle_in_a_list_names_the_alias_and_its_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, SOURCE + "x: &a\n  - 1\n  - *a\n" + MINIMAL.split("\n", 1)[1])
+    assert [(p.line, p.where, p.message) for p in found] == [
+        (4, "x[1]", "the alias *a stands for a node that contains it: an endless cycle")
+    ]
+
+
+def test_alias_cycle_in_a_mapping_names_the_alias_and_its_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, SOURCE + "x: &m\n  b: 1\n  c: *m\n" + MINIMAL.split("\n", 1)[1])
+    assert [(p.line, p.where, p.message) for p in found] == [
+        (4, "x.c", "the alias *m stands for a node that contains it: an endless cycle")
+    ]
+
+
+def test_nesting_too_deep_is_reported_at_the_line_it_happens(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL + "\n\nx: " + "[" * 70 + "]" * 70 + "\n")
+    (p,) = found
+    assert p.message == "is nested too deeply (more than 64 levels)"
+    assert p.line == len(MINIMAL.splitlines()) + 3
+
+
+def test_a_value_yaml_cannot_construct_is_reported_at_its_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL + "jobs: !!int abc\n")
+    (p,) = found
+    assert p.where == "jobs" and p.line == len(MINIMAL.splitlines()) + 1
+    assert p.message.startswith("cannot read this value: invalid literal for int()")
+
+
+def test_a_byte_that_is_not_utf8_is_reported_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "authscope.yml"
+    raw = MINIMAL.encode() + b"# caf\xe9\n"
+    path.write_bytes(raw)
+    with pytest.raises(TargetsFileError) as info:
+        targets.load(str(path), {})
+    (p,) = info.value.problems
+    assert p.line == len(MINIMAL.splitlines()) + 1
+    at = raw.index(b"\xe9")
+    assert p.message == f"is not UTF-8 (byte {at})"
+
+
+def test_invalid_yaml_is_reported_at_its_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, MINIMAL + "jobs: [1\n")
+    (p,) = found
+    assert p.line == len(MINIMAL.splitlines()) + 2 and p.message.startswith("is not valid YAML")
