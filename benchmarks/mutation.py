@@ -12,7 +12,8 @@ A full run is long on a small machine (about 4,300 mutants, most of a day on
 of N mutants per module (``--seed S``: a seeded random sample, the same for
 the same seed; without a seed, N evenly spread over the file), results are
 kept in ``--workdir`` (one cosmic-ray session per module), and a second run
-only runs what is still pending. ``--rerun-survivors`` runs the sample's
+only runs what is still pending. Mutants inside type annotations are
+equivalent (see annotation_spans) and left out unless ``--with-annotations``. ``--rerun-survivors`` runs the sample's
 survivors again (after tests were added). Each test has a time limit
 (``--test-timeout``, pytest-timeout), the whole run four times the unmutated
 run. A mutation left in place by a killed run is undone at the next start.
@@ -109,8 +110,17 @@ def session(workdir: Path, module: str) -> Any:
     return db
 
 
+def candidates(db: Any, module: str, annotations: bool) -> list[Any]:
+    """The module's work items to sample from: without ``annotations``, not those in a type annotation."""
+    items = list(db.work_items)
+    if annotations:
+        return items
+    spans = annotation_spans((PACKAGE / f"{module}.py").read_text())
+    return [w for w in items if not in_annotation(w, spans)]
+
+
 def test_command(module: str, tests: list[str] | None, test_timeout: float) -> str:
-    files = tests or [f for f in MODULES[module] if (REPO / f).exists()]
+    files = [f for f in tests or MODULES[module] if (REPO / f).exists()]
     return shlex.join(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--timeout={test_timeout:g}", *files]
     )
@@ -137,11 +147,12 @@ def run_module(
     tests: list[str] | None,
     test_timeout: float,
     rerun_survivors: bool,
+    annotations: bool,
 ) -> None:
     from cosmic_ray.mutating import mutate_and_test
 
     db = session(workdir, module)
-    chosen = sample(list(db.work_items), limit, seed)
+    chosen = sample(candidates(db, module, annotations), limit, seed)
     results = dict(db.results)
     if rerun_survivors:
         pending = [w for w in chosen if w.job_id in results and _outcome(results[w.job_id]) == "survived"]
@@ -223,7 +234,7 @@ def _changed_line(diff: str | None) -> str:
 
 
 def report(
-    workdir: Path, modules: list[str], limit: int | None, seed: int | None = None
+    workdir: Path, modules: list[str], limit: int | None, seed: int | None = None, annotations: bool = False
 ) -> list[tuple[str, int, int, int, int]]:
     """Print the figures; (module, run, killed, survived, timeout) per module.
 
@@ -237,7 +248,8 @@ def report(
             print(f"{module}: not run yet")
             continue
         db = session(workdir, module)
-        chosen = {w.job_id: w for w in sample(list(db.work_items), limit, seed)}
+        pool = candidates(db, module, annotations)
+        chosen = {w.job_id: w for w in sample(pool, limit, seed)}
         results = [(chosen[j], r) for j, r in db.results if j in chosen]
         count = {k: 0 for k in ("killed", "survived", "timeout", "incompetent")}
         for _, r in results:
@@ -249,8 +261,9 @@ def report(
         rate = 100.0 * (count["killed"] + count["timeout"]) / judged if judged else 0.0
         real = judged - len(annotations)
         real_rate = 100.0 * (count["killed"] + count["timeout"]) / real if real else 0.0
+        skipped = "" if annotations else f", {db.num_work_items - len(pool)} in annotations not run: equivalent"
         print(
-            f"{module}: mutants {len(results)} run of {len(chosen)} sampled ({db.num_work_items} in all); "
+            f"{module}: mutants {len(results)} run of {len(chosen)} sampled ({db.num_work_items} in all{skipped}); "
             f"killed {count['killed']}, survived {count['survived']}, timeout {count['timeout']}, "
             f"incompetent {count['incompetent']}; kill rate {rate:.1f}%; "
             f"without the {len(annotations)} equivalent annotation mutants {real_rate:.1f}%"
@@ -289,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workdir", type=Path, default=REPO / ".mutation", help="where sessions are kept (default .mutation/)"
     )
+    p.add_argument(
+        "--with-annotations",
+        action="store_true",
+        help="sample mutants inside type annotations too (equivalent: never evaluated; skipped by default)",
+    )
     p.add_argument("--report", action="store_true", help="print the figures so far; run nothing")
     a = p.parse_args(argv)
     modules = a.module or list(MODULES)
@@ -303,11 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     if not a.report:
         try:
             for module in modules:
-                run_module(module, a.workdir, a.sample, a.seed, a.tests, a.test_timeout, a.rerun_survivors)
+                run_module(
+                    module, a.workdir, a.sample, a.seed, a.tests, a.test_timeout, a.rerun_survivors, a.with_annotations
+                )
         except KeyboardInterrupt:
             print("interrupted; the results so far are kept (run again to resume)", file=sys.stderr)
             restore_interrupted(a.workdir)
-    report(a.workdir, modules, a.sample, a.seed)
+    report(a.workdir, modules, a.sample, a.seed, a.with_annotations)
     return 0
 
 

@@ -85,3 +85,52 @@ def test_invalid_yaml_is_reported_at_its_line(tmp_path: Path) -> None:
     found = problems(tmp_path, MINIMAL + "jobs: [1\n")
     (p,) = found
     assert p.line == len(MINIMAL.splitlines()) + 2 and p.message.startswith("is not valid YAML")
+
+
+def test_a_control_character_is_invalid_yaml(tmp_path: Path) -> None:
+    # pyyaml's reader error carries no line (only a position): the problem is at line 1.
+    found = problems(tmp_path, MINIMAL + "# bell \x07\n")
+    (p,) = found
+    assert p.line == 1 and p.message.startswith("is not valid YAML")
+    assert "#x0007" in p.message
+
+
+def test_a_required_key_left_empty_is_reported_at_that_key(tmp_path: Path) -> None:
+    text = MINIMAL.replace("registry: harbor.remote-1", "registry:")
+    found = problems(tmp_path, text)
+    (p,) = found
+    assert (p.where, p.message) == ("targets[0].registry", "registry: is required")
+    assert p.line == text.splitlines().index("    registry:") + 1
+
+
+def test_a_blank_value_is_empty_and_an_expansion_to_nothing_says_so(tmp_path: Path) -> None:
+    blank = problems(tmp_path, MINIMAL.replace("repository: release/app", 'repository: "  "'))
+    assert [(p.where, p.message) for p in blank] == [("targets[0].repository", "is empty")]
+    expanded = problems(tmp_path, MINIMAL.replace("repository: release/app", "repository: ${EMPTY}"), {"EMPTY": ""})
+    assert [(p.where, p.message) for p in expanded] == [
+        ("targets[0].repository", "is empty after expanding '${EMPTY}'")
+    ]
+
+
+def test_a_password_file_path_variable_is_expanded_there_and_refused_elsewhere(tmp_path: Path) -> None:
+    text = MINIMAL.replace("password_env: HARBOR_1_PASSWORD", "password_file: ${PW_DIR}/pw")
+    f = load_ok(tmp_path, text, {"PW_DIR": "/run/secrets"})
+    assert f.targets[0].password_file == "/run/secrets/pw"
+    found = problems(tmp_path, text.replace("repository: release/app", "repository: ${PW_DIR}"), {"PW_DIR": "/run"})
+    assert [p.where for p in found] == ["targets[0].repository"]
+    assert found[0].message.startswith("${PW_DIR} is a credential (in targets[0].password_file)")
+
+
+PULL_ONCE = MINIMAL + "pull_once: true\n"
+
+
+def test_pull_once_with_one_tool_everywhere_is_accepted(tmp_path: Path) -> None:
+    assert load_ok(tmp_path, PULL_ONCE).pull_once is True
+    assert load_ok(tmp_path, PULL_ONCE + "tool: skopeo\n").targets[0].tool == "skopeo"
+
+
+def test_pull_once_refuses_a_target_with_another_tool(tmp_path: Path) -> None:
+    text = PULL_ONCE.replace("password_env: HARBOR_1_PASSWORD", "password_env: HARBOR_1_PASSWORD\n    tool: skopeo")
+    found = problems(tmp_path, text)
+    assert [p.where for p in found] == ["pull_once"]
+    assert "pull_once needs every target to use one tool" in found[0].message and "uses skopeo" in found[0].message
