@@ -57,7 +57,7 @@ def test_bounded_keeps_the_last_thirty_lines() -> None:
 
 def test_bounded_counts_each_line_and_its_newline_against_the_limit() -> None:
     # 9 lines of 910 bytes are 8190 bytes, 8199 with their newlines: over TAIL_LIMIT (8192), so 8 are kept.
-    lines = [f"{i}" + "x" * 909 for i in range(20)]
+    lines = [f"{i:02d}" + "x" * 908 for i in range(20)]
     assert R.bounded(lines) == tuple(lines[-8:])
     # 8 lines of 1023 bytes and their newlines are exactly 8192 bytes: all 8 fit, a 9th does not.
     lines = [f"{i:02d}" + "y" * 1021 for i in range(20)]
