@@ -91,3 +91,17 @@ def test_interrupt_right_after_the_rename_keeps_the_new_file_and_the_interrupt(
     monkeypatch.undo()
     assert path.read_text() == '{"new": 1}'
     assert os.listdir(tmp_path) == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    "host", ["127.attacker.example", "127.0.0.1.nip.io:5000", "1e100.net", "[::1", "[::1]x", "::ffff:127.0.0.1"]
+)
+def test_names_that_only_look_like_loopback_literals_are_not_loopback(host: str) -> None:
+    # Only literals count: these resolve wherever their owner wants, and a loopback
+    # registry would get plain HTTP.
+    assert dc.is_loopback(host) is False
+
+
+@pytest.mark.parametrize("host", ["[::1]:5000", "::1", "LOCALHOST"])
+def test_ipv6_and_uppercase_loopback_literals_are_loopback(host: str) -> None:
+    assert dc.is_loopback(host) is True
