@@ -12,7 +12,7 @@ from types import FrameType
 import pytest
 
 from authscope import dockerconfig as dc
-from authscope.errors import ConfigError
+from authscope.errors import BaseWriteError, ConfigError
 
 
 class _Blocked(Exception):
@@ -105,3 +105,34 @@ def test_names_that_only_look_like_loopback_literals_are_not_loopback(host: str)
 @pytest.mark.parametrize("host", ["[::1]:5000", "::1", "LOCALHOST"])
 def test_ipv6_and_uppercase_loopback_literals_are_loopback(host: str) -> None:
     assert dc.is_loopback(host) is True
+
+
+def _plant_link_at_the_temp_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A link at the very temp name write_atomic will pick (its random part made known), to a victim file."""
+    path, victim = tmp_path / "config.json", tmp_path / "victim"
+    path.write_text('{"old": 1}')
+    victim.write_text("precious")
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x01" * n)
+    (tmp_path / f".config.json.{os.getpid()}.{'01' * 6}.tmp").symlink_to(victim)
+    return path, victim
+
+
+def test_write_atomic_never_writes_through_a_link_planted_at_its_temp_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, victim = _plant_link_at_the_temp_name(tmp_path, monkeypatch)
+    with pytest.raises(BaseWriteError):
+        dc.write_atomic(str(path), b'{"new": 1}')
+    assert victim.read_text() == "precious"
+    assert path.read_text() == '{"old": 1}'
+
+
+def test_control_an_open_without_excl_and_nofollow_writes_through_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Control: the same temp name opened with O_CREAT alone writes into the victim."""
+    path, victim = _plant_link_at_the_temp_name(tmp_path, monkeypatch)
+    fd = os.open(tmp_path / f".config.json.{os.getpid()}.{'01' * 6}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, b'{"new": 1}')
+    os.close(fd)
+    assert victim.read_text() == '{"new": 1}'
