@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from authscope.scope import Scope
+import pytest
+
+from authscope.errors import ScopeError
+from authscope.scope import Scope, check_root, make_scope_dir
 from tests.privilege import as_unprivileged
 
 
@@ -31,3 +34,23 @@ def test_control_reset_refuses_a_directory_of_another_user() -> None:
     outcome, value = as_unprivileged(Scope("/", False, b"{}").reset)
     assert outcome == "raised" and "was replaced by something that is not this scope's directory" in value
     assert not os.path.exists("/config.json")
+
+
+def test_a_scope_root_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    below_a_file = tmp_path / "file" / "scopes"
+    with pytest.raises(ScopeError) as info:
+        check_root(str(below_a_file))
+    assert str(info.value) == f"scope directory {below_a_file}: Not a directory"
+    with pytest.raises(ScopeError) as info:
+        check_root("/proc/self/no-such-entry/scopes")  # /proc takes no new directories, even from root
+    assert "cannot create it:" in str(info.value)
+
+
+def test_make_scope_dir_draws_a_new_name_when_one_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = iter([b"\x01" * 6, b"\x01" * 6, b"\x02" * 6])
+    monkeypatch.setattr(os, "urandom", lambda n: next(draws))
+    first = make_scope_dir(str(tmp_path))
+    second = make_scope_dir(str(tmp_path))  # the first draw collides with `first`
+    assert first.endswith("010101010101") and second.endswith("020202020202")
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first), os.path.basename(second)])
