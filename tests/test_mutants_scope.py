@@ -4,12 +4,13 @@ benchmarks/mutation.py; docs/RELIABILITY.md "Mutation testing")."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from authscope.errors import ScopeError
-from authscope.scope import Scope, check_root, make_scope_dir
+from authscope.scope import Scope, check_root, make_scope_dir, own_directories, process_start, remove_tree
 from tests.privilege import as_unprivileged
 
 
@@ -54,3 +55,60 @@ def test_make_scope_dir_draws_a_new_name_when_one_is_taken(tmp_path: Path, monke
     second = make_scope_dir(str(tmp_path))  # the first draw collides with `first`
     assert first.endswith("010101010101") and second.endswith("020202020202")
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first), os.path.basename(second)])
+
+
+def test_process_start_is_the_start_time_in_clock_ticks() -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    ours = process_start(os.getpid())
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        theirs = process_start(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    # Since boot, in ticks: at most the uptime, and a child starts no earlier than us.
+    assert 0 < ours <= theirs <= (uptime + 10) * ticks
+
+
+def test_own_directories_passes_over_a_root_that_cannot_be_read(tmp_path: Path) -> None:
+    (tmp_path / "authscope-x").mkdir()
+    found = list(own_directories([str(tmp_path / "missing"), str(tmp_path)], lambda name: name or None))
+    assert [path for path, _ in found] == [str(tmp_path / "authscope-x")]
+
+
+def test_an_unprivileged_owner_removes_a_scope_with_locked_directories(reachable_dir: Path) -> None:
+    # `chmod 000` / `chmod 500` left by a command: the owner gives itself rwx back and removes all.
+    def make_and_remove() -> tuple[list[str], bool]:
+        scope = reachable_dir / "scope"
+        for sub in ("none", "readonly"):
+            (scope / sub / "inner").mkdir(parents=True)
+            (scope / sub / "inner" / "file").write_text("x")
+        (scope / "none").chmod(0o000)
+        (scope / "readonly").chmod(0o500)
+        return remove_tree(str(scope)), scope.exists()
+
+    assert as_unprivileged(make_and_remove) == ("returned", ([], False))
+
+
+def test_shims_are_never_written_through_a_link_planted_after_the_unlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A command racing the reset plants a link at a shim's name between its unlink and its open.
+    scope = Scope(str(tmp_path / "scope"), False, b"{}")
+    scope.reset()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    real_unlink = os.unlink
+
+    def unlink_then_plant(path: str, *args: object, **kwargs: object) -> None:
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+        if str(path).endswith("docker-credential-desktop"):
+            os.symlink(victim, path)
+
+    monkeypatch.setattr(os, "unlink", unlink_then_plant)
+    with pytest.raises(ScopeError, match="cannot lay config.json afresh"):
+        scope.reset()
+    monkeypatch.undo()
+    assert victim.read_text() == "precious"
