@@ -21,3 +21,25 @@ def test_base64_of_a_secret_inside_a_longer_string_is_masked_to_its_last_charact
     first, *rest = masked.replace(b"Authorization: Basic ", b"").split(run.MASK)
     assert encoded.startswith(first) and len(first) <= len(prefix) * 4 // 3 + 1, first
     assert rest and all(len(piece) <= 3 for piece in rest), rest
+
+
+@pytest.mark.parametrize("offset", [-1, 1])
+def test_a_pid_reused_by_another_process_is_not_signalled(offset: int) -> None:
+    # _kill is given the start time it saw; a process with that pid but another
+    # start time (earlier or later) is someone else, and is left alone.
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        info = run._proc_stat(child.pid)
+        assert info is not None
+        run._kill(child.pid, info[2] + offset, signal.SIGTERM)
+        time.sleep(0.3)  # a signal, had one been sent, has arrived by now
+        assert child.poll() is None and run._proc_stat(child.pid) is not None
+        run._kill(child.pid, info[2], signal.SIGTERM)  # control: the right start time
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        child.kill()
+        child.wait()
