@@ -43,3 +43,14 @@ def test_a_pid_reused_by_another_process_is_not_signalled(offset: int) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_credential_helper_that_is_not_installed_is_a_clear_error(tmp_path: object) -> None:
+    from authscope.errors import HelperError
+
+    with pytest.raises(HelperError) as info:
+        run.helper_get("authscope-none", "gitlab.local:4567", {"PATH": str(tmp_path)})
+    assert info.value.reason == "docker-credential-authscope-none is not on PATH"
+    assert str(info.value).startswith(
+        "credential helper docker-credential-authscope-none could not get gitlab.local:4567"
+    )
