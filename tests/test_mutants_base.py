@@ -23,3 +23,18 @@ def test_control_a_pruned_logout_is_not_resurrected() -> None:
     snap = B.Snapshot(generation=0, config={}, values={ENTRY: VALUE})
     damage = B.find_damage(snap, {}, B.Journal(5, {}, pruned_through=3))
     assert damage == [B.Damage(ENTRY, "gone", None, False)]
+
+
+def test_a_leak_is_described_by_what_leaked() -> None:
+    # Users read these under BASE INTEGRITY: the scope's marker and a target's
+    # credentials copied into the base are told apart.
+    marker = B.Damage(("auths", B.dc.SENTINEL), "leaked", None, True).describe()
+    assert marker == (
+        "auths entry 'authscope-scope.invalid', which only a scope's config holds, "
+        "was written by a tool outside its scope; removed"
+    )
+    other = B.Damage(("auths", "harbor.example"), "leaked", None, True).describe()
+    assert other == (
+        "auths entry 'harbor.example' was written with this scope's target credentials "
+        "by a tool outside its scope; removed"
+    )
