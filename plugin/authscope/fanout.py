@@ -24,7 +24,7 @@ from typing import IO, TypeVar
 
 from . import dockerconfig as dc
 from . import report as R
-from . import run, tools
+from . import run, tools, trace
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
 from .plan import Plan, TargetPlan
@@ -267,6 +267,7 @@ class _Failure(Exception):
 def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     t = tp.target
     started = time.monotonic()
+    trace.acting(t.name)
     fields = dict(name=t.name, registry=t.registry, repository=t.repository, tool=t.tool, tags=t.tags)
     if run.stopping():
         return R.Result(**fields, status=R.INTERRUPTED, error="not started: the run was interrupted")  # type: ignore[arg-type]
@@ -342,6 +343,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         restored=restored,
     )
     verdict = f"landed {', '.join(tp.destinations)}" if status == R.OK else f"{status.upper()}: {error}"
+    trace.event("target", phase="end", status=status)
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
     return result
 
@@ -391,6 +393,8 @@ def _preflight(
 ) -> Session:
     """Check the target's credentials at /v2/ before any tool runs; the
     session (its connection and token) is then reused to verify digests."""
+    trace.acting(t.name)
+    trace.event("preflight", phase="start")
     session = Session(
         t.registry,
         (creds.username, creds.password),
@@ -402,7 +406,9 @@ def _preflight(
         _check_credentials(t, session, timeout, retries, log, cancel)
     except BaseException:
         session.close()
+        trace.event("preflight", phase="end", ok=False)
         raise
+    trace.event("preflight", phase="end", ok=True)
     return session
 
 
@@ -427,7 +433,11 @@ class Preflights:
     def take(self, name: str) -> Session:
         """The checked session of one target (raises its _Failure)."""
         self.taken.add(name)
-        return self.futures[name].result()
+        trace.event("wait", phase="start", what="preflight")
+        try:
+            return self.futures[name].result()
+        finally:
+            trace.event("wait", phase="end", what="preflight")
 
     def __enter__(self) -> Preflights:
         return self
@@ -506,12 +516,15 @@ def _copy(
             scope.reset()  # each command starts from the layered config
             argv = tools.fill_scope(step.argv, scope.path)
             ctx.log(f"authscope: [{t.name}] $ {tools.display(step.argv)}")
+            trace.event("tool", phase="start", tool=argv[0], attempt=attempt)
             try:
                 code, timed_out = run.run_captured(argv, env, masker, line, deadline)
             except AuthscopeError as exc:  # the tool is not installed
                 raise _Failure(
                     str(exc), f"install {argv[0]} in the job's image, or choose another tool:", attempts=attempt
                 ) from None
+            finally:
+                trace.event("tool", phase="end", tool=argv[0])
             if code != 0 or timed_out:
                 failed = (step, code, timed_out)
                 break
@@ -544,6 +557,7 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
     """Every destination must now hold the source's digest (invariant 7)."""
     t = tp.target
     digests: dict[str, str | None] = {}
+    trace.event("verify", phase="start")
     for tag in t.tags:
 
         def read(_attempt: int, tag: str = tag) -> str:
@@ -563,6 +577,7 @@ def _verify(tp: TargetPlan, ctx: _Context, session: Session, deadline: float) ->
                 f"{t.registry}/{t.repository}:{tag} has {digests[tag]}, the source has {ctx.source_digest}",
                 "the tool changed the image on the way (a single-platform copy or a format conversion); crane and regctl copy it unchanged",
             )
+    trace.event("verify", phase="end")
     return digests
 
 
@@ -598,11 +613,13 @@ def masked_report(report: R.Report, mask: Callable[[str], str]) -> R.Report:
 def resolve_source(fanout: Fanout, base: Base, environ: Mapping[str, str]) -> tuple[str, bool]:
     """(the source's manifest digest, read with the base's login; whether it speaks plain HTTP)."""
     src = fanout.source
+    trace.event("source", phase="start")
     cfg = base.snapshot().config
     auth = source_credentials(cfg, src.image.registry, environ, base.path)
     try:
         with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
             digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
+            trace.event("source", phase="end")
             return digest, session.schemes == ["http"]
     except RegistryError as exc:
         hint = ""

@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import __version__
+from . import __version__, trace
 from .dockerconfig import api_host, encode_auth, is_loopback
 from .errors import RegistryError, SecretSourceError
 
@@ -387,6 +387,7 @@ class Session:
             if conn is None:
                 conn = _connection(parts.scheme, parts.netloc, self.timeout, self.ctx)
                 self._connections[key] = conn
+            fresh, began = conn.sock is None, time.monotonic()
             try:
                 try:
                     conn.request(method, target, headers=headers)
@@ -398,6 +399,11 @@ class Session:
                 if response.will_close:
                     conn.close()
                     del self._connections[key]
+                if trace.PATH is not None:  # the path only: a token realm's query is no business of a trace
+                    trace.event(
+                        "http", method=method, host=parts.netloc, path=parts.path, status=response.status,
+                        ms=round((time.monotonic() - began) * 1000, 2), new=fresh,
+                    )  # fmt: skip
                 return response.status, dict(response.getheaders()), body
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 # A kept-alive connection the server closed meanwhile: once more, fresh.
@@ -408,6 +414,9 @@ class Session:
             except BaseException as exc:
                 conn.close()
                 self._connections.pop(key, None)
+                if trace.PATH is not None:
+                    trace.event("http", method=method, host=parts.netloc, path=parts.path, status=None,
+                                error=type(exc).__name__, ms=round((time.monotonic() - began) * 1000, 2), new=fresh)  # fmt: skip
                 bad = _malformed(exc, f"{parts.scheme}://{parts.netloc}{parts.path}")
                 if bad:
                     raise RegistryAnswerError(self.registry, bad) from None

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import fanout, plan
+from . import fanout, plan, trace
 from . import report as R
 from .base import Base
 from .dockerconfig import base_dir
@@ -89,6 +89,7 @@ def run(
     tools' output, their verdicts) goes to ``stream`` (default: stdout, as it
     is when the run starts)."""
     stream = stream or sys.stdout
+    trace.event("run", phase="start", targets=len(spec.targets))
     credentials = fanout.resolve_credentials(spec, environ, options.only, warn=warn)
     base = Base(base_dir(options.config_dir, environ))
     draft = make_plan(spec, options)
@@ -134,6 +135,7 @@ def run(
             status, error = (R.INTERRUPTED, f"interrupted: {exc}") if interrupted else (R.FAILED, str(exc))
             return report(fanout.none_copied(draft, status, error), None, error)
         say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
+        trace.event("execute", phase="start")
         results = fanout.execute(
             final,
             digest,
