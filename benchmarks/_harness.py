@@ -871,6 +871,7 @@ def traced_fanout(lab_: Lab, targets: Sequence[Target], tool: str) -> tuple[Outc
     events = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
     for e in events:
         e["since_launch"] = float(e["wall"]) - launched  # type: ignore[arg-type]
+    events.append({"event": "exit", "since_launch": outcome.seconds})  # seen by the harness: wait4
     return outcome, events
 
 
@@ -880,7 +881,7 @@ def timeline(events: Sequence[Mapping[str, object]]) -> str:
 
     def at(kind: str, phase: str, target: object = None) -> float | None:
         for e in events:
-            if e.get("event") == kind and e.get("phase") == phase and (target is None or e.get("target") == target):
+            if e.get("event") == kind and e.get("phase", "") == phase and (target is None or e.get("target") == target):
                 return float(e["since_launch"])  # type: ignore[arg-type]
         return None
 
@@ -888,12 +889,17 @@ def timeline(events: Sequence[Mapping[str, object]]) -> str:
         return "-" if x is None else f"{x:.3f}"
 
     names = sorted({str(e["target"]) for e in events if e.get("target")}, key=lambda n: (len(n), n))
+    last = max((float(e["since_launch"]) for e in events if e.get("event") == "target"), default=0.0)  # type: ignore[arg-type]
     first = min((float(e["since_launch"]) for e in events), default=0.0)  # type: ignore[arg-type]
     lines = [
         f"process start -> first trace event {first:.3f}s (interpreter start, imports, reading the file)",
         f"run start {s(at('run', 'start'))}  source digest read {s(at('source', 'start'))} -> "
         f"{s(at('source', 'end'))}  execute start {s(at('execute', 'start'))}",
     ]
+    lines.append(
+        f"last target done {last:.3f}  run end {s(at('run', 'end'))}  process exited {s(at('exit', ''))} "
+        "(reports, interpreter shutdown)"
+    )
     source_http = [e for e in events if e.get("event") == "http" and not e.get("target")]
     lines.append(
         "source: "

@@ -588,9 +588,13 @@ def _remember(secrets: Sequence[str]) -> None:
 
 
 def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from . import release, targets
+    from . import targets
 
     spec = targets.load(a.file, environ, a.target)  # other targets' ${VAR}s need not be set
+    if not a.dry_run:
+        _warm_up(spec, a.target)  # their first round trips overlap with the imports below
+    from . import release
+
     settings = _gitlab_settings(a, environ)  # every missing CI variable now, before anything runs
     options = release.Options(
         only=tuple(a.target),
@@ -618,6 +622,17 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # After the reports: a GitLab failure never hides what landed where.
     published = settings is None or report.signal is not None or _publish_to_gitlab(settings, report, a)
     return code or (EXIT_OK if published else EXIT_GITLAB)
+
+
+def _warm_up(spec: Any, only: Sequence[str]) -> None:
+    """registry.warm_up for the source and every chosen target (no credential is sent)."""
+    from .registry import warm_up
+
+    src = spec.source
+    warm_up(src.image.registry, ca_file=src.ca_file, insecure=src.insecure)
+    for t in spec.targets:
+        if not only or t.name in only:
+            warm_up(t.registry, ca_file=t.ca_file, insecure=t.insecure)
 
 
 def _gitlab_settings(a: argparse.Namespace, environ: Mapping[str, str]) -> Any:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from . import dockerconfig as dc
 from . import report as R
@@ -33,6 +33,7 @@ from .scope import Scope, open_scope
 from .targets import Fanout, Target
 
 BACKOFF = 1.0  # seconds before the first retry; doubles each time
+CHECKS = 16  # credential checks run at once (Preflights), at least `jobs`
 
 
 @dataclass(frozen=True)
@@ -419,8 +420,10 @@ class Preflights:
     def __init__(self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout) -> None:
         log = _Log(stream)
         self.cancel = threading.Event()  # set when the run ends early: stop retrying
+        # Checks are one small request each: up to CHECKS at once whatever `jobs`
+        # (which bounds the copies), so no target's check queues behind another's.
         self.pool = ThreadPoolExecutor(
-            max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope-check"
+            max_workers=max(1, min(len(plan.targets), max(plan.jobs, CHECKS))), thread_name_prefix="authscope-check"
         )
         self.futures: dict[str, Future[Session]] = {
             tp.target.name: self.pool.submit(
@@ -708,6 +711,11 @@ def _source_diagnosis(output: Sequence[str], registry: str) -> tuple[bool, str]:
     return bool(_TRANSIENT.search(text)), "see the output above"
 
 
+def _check_done(check: Future[Session]) -> bool:
+    """Whether a target's credential check has ended (its target may take a slot)."""
+    return check.done()
+
+
 def execute(
     plan: Plan,
     source_digest: str,
@@ -749,15 +757,33 @@ def execute(
         tuple(withheld),
     )
     results: dict[str, R.Result] = {}
+    # A target starts (takes one of the `jobs` slots) once its credential check
+    # is done, in the order the checks end: a slow check (a registry retried
+    # with backoff) holds up its own target only, never another's copy.
+    checks: Mapping[str, Future[Session]] = preflights.futures if preflights is not None else {}
+    waiting = list(plan.targets)
+
+    def ready(tp: TargetPlan) -> bool:
+        check = checks.get(tp.target.name)
+        return check is None or _check_done(check) or run.stopping() or (fail_fast and ctx.failed.is_set())
+
     with ThreadPoolExecutor(
         max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope"
     ) as pool:
-        futures: dict[Future[R.Result], TargetPlan] = {pool.submit(run_target, tp, ctx): tp for tp in plan.targets}
-        pending = set(futures)
-        while pending:
+        futures: dict[Future[R.Result], TargetPlan] = {}
+        pending: set[Future[R.Result]] = set()
+        while pending or waiting:
+            for tp in [tp for tp in waiting if ready(tp)]:
+                waiting.remove(tp)
+                future = pool.submit(run_target, tp, ctx)
+                futures[future] = tp
+                pending.add(future)
             # Short waits keep the main thread free to take signals.
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in done:
+            watched: set[Future[Any]] = set(pending)
+            watched.update(checks[tp.target.name] for tp in waiting if tp.target.name in checks)
+            finished, _ = wait(watched, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in [f for f in pending if f in finished]:
+                pending.discard(future)
                 tp = futures[future]
                 try:
                     results[tp.target.name] = future.result()

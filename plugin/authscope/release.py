@@ -151,6 +151,7 @@ def run(
             secrets=options.masked,
             stream=stream,
         )
+    trace.event("run", phase="end")
     return report(results, digest)
 
 
