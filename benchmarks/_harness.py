@@ -969,3 +969,21 @@ def plot(path: str, title: str, ns: Sequence[int], panels: Mapping[str, Mapping[
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return f"plot written to {path}"
+
+
+def compile_bytecode() -> str:
+    """Every authscope run of this benchmark loads compiled bytecode, as an installed package does
+    (pip compiles on install): the machine may set PYTHONDONTWRITEBYTECODE, which would leave
+    every changed module recompiled from source at every run. The bytecode goes to a private
+    PYTHONPYCACHEPREFIX, removed at exit; the line to print."""
+    import atexit
+    import compileall
+
+    prefix = tempfile.mkdtemp(prefix="authscope-bench-pycache-")
+    atexit.register(shutil.rmtree, prefix, True)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    sys.pycache_prefix = prefix
+    sys.dont_write_bytecode = False
+    compileall.compile_dir(str(REPO / "plugin" / "authscope"), quiet=1)
+    return f"bytecode: compiled into PYTHONPYCACHEPREFIX={prefix} (removed at exit), as pip does on install"

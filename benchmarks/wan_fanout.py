@@ -137,6 +137,7 @@ def main() -> int:
     print("  | " + "\n  | ".join(H.sample_file(" / ".join(tools), a.tls).splitlines()))
     print(flush=True)
 
+    print(H.compile_bytecode(), flush=True)
     # (tool, n, way) -> outcomes
     cells: dict[tuple[str, int, str], list[H.Outcome]] = {}
     every = [w for w, on in (("loop", not a.no_loop), ("authscope", True), ("limit", a.limit), ("regsync", a.regsync)) if on]
