@@ -236,3 +236,55 @@ def test_control_targets_started_in_file_order_wait_behind_a_slow_check(
     copied, statuses = copy_while_t1_check_is_held(tmp_path, env, source)
     assert not copied
     assert statuses == ["ok", "ok"]
+
+
+# -- the end of a fan-out: no interpreter teardown after the reports ------------------------
+
+SITECUSTOMIZE = """
+import atexit, os
+atexit.register(lambda: open(os.environ["TEARDOWN_MARK"], "w").close())
+"""
+
+
+def console_fanout(tmp_path: Path, env: dict[str, str], path: Path, argv0: list[str]) -> tuple[int, str, Any, bool]:
+    """(exit code, output, the JSON report, whether the interpreter's teardown ran)."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    mark = tmp_path / "teardown-ran"
+    mark.unlink(missing_ok=True)
+    report = tmp_path / "report.json"
+    report.unlink(missing_ok=True)
+    run_env = {**env, "TEARDOWN_MARK": str(mark), "PYTHONPATH": f"{site}:{env.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, *argv0, "fanout", "-f", str(path), "--json", str(report)],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, json.loads(report.read_text()), mark.exists()
+
+
+@pytest.mark.parametrize("password", [TARGET_PASSWORD, "a-wrong-password-0003"])
+def test_console_fanout_skips_teardown_and_says_everything(
+    tmp_path: Path, env: dict[str, str], source: FakeRegistry, password: str
+) -> None:
+    (tmp_path / "marks").mkdir()
+    with FakeRegistry(USER, password) as dest:
+        path = spec_file(tmp_path, source.host, [dest.host], tmp_path / "marks")
+        fast = console_fanout(tmp_path, env, path, ["-m", "authscope"])
+        # Control: the same fan-out through entry.main(argv), as an embedding caller runs it.
+        call = ["-c", "import sys; from authscope.entry import main; sys.exit(main(sys.argv[1:]))"]
+        slow = console_fanout(tmp_path, env, path, call)
+    code, out, report, teardown = fast
+    assert not teardown and slow[3], "the console script ended before the interpreter's teardown; main(argv) did not"
+    assert code == slow[0] == (0 if password == TARGET_PASSWORD else 1)
+    # Everything was said and written all the same: the summary table is the output's last line.
+    assert out.rstrip().splitlines()[-1] == slow[1].rstrip().splitlines()[-1], (out, slow[1])
+    assert [r["status"] for r in report["targets"]] == [r["status"] for r in slow[2]["targets"]]
+    assert report["status"] == slow[2]["status"] == ("success" if code == 0 else "failed")
