@@ -288,3 +288,30 @@ def test_console_fanout_skips_teardown_and_says_everything(
     assert out.rstrip().splitlines()[-1] == slow[1].rstrip().splitlines()[-1], (out, slow[1])
     assert [r["status"] for r in report["targets"]] == [r["status"] for r in slow[2]["targets"]]
     assert report["status"] == slow[2]["status"] == ("success" if code == 0 else "failed")
+
+
+def test_a_warm_up_that_hangs_holds_a_session_up_for_warm_wait_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from authscope.registry import Session
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections (the kernel does), never answers
+    host = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        registry.warm_up(host, insecure=True, timeout=10)
+
+        def waited() -> float:
+            began = time.monotonic()
+            Session(host, insecure=True, timeout=10).close()
+            return time.monotonic() - began
+
+        monkeypatch.setattr(registry, "WARM_WAIT", 0.3)
+        short = waited()
+        monkeypatch.setattr(registry, "WARM_WAIT", 2.0)  # control: the wait is WARM_WAIT's
+        longer = waited()
+    finally:
+        listener.close()
+        registry._WARMING.pop(host, None)
+    assert short < 1.5 and longer >= 1.9, (short, longer)

@@ -409,11 +409,15 @@ def _learnt(
         _IDLE.setdefault((scheme, host, *trust), []).append(conn)
 
 
+WARM_WAIT = 5.0  # at most this long a session waits for a warm-up; then it goes on by itself
+
+
 def _await_warm_up(host: str, timeout: float) -> None:
-    """Wait (at most ``timeout``) for a warm-up of ``host`` still running."""
+    """Wait (at most ``timeout``, and WARM_WAIT) for a warm-up of ``host`` still running: a
+    registry that does not answer costs a session its own timeout, not that plus the warm-up's."""
     thread = _WARMING.get(host)
     if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-        thread.join(timeout)
+        thread.join(min(timeout, WARM_WAIT))
 
 
 def _take_idle(scheme: str, host: str, trust: tuple[str | None, bool]) -> http.client.HTTPConnection | None:
