@@ -315,3 +315,25 @@ def test_a_warm_up_that_hangs_holds_a_session_up_for_warm_wait_at_most(monkeypat
         listener.close()
         registry._WARMING.pop(host, None)
     assert short < 1.5 and longer >= 1.9, (short, longer)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_refused_basic_credentials_are_asked_once(warm: bool) -> None:
+    """With the Basic challenge known (warm-up), the credentials go with the first request; a
+    401 to them is the answer, not re-sent: the registry sees as many requests as without a
+    warm-up (control: anonymous, then with the credentials)."""
+    from authscope.registry import Session
+
+    with FakeRegistry(USER, TARGET_PASSWORD) as fake:
+        try:
+            if warm:
+                registry.warm_up(fake.host, insecure=True)
+                registry._await_warm_up(fake.host, 30)
+            with Session(fake.host, (USER, "a-wrong-password-0003"), insecure=True) as session:
+                assert session.request("GET", "/v2/")[0] == 401
+        finally:
+            registry._WARMING.pop(fake.host, None)
+            registry._SCHEME.pop(fake.host, None)
+            registry._CHALLENGE.pop(fake.host, None)
+            registry.close_idle()
+        assert fake.requests == [("GET", "/v2/"), ("GET", "/v2/")], fake.requests

@@ -623,6 +623,8 @@ class Session:
             )
         if not usable or (challenge == "basic" and self.auth is None):
             return status, answer, body
+        if challenge == "basic" and headers.get("Authorization") == self._basic():
+            return status, answer, body  # the credentials went with it (the challenge was known): refused
         _CHALLENGE[self.host] = (challenge, params)
         self._authorize(challenge, params, scope, over)
         headers["Authorization"] = self.authorization or ""
