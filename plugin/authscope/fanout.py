@@ -759,13 +759,15 @@ def execute(
     results: dict[str, R.Result] = {}
     # A target starts (takes one of the `jobs` slots) once its credential check
     # is done, in the order the checks end: a slow check (a registry retried
-    # with backoff) holds up its own target only, never another's copy.
-    checks: Mapping[str, Future[Session]] = preflights.futures if preflights is not None else {}
+    # with backoff) holds up its own target only, never another's copy. With
+    # --fail-fast, in file order: a later target must not land before an
+    # earlier one fails.
+    checks: Mapping[str, Future[Session]] = preflights.futures if preflights is not None and not fail_fast else {}
     waiting = list(plan.targets)
 
     def ready(tp: TargetPlan) -> bool:
         check = checks.get(tp.target.name)
-        return check is None or _check_done(check) or run.stopping() or (fail_fast and ctx.failed.is_set())
+        return check is None or _check_done(check) or run.stopping()
 
     with ThreadPoolExecutor(
         max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope"
