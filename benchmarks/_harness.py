@@ -747,3 +747,243 @@ def run_main(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: every process stopped, every temporary directory removed", file=sys.stderr)
         return 130
+
+
+# -- the yardsticks: the same copies by hand in parallel, and regsync ------------------
+
+# What a user writes to run the same tool's copies in parallel without authscope:
+# per target, in the background, its own DOCKER_CONFIG, a login of the source and
+# of the target there, and the copy; then `wait` for every one. Arguments as the
+# serial loop's ("DESTINATION PASSWORD_VARIABLE"); WORK is where the configs go.
+PARALLEL_BY_HAND = {
+    "crane": r"""
+set -euo pipefail
+copy() {
+  dest=$1; var=$2; host=${dest%%/*}
+  export DOCKER_CONFIG="$WORK/config-$3"; mkdir -p "$DOCKER_CONFIG"
+  printf '%s' "$SOURCE_PASSWORD" | crane auth login "$SRC_HOST" -u "$USER_NAME" --password-stdin
+  printf '%s' "${!var}" | crane auth login "$host" -u "$USER_NAME" --password-stdin
+  crane copy@COPY_TLS@ "$SRC" "$dest"
+}
+i=0; pids=()
+for arg in "$@"; do i=$((i + 1)); copy "${arg% *}" "${arg#* }" "$i" & pids+=($!); done
+rc=0; for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+exit $rc
+""",
+    "skopeo": r"""
+set -euo pipefail
+copy() {
+  dest=$1; var=$2; host=${dest%%/*}
+  export DOCKER_CONFIG="$WORK/config-$3"; mkdir -p "$DOCKER_CONFIG"
+  export REGISTRY_AUTH_FILE="$DOCKER_CONFIG/config.json"
+  printf '%s' "$SOURCE_PASSWORD" | skopeo login@LOGIN_TLS@ -u "$USER_NAME" --password-stdin "$SRC_HOST"
+  printf '%s' "${!var}" | skopeo login@LOGIN_TLS@ -u "$USER_NAME" --password-stdin "$host"
+  skopeo copy --all --preserve-digests@COPY_TLS@ "docker://$SRC" "docker://$dest"
+}
+i=0; pids=()
+for arg in "$@"; do i=$((i + 1)); copy "${arg% *}" "${arg#* }" "$i" & pids+=($!); done
+rc=0; for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+exit $rc
+""",
+}
+
+
+def by_hand_script(tool: str, tls: bool) -> str:
+    """The parallel-by-hand script for `tool`, exactly as it runs in a plain-HTTP or a TLS lab."""
+    return _fill(PARALLEL_BY_HAND[tool], LOOP_TLS_FLAGS[tls][tool])
+
+
+def parallel_by_hand(lab_: Lab, targets: Sequence[Target], tool: str) -> Outcome:
+    """The limit: every copy at once, each in its own DOCKER_CONFIG with its own logins (all timed)."""
+    env = lab_.environment(f"byhand-{tool}")
+    work = Path(env["HOME"])
+    env.update(USER_NAME=USER, SRC_HOST=lab_.source.host, WORK=str(work))
+    log = work / "byhand.log"
+    lab_.new_image()
+    env["SRC"] = lab_.image_ref
+    script = work / "byhand.sh"
+    script.write_text(by_hand_script(tool, lab_.tls))
+    argv = ["bash", str(script), *(f"{t.destination} {t.password_var}" for t in targets)]
+    outcome = lab_.timed(argv, env, log).check(f"{tool} by hand in parallel")
+    lab_.verify(targets)
+    lab_.prune()
+    return outcome
+
+
+REGSYNC_CREDS = """  - registry: "{host}"
+    user: ci-user
+    pass: '{{{{env "{var}"}}}}'
+    {tls}"""
+
+
+def regsync_config(path: Path, lab_: Lab, targets: Sequence[Target], parallel: int, ca_file: str = "") -> Path:
+    """A regsync config copying the current image to every target, `parallel` at a time.
+
+    Passwords come from the environment through regsync's own templates
+    (`{{env "VAR"}}`): none is in the file or in argv. The job's Docker config is
+    not read (skipDockerConfig). Plain HTTP: `tls: disabled`; TLS: the lab CA as
+    `regcert` (read from its file by the template), nothing insecure."""
+    tls = f"regcert: '{{{{file \"{ca_file}\"}}}}'" if ca_file else "tls: disabled"
+    hosts = {lab_.source.host: "SOURCE_PASSWORD"}
+    for t in targets:
+        hosts.setdefault(t.host, t.password_var)
+    lines = ["version: 1", "creds:"]
+    lines += [REGSYNC_CREDS.format(host=h, var=v, tls=tls) for h, v in hosts.items()]
+    lines += ["defaults:", f"  parallel: {parallel}", "  skipDockerConfig: true", "sync:"]
+    for t in targets:
+        lines += [f'  - source: "{lab_.image_ref}"', f'    target: "{t.destination}"', "    type: image"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def regsync_once(lab_: Lab, targets: Sequence[Target]) -> Outcome:
+    """`regsync once` with a config of the same targets and `parallel: N`."""
+    env = lab_.environment("regsync")
+    work = Path(env["HOME"])
+    log = work / "regsync.log"
+    lab_.new_image()
+    config = regsync_config(work / "regsync.yml", lab_, targets, len(targets), lab_.ca_file)
+    argv = [tool_path("regsync") or "regsync", "once", "-c", str(config), "-v", "warn"]
+    outcome = lab_.timed(argv, env, log).check("regsync once")
+    lab_.verify(targets)
+    lab_.prune()
+    return outcome
+
+
+def traced_fanout(lab_: Lab, targets: Sequence[Target], tool: str) -> tuple[Outcome, list[dict[str, object]]]:
+    """`authscope fanout --jobs N` as `authscope_fanout` runs it, with AUTHSCOPE_TRACE set:
+    (the outcome, the trace's events)."""
+    env = lab_.environment(f"traced-{tool}")
+    work = Path(env["HOME"])
+    log = work / "authscope.log"
+    run([*AUTHSCOPE, "login", lab_.source.host, "-u", USER, "--password-env", "SOURCE_PASSWORD"], env, log).check(
+        "authscope login"
+    )
+    lab_.new_image()
+    spec = targets_file(work / "authscope.yml", lab_, targets, tool, len(targets), False)
+    trace = work / "trace.jsonl"
+    env["AUTHSCOPE_TRACE"] = str(trace)
+    argv = [*AUTHSCOPE, "fanout", "-f", str(spec), "--jobs", str(len(targets))]
+    launched = time.time()
+    outcome = lab_.timed(argv, env, log, cwd=work).check("traced fanout")
+    lab_.verify(targets)
+    lab_.prune()
+    events = [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
+    for e in events:
+        e["since_launch"] = float(e["wall"]) - launched  # type: ignore[arg-type]
+    events.append({"event": "exit", "since_launch": outcome.seconds})  # seen by the harness: wait4
+    return outcome, events
+
+
+def timeline(events: Sequence[Mapping[str, object]]) -> str:
+    """A per-target summary of one traced fan-out: when (seconds since the fan-out was
+    launched) each step started and ended, and the HTTP requests authscope made."""
+
+    def at(kind: str, phase: str, target: object = None) -> float | None:
+        for e in events:
+            if e.get("event") == kind and e.get("phase", "") == phase and (target is None or e.get("target") == target):
+                return float(e["since_launch"])  # type: ignore[arg-type]
+        return None
+
+    def s(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    names = sorted({str(e["target"]) for e in events if e.get("target")}, key=lambda n: (len(n), n))
+    last = max((float(e["since_launch"]) for e in events if e.get("event") == "target"), default=0.0)  # type: ignore[arg-type]
+    first = min((float(e["since_launch"]) for e in events), default=0.0)  # type: ignore[arg-type]
+    lines = [
+        f"process start -> first trace event {first:.3f}s (interpreter start, imports, reading the file)",
+        f"run start {s(at('run', 'start'))}  source digest read {s(at('source', 'start'))} -> "
+        f"{s(at('source', 'end'))}  execute start {s(at('execute', 'start'))}",
+    ]
+    lines.append(
+        f"last target done {last:.3f}  run end {s(at('run', 'end'))}  process exited {s(at('exit', ''))} "
+        "(reports, interpreter shutdown)"
+    )
+    source_http = [e for e in events if e.get("event") == "http" and not e.get("target")]
+    lines.append(
+        "source: "
+        + ", ".join(f"{e['method']} {e['path']} {e['status']} {e['ms']}ms{' new' if e['new'] else ''}" for e in source_http)
+    )
+    rows = []
+    for n in names:
+        http = [e for e in events if e.get("event") == "http" and e.get("target") == n]
+        rows.append(
+            [
+                n,
+                s(at("preflight", "start", n)),
+                s(at("preflight", "end", n)),
+                s(at("wait", "end", n)),
+                s(at("tool", "start", n)),
+                s(at("tool", "end", n)),
+                s(at("verify", "end", n)),
+                s(at("target", "end", n)),
+                str(len(http)),
+                str(sum(1 for e in http if e["new"])),
+                str(sum(1 for e in http if e["status"] == 401)),
+                str(sum(1 for e in http if "/token" in str(e["path"]))),
+            ]
+        )
+    lines.append(
+        table(
+            ["target", "check", "checked", "got check", "tool start", "tool end", "verified", "done",
+             "requests", "new conn", "401s", "tokens"],
+            rows,
+        )  # fmt: skip
+    )
+    for n in names[:1]:
+        lines.append(f"{n}'s requests:")
+        lines += [
+            f"  {float(e['since_launch']):.3f} {e['method']} {e['path']} {e['status']} {e['ms']}ms"  # type: ignore[arg-type]
+            + (" new connection" if e["new"] else " reused")
+            + (f" ({e['error']})" if e.get("error") else "")
+            for e in events
+            if e.get("event") == "http" and e.get("target") == n
+        ]
+    return "\n".join(lines)
+
+
+def plot(path: str, title: str, ns: Sequence[int], panels: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+    """A PNG of time against N: a panel per tool (its title: its key), a line per way; the message
+    to print (also when matplotlib is missing: the run carries on without a plot)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"--plot: matplotlib is not installed (pip install 'authscope[bench]'); no plot written to {path}"
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels.items(), strict=False):
+        for label, ts in series.items():
+            ax.plot(list(ns), list(ts), marker="o", label=label)
+        ax.set_xlabel("targets (N)")
+        ax.set_ylabel("wall time (s), median")
+        ax.set_xticks(list(ns))
+        ax.set_ylim(bottom=0)
+        ax.set_title(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+def compile_bytecode() -> str:
+    """Every authscope run of this benchmark loads compiled bytecode, as an installed package does
+    (pip compiles on install): the machine may set PYTHONDONTWRITEBYTECODE, which would leave
+    every changed module recompiled from source at every run. The bytecode goes to a private
+    PYTHONPYCACHEPREFIX, removed at exit; the line to print."""
+    import atexit
+    import compileall
+
+    prefix = tempfile.mkdtemp(prefix="authscope-bench-pycache-")
+    atexit.register(shutil.rmtree, prefix, True)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    sys.pycache_prefix = prefix
+    sys.dont_write_bytecode = False
+    compileall.compile_dir(str(REPO / "plugin" / "authscope"), quiet=1)
+    return f"bytecode: compiled into PYTHONPYCACHEPREFIX={prefix} (removed at exit), as pip does on install"

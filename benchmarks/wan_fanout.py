@@ -40,13 +40,39 @@ shared with the clients, which a real WAN fan-out to remote registries does
 not do. So each run also reports the CPU it used, by whom, and the "CPU
 floor" (all CPU seconds / cpus) below which no run can go here.
 
-Goal (issue: performance): authscope at least 5x faster than the loop at N = 8.
+--limit adds the real limit, and --regsync the best declarative peer, as
+yardsticks (the serial loop stays as context):
+
+  by hand       the same tool's copies all at once, as a user writes them
+                without authscope: a bash script that starts, per target in
+                the background (`&`), a copy in its own DOCKER_CONFIG after
+                one login of the source and one of the target there, then
+                `wait`s for every one; timed whole, logins included
+  regsync       `regsync once` (regclient v0.11.7, installed by
+                scripts/install-deps.sh) with a config of the same targets and
+                `parallel: N`; passwords through its `{{env "VAR"}}`
+                templates (not in the file, not in argv); plain HTTP
+                `tls: disabled`, TLS the lab CA as `regcert`
+
+and prints authscope / by hand and authscope / regsync per N and tool (every
+way of a cell runs in turn, the order rotating from run to run; medians).
+Goal (issue 16): authscope <= 1.05x by hand, and below regsync, at N = 8.
+
+--trace runs one more fan-out per tool at the largest N with
+AUTHSCOPE_TRACE set and prints its per-target timeline: when each target's
+credential check ran, when its tool started and ended, its read-back, and
+the HTTP requests authscope made (new connections, 401s, tokens).
+--plot PATH writes a PNG of time against N (one panel per tool) for every
+way measured, with matplotlib (`pip install 'authscope[bench]'`); without
+it the run says so and carries on.
 
   python3 benchmarks/wan_fanout.py                 # the full set, 3 runs per cell (~10 minutes)
   python3 benchmarks/wan_fanout.py --quick         # smoke: N = 1, 2, a 2 MB image
   python3 benchmarks/wan_fanout.py --quick --tls   # the same over TLS (HTTPS)
   python3 benchmarks/wan_fanout.py --tools crane --targets 8 --repeat 5
   python3 benchmarks/wan_fanout.py --tls --tools crane --pull-once
+  python3 benchmarks/wan_fanout.py --tools crane,skopeo --targets 1,4,8,16 --limit --regsync --plot fanout.png
+  python3 benchmarks/wan_fanout.py --tools crane --targets 8 --trace
   python3 benchmarks/wan_fanout.py --rerun          # a re-run of an up-to-date 8-target fan-out
 
 --rerun (issue 15) measures a re-run instead: an 8-target fan-out (--targets
@@ -87,6 +113,11 @@ def main() -> int:
         action="store_true",
         help="measure a re-run of an up-to-date fan-out (N = 8 unless --targets): time, bytes from the source",
     )
+    p.add_argument("--limit", action="store_true", help="also time the same copies by hand in parallel (the limit)")
+    p.add_argument("--regsync", action="store_true", help="also time `regsync once` with parallel: N")
+    p.add_argument("--no-loop", action="store_true", help="skip the serial loop (context only; slow at large N)")
+    p.add_argument("--trace", action="store_true", help="print one traced fan-out's timeline per tool (largest N)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of time against N (needs matplotlib)")
     a = p.parse_args()
     if a.rerun:
         return rerun(a)
@@ -100,7 +131,7 @@ def main() -> int:
     registries = a.registries or max(ns)
 
     H.header("wan_fanout: authscope fanout --jobs N vs the serial login/copy/logout loop", tools)
-    H.require(*tools)
+    H.require(*tools, *(["regsync"] if a.regsync else []))
     transport = H.transport(a.tls)
     print(
         f"N = {', '.join(map(str, ns))}; {a.repeat} run(s) per cell (median); targets spread over "
@@ -114,30 +145,51 @@ def main() -> int:
     for tool in tools:
         print(f"\nserial loop ({tool}), run as: bash loop.sh 'HOST/REPO:1.0 PASSWORD_VARIABLE'...{trust}")
         print("\n".join("  | " + line for line in H.loop_script(tool, a.tls).strip().splitlines()))
+        if a.limit:
+            print(f"by hand in parallel ({tool}), run as: bash byhand.sh 'HOST/REPO:1.0 PASSWORD_VARIABLE'...{trust}")
+            print("\n".join("  | " + line for line in H.by_hand_script(tool, a.tls).strip().splitlines()))
+    if a.regsync:
+        print("regsync, run as: regsync once -c regsync.yml -v warn, with a regsync.yml like")
+        print("  | " + "\n  | ".join(yardstick_sample(a.tls).splitlines()))
     print("authscope, run as: python -m authscope fanout -f authscope.yml --jobs N, with an authscope.yml like")
     print("  | " + "\n  | ".join(H.sample_file(" / ".join(tools), a.tls).splitlines()))
     print(flush=True)
 
+    print(H.compile_bytecode(), flush=True)
     # (tool, n, way) -> outcomes
     cells: dict[tuple[str, int, str], list[H.Outcome]] = {}
+    every = [
+        w for w, on in (("loop", not a.no_loop), ("authscope", True), ("limit", a.limit), ("regsync", a.regsync)) if on
+    ]
     with H.open_lab(a, registries) as lab:
         for rep in range(a.repeat):
             for n in ns:
                 for tool in tools:
-                    ways = ("loop", "authscope") if rep % 2 == 0 else ("authscope", "loop")
+                    ways = every[rep % len(every) :] + every[: rep % len(every)]  # the order rotates
                     for way in ways:
                         targets = lab.pick(n, f"{way}-{tool}")
                         if way == "loop":
                             outcome = H.serial_loop(lab, targets, tool)
+                        elif way == "limit":
+                            outcome = H.parallel_by_hand(lab, targets, tool)
+                        elif way == "regsync":
+                            outcome = H.regsync_once(lab, targets)
                         else:
                             outcome = H.authscope_fanout(lab, targets, tool, pull_once=a.pull_once)
                         cells.setdefault((tool, n, way), []).append(outcome)
                     print(
-                        f"  run {rep + 1}: {tool:6} N={n:<2}  loop {cells[(tool, n, 'loop')][-1].seconds:6.2f}s  "
-                        f"authscope {cells[(tool, n, 'authscope')][-1].seconds:6.2f}s",
+                        f"  run {rep + 1}: {tool:6} N={n:<2}  "
+                        + "  ".join(f"{NAMES[w]} {cells[(tool, n, w)][-1].seconds:6.2f}s" for w in every),
                         flush=True,
                     )
+        traces = {}
+        if a.trace:
+            for tool in tools:
+                _, traces[tool] = H.traced_fanout(lab, lab.pick(max(ns), f"traced-{tool}"), tool)
         image = lab.image_bytes
+    if a.no_loop:
+        print_yardsticks(a, cells, ns, tools, transport, image, traces)
+        return 0
 
     cpus = os.cpu_count() or 1
     print()
@@ -193,10 +245,8 @@ def main() -> int:
         )
         print()
     for tool, speedup in verdicts:
-        print(
-            f"goal: authscope{' --pull-once' if a.pull_once else ''} >= 5x faster than the serial {tool} loop "
-            f"at N = 8, {transport} lab: {speedup:.1f}x -> " + ("met" if speedup >= 5 else "NOT met")
-        )
+        print(f"context: authscope is {speedup:.1f}x faster than the serial {tool} loop at N = 8, {transport} lab")
+    print_yardsticks(a, cells, ns, tools, transport, image, traces)
     return 0
 
 
@@ -265,6 +315,91 @@ def rerun(a: argparse.Namespace) -> int:
         f"(the image is {image:,}) -> " + ("met" if blob_free and all(r[2] == n for r in reruns) else "NOT met")
     )
     return 0
+
+
+NAMES = {"loop": "loop", "authscope": "authscope", "limit": "by hand", "regsync": "regsync"}
+LABELS = {"loop": "serial loop", "limit": "by hand in parallel", "regsync": "regsync once", "authscope": "authscope"}
+
+
+def yardstick_sample(tls: bool) -> str:
+    tls_line = "regcert: '{{file \"LAB_WORK_DIR/ca/ca.crt\"}}'" if tls else "tls: disabled"
+    return "\n".join(
+        [
+            "version: 1",
+            "creds:",
+            '  - registry: "127.0.0.1:TARGET_1_PROXY_PORT"',
+            "    user: ci-user",
+            "    pass: '{{env \"TARGET_1_PASSWORD\"}}'",
+            f"    {tls_line}",
+            "  - ...",
+            "defaults: {parallel: N, skipDockerConfig: true}",
+            "sync:",
+            '  - {source: "127.0.0.1:SOURCE_PROXY_PORT/app:rNNN", target: "127.0.0.1:TARGET_1_PROXY_PORT/bench/...:1.0", type: image}',
+            "  - ...",
+        ]
+    )
+
+
+def print_yardsticks(
+    a: object,
+    cells: dict[tuple[str, int, str], list[H.Outcome]],
+    ns: list[int],
+    tools: list[str],
+    transport: str,
+    image: int,
+    traces: dict[str, list[dict[str, object]]],
+) -> None:
+    """The ratios to the yardsticks (--limit, --regsync), the traced timelines (--trace), the plot (--plot)."""
+    limit, regsync = getattr(a, "limit", False), getattr(a, "regsync", False)
+    panels: dict[str, dict[str, list[float]]] = {}
+    verdicts = []
+    for tool in tools:
+        med = {
+            w: [H.median([o.seconds for o in cells[(tool, n, w)]]) for n in ns]
+            for w in ("loop", "limit", "regsync", "authscope")
+            if (tool, ns[0], w) in cells
+        }
+        panels[tool] = {LABELS[w]: ts for w, ts in med.items()}
+        if not (limit or regsync):
+            continue
+        headers = ["N", "authscope"] + (["by hand", "authscope/limit"] if limit else [])
+        headers += ["regsync", "authscope/regsync"] if regsync else []
+        rows = []
+        for i, n in enumerate(ns):
+            ours = med["authscope"][i]
+            row = [str(n), f"{ours:.2f}"]
+            if limit:
+                row += [f"{med['limit'][i]:.2f}", f"{ours / med['limit'][i]:.3f}x"]
+            if regsync:
+                row += [f"{med['regsync'][i]:.2f}", f"{ours / med['regsync'][i]:.3f}x"]
+            rows.append(row)
+            if n == 8:
+                verdicts.append(
+                    (tool, ours / med["limit"][i] if limit else None, ours / med["regsync"][i] if regsync else None)
+                )
+        print(
+            f"yardsticks, tool {tool}, {transport} lab (image {image / H.MB:.1f} MB, {2 * a.delay_ms:g} ms RTT; "  # type: ignore[attr-defined]
+            f"wall seconds, medians of {a.repeat})"  # type: ignore[attr-defined]
+        )
+        print(H.table(headers, rows))
+        print()
+    for tool, to_limit, to_regsync in verdicts:
+        if to_limit is not None:
+            print(
+                f"goal: authscope <= 1.05x the {tool} copies by hand in parallel at N = 8, {transport} lab: "
+                f"{to_limit:.3f}x -> " + ("met" if to_limit <= 1.05 else "NOT met")
+            )
+        if to_regsync is not None:
+            print(
+                f"goal: authscope < regsync once at N = 8 ({tool}), {transport} lab: {to_regsync:.3f}x -> "
+                + ("met" if to_regsync < 1 else "NOT met")
+            )
+    for tool, events in traces.items():
+        print(f"\ntrace of one fan-out, tool {tool}, N = {max(ns)}, {transport} lab (seconds since it was launched)")
+        print(H.timeline(events))
+    if getattr(a, "plot", None):
+        title = f"authscope fanout vs yardsticks, {transport}, {image / H.MB:.1f} MB, {2 * a.delay_ms:g} ms RTT"  # type: ignore[attr-defined]
+        print(H.plot(a.plot, title, ns, panels))  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -115,6 +115,39 @@ def test_wan_fanout_prints_a_table_per_tool() -> None:
 
 
 @pytest.mark.e2e
+def test_wan_fanout_yardsticks_trace_and_plot() -> None:
+    """--limit (by hand in parallel), --regsync and --trace, cheaply: crane only, no serial loop."""
+    _require(*REGISTRY_TOOLS, "regsync")
+    plot = REPO / ".e2e-smoke-plot.png"
+    try:
+        out = _run(
+            "wan_fanout.py", "--quick", "--tools", "crane", "--no-loop",
+            "--limit", "--regsync", "--trace", "--plot", str(plot),
+        )  # fmt: skip
+        rows = _table_rows(out, "N  authscope  by hand")
+        assert [r[0] for r in rows] == ["1", "2"], out
+        for _n, ours, by_hand, to_limit, regsync, to_regsync in rows:
+            assert float(ours) > 0 and float(by_hand) > 0 and float(regsync) > 0, out
+            # The ratios are of the unrounded medians: within the table's rounding of the two.
+            assert float(to_limit.rstrip("x")) == pytest.approx(float(ours) / float(by_hand), rel=0.03), out
+            assert float(to_regsync.rstrip("x")) == pytest.approx(float(ours) / float(regsync), rel=0.03), out
+        # The by-hand script: a background copy per target, each in its own DOCKER_CONFIG, then wait.
+        assert "& pids+=($!)" in out and 'export DOCKER_CONFIG="$WORK/config-$3"' in out, out
+        # regsync's passwords come from the environment, never the file or argv.
+        assert "pass: '{{env \"TARGET_1_PASSWORD\"}}'" in out, out
+        # The trace: one row per target, its check, tool and read-back timed, its requests counted.
+        trace = out[out.index("trace of one fan-out") :]
+        row = next(line.split() for line in trace.splitlines() if line.startswith("t1 "))
+        assert all(re.fullmatch(r"\d+\.\d{3}", x) for x in row[1:8]), trace
+        assert "HEAD /v2/bench/" in trace and "reused" in trace, trace
+        written = re.search(r"^plot written to ", out, re.M) is not None
+        assert written == plot.exists(), out
+        assert written or "--plot: matplotlib is not installed" in out, out
+    finally:
+        plot.unlink(missing_ok=True)
+
+
+@pytest.mark.e2e
 def test_wan_fanout_over_tls_prints_its_table() -> None:
     _require(*REGISTRY_TOOLS, "openssl")
     out = _run("wan_fanout.py", "--quick", "--tls", "--tools", "crane")

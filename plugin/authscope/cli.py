@@ -639,10 +639,14 @@ def _remember(secrets: Sequence[str]) -> None:
 
 
 def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from . import release, targets
+    from . import targets
 
     spec = targets.load(a.file, environ, a.target)  # other targets' ${VAR}s need not be set
     settings = _gitlab_settings(a, environ)  # every missing CI variable now, before anything runs
+    if not a.dry_run and _credentials_present(spec, environ, a.target):
+        _warm_up(spec, a.target)  # their first round trips overlap with the imports below
+    from . import release
+
     options = release.Options(
         only=tuple(a.target),
         jobs=a.jobs,
@@ -671,6 +675,51 @@ def _cmd_fanout(a: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # After the reports: a GitLab failure never hides what landed where.
     published = settings is None or report.signal is not None or _publish_to_gitlab(settings, report, a)
     return code or (EXIT_OK if published else EXIT_GITLAB)
+
+
+def _credentials_present(spec: Any, environ: Mapping[str, str], only: Sequence[str]) -> bool:
+    """Whether every chosen target's credentials read as fanout.resolve_credentials reads
+    them (nothing remembered, nothing warned; a password_file only when it is a regular file,
+    which can be read twice): a run that stops at exit 2 for one contacts no registry."""
+    import stat
+
+    from .credentials import PASSWORD_LIMIT, check_text, read_file, text
+    from .errors import SecretSourceError
+
+    try:
+        for t in spec.targets:
+            if only and t.name not in only:
+                continue
+            user = environ.get(t.username_env) if t.username_env else t.username
+            if not user or (t.username_env and not check_text(user, t.username_env)):
+                return False
+            if t.password_env:
+                password = environ.get(t.password_env)
+                if not password or not check_text(password, t.password_env):
+                    return False
+            elif t.password_file:
+                if not stat.S_ISREG(os.stat(t.password_file).st_mode):
+                    return False
+                if not text(read_file(t.password_file, t.password_file, PASSWORD_LIMIT), t.password_file).rstrip(
+                    "\r\n"
+                ):
+                    return False
+            else:
+                return False
+    except (OSError, SecretSourceError):
+        return False
+    return True
+
+
+def _warm_up(spec: Any, only: Sequence[str]) -> None:
+    """registry.warm_up for the source and every chosen target (no credential is sent)."""
+    from .registry import warm_up
+
+    src = spec.source
+    warm_up(src.image.registry, ca_file=src.ca_file, insecure=src.insecure)
+    for t in spec.targets:
+        if not only or t.name in only:
+            warm_up(t.registry, ca_file=t.ca_file, insecure=t.insecure)
 
 
 def _gitlab_settings(a: argparse.Namespace, environ: Mapping[str, str]) -> Any:

@@ -187,8 +187,23 @@ def exec_command(a: Any, environ: Mapping[str, str]) -> int:
     return status
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once stdout and stderr are flushed, skipping the
+    interpreter's teardown (tens of milliseconds of module clean-up after a fan-out,
+    on the job's critical path). Only for a finished `fanout` run as the console
+    script: every scope is removed, every report written and closed, every
+    thread it waits for done by then."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or a broken pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """The console script: ``authscope COMMAND ...``; returns the exit code (as cli.main)."""
+    console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv == ["--version"]:
         print(f"authscope {__version__}", flush=True)  # what argparse's version action prints
@@ -197,7 +212,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if parsed is None:
         from .cli import main as full
 
-        return full(argv, environ)
+        code = full(argv, environ)
+        if console and argv[:1] == ["fanout"]:
+            exit_now(code)
+        return code
     from . import run
     from .errors import Interrupted
 

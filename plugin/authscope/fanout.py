@@ -20,11 +20,11 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from . import dockerconfig as dc
 from . import report as R
-from . import run, tools
+from . import run, tools, trace
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
 from .plan import Plan, TargetPlan, for_tags
@@ -42,6 +42,7 @@ from .scope import Scope, open_scope
 from .targets import Fanout, Target
 
 BACKOFF = 1.0  # seconds before the first retry; doubles each time
+CHECKS = 16  # credential checks run at once (Preflights), at least `jobs`
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,7 @@ class _Failure(Exception):
 def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
     t = tp.target
     started = time.monotonic()
+    trace.acting(t.name)
     fields = dict(name=t.name, registry=t.registry, repository=t.repository, tool=t.tool, tags=t.tags)
     if run.stopping():
         return R.Result(**fields, status=R.INTERRUPTED, error="not started: the run was interrupted", changed=False)  # type: ignore[arg-type]
@@ -475,6 +477,7 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         changed=changed,
     )
     verdict = f"landed {', '.join(tp.destinations)}" if status == R.OK else f"{status.upper()}: {error}"
+    trace.event("target", phase="end", status=status)
     if result.up_to_date:
         verdict = f"up to date: {', '.join(t.tags)} already hold {ctx.source_digest}; nothing copied"
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
@@ -531,6 +534,8 @@ def _preflight(
 ) -> Session:
     """Check the target's credentials at /v2/ before any tool runs; the
     session (its connection and token) is then reused to verify digests."""
+    trace.acting(t.name)
+    trace.event("preflight", phase="start")
     session = Session(
         t.registry,
         (creds.username, creds.password),
@@ -542,7 +547,9 @@ def _preflight(
         _check_credentials(t, session, timeout, retries, log, cancel)
     except BaseException:
         session.close()
+        trace.event("preflight", phase="end", ok=False)
         raise
+    trace.event("preflight", phase="end", ok=True)
     return session
 
 
@@ -553,8 +560,10 @@ class Preflights:
     def __init__(self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout) -> None:
         log = _Log(stream)
         self.cancel = threading.Event()  # set when the run ends early: stop retrying
+        # Checks are one small request each: up to CHECKS at once whatever `jobs`
+        # (which bounds the copies), so no target's check queues behind another's.
         self.pool = ThreadPoolExecutor(
-            max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope-check"
+            max_workers=max(1, min(len(plan.targets), max(plan.jobs, CHECKS))), thread_name_prefix="authscope-check"
         )
         self.futures: dict[str, Future[Session]] = {
             tp.target.name: self.pool.submit(
@@ -567,7 +576,11 @@ class Preflights:
     def take(self, name: str) -> Session:
         """The checked session of one target (raises its _Failure)."""
         self.taken.add(name)
-        return self.futures[name].result()
+        trace.event("wait", phase="start", what="preflight")
+        try:
+            return self.futures[name].result()
+        finally:
+            trace.event("wait", phase="end", what="preflight")
 
     def __enter__(self) -> Preflights:
         return self
@@ -683,12 +696,15 @@ def _copy(
         def one(step: tools.Step, attempt: int = attempt) -> tuple[int, bool]:
             argv = tools.fill_scope(step.argv, scope.path)
             ctx.log(f"authscope: [{t.name}] $ {tools.display(step.argv)}")
+            trace.event("tool", phase="start", tool=argv[0], attempt=attempt)
             try:
                 return run.run_captured(argv, env, masker, line, deadline)
             except AuthscopeError as exc:  # the tool is not installed
                 raise _Failure(
                     str(exc), f"install {argv[0]} in the job's image, or choose another tool:", attempts=attempt
                 ) from None
+            finally:
+                trace.event("tool", phase="end", tool=argv[0])
 
         for group in _batches(tp.steps):
             scope.reset()  # each command (each batch of referrer copies) starts from the layered config
@@ -823,6 +839,7 @@ def _verify(
     since (an up-to-date target): not read again."""
     t = tp.target
     digests: dict[str, str | None] = {}
+    trace.event("verify", phase="start")
     for tag in t.tags:
 
         def read(_attempt: int, tag: str = tag) -> str | None:
@@ -844,6 +861,7 @@ def _verify(
                 if t.tool in ("podman", "buildah")
                 else "the tool changed the image on the way (a single-platform copy or a format conversion); crane and regctl copy it unchanged",
             )
+    trace.event("verify", phase="end")
     return digests
 
 
@@ -979,12 +997,14 @@ def resolve_source_and_referrers(
     from .referrers import discover as find
 
     src = fanout.source
+    trace.event("source", phase="start")
     cfg = base.snapshot().config
     auth = source_credentials(cfg, src.image.registry, environ, base.path)
     try:
         with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
             digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
             found = find(session, src.image.repository, digest) if discover else ()
+            trace.event("source", phase="end")
             return digest, session.schemes == ["http"], found
     except RegistryError as exc:
         hint = ""
@@ -1081,6 +1101,11 @@ def _source_diagnosis(output: Sequence[str], registry: str) -> tuple[bool, str]:
     return bool(_TRANSIENT.search(text)), "see the output above"
 
 
+def _check_done(check: Future[Session]) -> bool:
+    """Whether a target's credential check has ended (its target may take a slot)."""
+    return check.done()
+
+
 def execute(
     plan: Plan,
     source_digest: str,
@@ -1125,15 +1150,35 @@ def execute(
         force,
     )
     results: dict[str, R.Result] = {}
+    # A target starts (takes one of the `jobs` slots) once its credential check
+    # is done, in the order the checks end: a slow check (a registry retried
+    # with backoff) holds up its own target only, never another's copy. With
+    # --fail-fast, in file order: a later target must not land before an
+    # earlier one fails.
+    checks: Mapping[str, Future[Session]] = preflights.futures if preflights is not None and not fail_fast else {}
+    waiting = list(plan.targets)
+
+    def ready(tp: TargetPlan) -> bool:
+        check = checks.get(tp.target.name)
+        return check is None or _check_done(check) or run.stopping()
+
     with ThreadPoolExecutor(
         max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope"
     ) as pool:
-        futures: dict[Future[R.Result], TargetPlan] = {pool.submit(run_target, tp, ctx): tp for tp in plan.targets}
-        pending = set(futures)
-        while pending:
+        futures: dict[Future[R.Result], TargetPlan] = {}
+        pending: set[Future[R.Result]] = set()
+        while pending or waiting:
+            for tp in [tp for tp in waiting if ready(tp)]:
+                waiting.remove(tp)
+                future = pool.submit(run_target, tp, ctx)
+                futures[future] = tp
+                pending.add(future)
             # Short waits keep the main thread free to take signals.
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in done:
+            watched: set[Future[Any]] = set(pending)
+            watched.update(checks[tp.target.name] for tp in waiting if tp.target.name in checks)
+            finished, _ = wait(watched, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in [f for f in pending if f in finished]:
+                pending.discard(future)
                 tp = futures[future]
                 try:
                     results[tp.target.name] = future.result()

@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import __version__
+from . import __version__, trace
 from .dockerconfig import api_host, encode_auth, is_loopback
 from .errors import RegistryError, SecretSourceError
 
@@ -406,6 +406,124 @@ def _context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
 
 Answer = tuple[int, dict[str, str], bytes]
 
+# -- warming up: learn a registry's scheme and challenge while authscope starts ----------
+#
+# A fan-out knows every registry it will talk to as soon as the targets file is
+# read, long before its first request (the rest of authscope is imported
+# meanwhile). `warm_up` sends each, in a thread of its own, what every session
+# starts with anyway: a bare `GET /v2/` with no credentials (HTTPS; plain HTTP
+# only where a session would fall back to it: insecure or loopback, overlapped
+# as `_request_either` does). What it learns (the scheme, the challenge) goes to
+# _SCHEME / _CHALLENGE, and its open connection to the first session of that
+# registry with the same trust settings: that session's first request then
+# goes out at once, authorised, on a connection whose TCP and TLS handshakes are
+# done. Nothing secret is sent; a registry that does not answer is left to the
+# sessions, which report it as before.
+_WARMING: dict[str, threading.Thread] = {}
+_IDLE: dict[tuple[str, str, str | None, bool], list[http.client.HTTPConnection]] = {}
+_IDLE_LOCK = threading.Lock()
+
+
+def warm_up(registry: str, *, ca_file: str | None = None, insecure: bool = False, timeout: float = TIMEOUT) -> None:
+    """Start a warm-up of ``registry`` (see above) unless one ran or is running."""
+    host = api_host(registry)
+    with _IDLE_LOCK:
+        if host in _WARMING or host in _SCHEME:
+            return
+        try:
+            ctx = _context(ca_file, insecure)
+        except (OSError, SecretSourceError, ValueError):  # the session reports it, with its context
+            return
+        either = insecure or is_loopback(host)
+        thread = threading.Thread(
+            target=_warm,
+            args=(host, ctx, (ca_file, insecure), either, timeout),
+            name=f"authscope-warm-{host}",
+            daemon=True,
+        )
+        _WARMING[host] = thread
+    thread.start()
+
+
+def _warm(host: str, ctx: ssl.SSLContext, trust: tuple[str | None, bool], either: bool, timeout: float) -> None:
+    probe = _PlainProbe(host, timeout) if either else None
+    conn = _connection("https", host, timeout, ctx, _ProbeAnswer)
+    began = time.monotonic()
+    try:
+        conn.request("GET", "/v2/", headers={"User-Agent": USER_AGENT})
+        response = conn.getresponse()
+        assert isinstance(response, _Answer)
+        response.read_all()
+        trace.event(
+            "warm", host=host, scheme="https", status=response.status, ms=round((time.monotonic() - began) * 1000, 2)
+        )
+        challenge = parse_challenge(response.getheader("WWW-Authenticate") or "") if response.status == 401 else None
+        will_close = response.will_close
+    except Exception:  # noqa: BLE001 - HTTPS did not answer usably: plain HTTP, if allowed, else nothing learnt
+        conn.close()
+        if probe is None:
+            return
+        plain, _ = probe.wait()
+        trace.event(
+            "warm", host=host, scheme="http", ok=plain is not None, ms=round((time.monotonic() - began) * 1000, 2)
+        )
+        if plain is None:
+            return
+        _learnt(host, "http", probe.challenge, plain, trust, False)
+        return
+    if probe is not None:
+        probe.drop()
+    usable = challenge if challenge and (challenge[0] == "basic" or challenge[1].get("realm")) else None
+    _learnt(host, "https", usable, conn, trust, will_close)
+
+
+def _learnt(
+    host: str,
+    scheme: str,
+    challenge: tuple[str, dict[str, str]] | None,
+    conn: http.client.HTTPConnection,
+    trust: tuple[str | None, bool],
+    will_close: bool,
+) -> None:
+    with _IDLE_LOCK:
+        _SCHEME.setdefault(host, scheme)
+        if challenge is not None:
+            _CHALLENGE.setdefault(host, challenge)
+        if will_close or _SCHEME[host] != scheme:
+            conn.close()
+            return
+        conn.response_class = _Answer  # from now on, API answers: the probe's 64 KiB limit no longer applies
+        _IDLE.setdefault((scheme, host, *trust), []).append(conn)
+
+
+WARM_WAIT = 5.0  # at most this long a session waits for a warm-up; then it goes on by itself
+
+
+def _await_warm_up(host: str, timeout: float) -> None:
+    """Wait (at most ``timeout``, and WARM_WAIT) for a warm-up of ``host`` still running: a
+    registry that does not answer costs a session its own timeout, not that plus the warm-up's."""
+    thread = _WARMING.get(host)
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join(min(timeout, WARM_WAIT))
+
+
+def _take_idle(scheme: str, host: str, trust: tuple[str | None, bool]) -> http.client.HTTPConnection | None:
+    with _IDLE_LOCK:
+        idle = _IDLE.get((scheme, host, *trust))
+        return idle.pop() if idle else None
+
+
+def close_idle() -> None:
+    """Close every warmed-up connection no session took. Never raises."""
+    with _IDLE_LOCK:
+        conns = [c for idle in _IDLE.values() for c in idle]
+        _IDLE.clear()
+    for conn in conns:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - cleanup
+            pass
+
 
 class Session:
     """One registry, one identity: follows challenges, caches the token, and
@@ -425,6 +543,8 @@ class Session:
         self.timeout = timeout
         self.auth = auth
         self.ctx = _context(ca_file, insecure)
+        self._trust = (ca_file, insecure)
+        _await_warm_up(self.host, timeout)
         # HTTPS first; plain HTTP only for --insecure or a loopback registry,
         # as the docker CLI does for registries it treats as insecure.
         self.schemes: list[str] = ["https", "http"] if insecure or is_loopback(self.host) else ["https"]
@@ -465,8 +585,16 @@ class Session:
         for attempt in (1, 2):
             conn = self._connections.get(key)
             if conn is None:
-                conn = _connection(parts.scheme, parts.netloc, self.timeout, self.ctx)
+                conn = (
+                    _take_idle(parts.scheme, parts.netloc, self._trust)
+                    if attempt == 1 and parts.netloc == self.host
+                    else None
+                ) or _connection(parts.scheme, parts.netloc, self.timeout, self.ctx)
+                conn.timeout = self.timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(self.timeout)
                 self._connections[key] = conn
+            fresh, began = conn.sock is None, time.monotonic()
             try:
                 try:
                     conn.request(method, target, body=body, headers=headers)
@@ -480,6 +608,11 @@ class Session:
                 if response.will_close:
                     conn.close()
                     del self._connections[key]
+                if trace.PATH is not None:  # the path only: a token realm's query is no business of a trace
+                    trace.event(
+                        "http", method=method, host=parts.netloc, path=parts.path, status=response.status,
+                        ms=round((time.monotonic() - began) * 1000, 2), new=fresh,
+                    )  # fmt: skip
                 return response.status, dict(response.getheaders()), body
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 # A kept-alive connection the server closed meanwhile: once more, fresh.
@@ -490,6 +623,9 @@ class Session:
             except BaseException as exc:
                 conn.close()
                 self._connections.pop(key, None)
+                if trace.PATH is not None:
+                    trace.event("http", method=method, host=parts.netloc, path=parts.path, status=None,
+                                error=type(exc).__name__, ms=round((time.monotonic() - began) * 1000, 2), new=fresh)  # fmt: skip
                 bad = _malformed(exc, f"{parts.scheme}://{parts.netloc}{parts.path}")
                 if bad:
                     raise RegistryAnswerError(self.registry, bad) from None
@@ -588,6 +724,8 @@ class Session:
             )
         if not usable or (challenge == "basic" and self.auth is None):
             return status, answer, content
+        if challenge == "basic" and headers.get("Authorization") == self._basic():
+            return status, answer, content  # the credentials went with it (the challenge was known): refused
         _CHALLENGE[self.host] = (challenge, params)
         self._authorize(challenge, params, scope, over)
         headers["Authorization"] = self.authorization or ""

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import fanout, plan
+from . import fanout, plan, trace
 from . import report as R
 from .base import Base
 from .dockerconfig import base_dir
@@ -92,6 +92,7 @@ def run(
     tools' output, their verdicts) goes to ``stream`` (default: stdout, as it
     is when the run starts)."""
     stream = stream or sys.stdout
+    trace.event("run", phase="start", targets=len(spec.targets))
     credentials = fanout.resolve_credentials(spec, environ, options.only, warn=warn)
     base = Base(base_dir(options.config_dir, environ))
     draft = make_plan(spec, options)
@@ -146,6 +147,7 @@ def run(
                 f"{len(artifacts)} signature(s), attestation(s) and referrer(s) go along"
                 + (": " + ", ".join(a.label for a in artifacts) if artifacts else "")
             )
+        trace.event("execute", phase="start")
         results = fanout.execute(
             final,
             digest,
@@ -162,6 +164,7 @@ def run(
             secrets=options.masked,
             stream=stream,
         )
+    trace.event("run", phase="end")
     return report(results, digest)
 
 
