@@ -357,6 +357,7 @@ class _Context:
     targets: tuple[Target, ...] = ()  # every target of the file, for tool_environ
     withheld: tuple[str, ...] = ()  # variables no tool gets (tool_environ)
     force: bool = False  # --force: copy targets that are up to date too
+    pull: Callable[[], None] | None = None  # pull_once: the source's one pull, run by the first target to need it
 
 
 class _Failure(Exception):
@@ -418,6 +419,9 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 digests = _verify(tp, ctx, session, deadline, known=held)
                 copied = tuple(a.as_json() for a in tp.referrers)
             else:
+                if ctx.pull is not None:
+                    _pulled(ctx)
+                    deadline = max(deadline, time.monotonic() + ctx.plan.timeout)  # the wait is the pull's time
                 plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
                 entry = dc.auth_entry(creds.username, creds.password)
                 with open_scope(
@@ -479,6 +483,21 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         verdict = f"up to date: {', '.join(t.tags)} already hold {ctx.source_digest}; nothing copied"
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
     return result
+
+
+def _pulled(ctx: _Context) -> None:
+    """pull_once: wait for the source's one pull (run by the first target that
+    needs a copy); a pull that failed fails this target with its error."""
+    assert ctx.pull is not None
+    try:
+        ctx.pull()
+    except RegistryError as exc:
+        status = R.INTERRUPTED if run.stopping() else R.FAILED
+        raise _Failure(
+            f"not copied: the source was not pulled once ({exc.reason})",
+            "every target that needed a copy failed with the pull: see the [pull] lines above",
+            status,
+        ) from None
 
 
 def _pause(seconds: float, cancel: threading.Event | None) -> bool:
@@ -1064,13 +1083,15 @@ def execute(
     withheld: Sequence[str] = (),
     secrets: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
+    pull: Callable[[], None] | None = None,
 ) -> tuple[R.Result, ...]:
     """Run every target of ``plan``; a Result for each, in plan order.
 
     ``targets``: every target of the file (default: the plan's), whose
     credential variables a tool gets only for its own target; ``withheld``:
     variables no tool gets; ``secrets``: more to mask (the GitLab token);
-    ``force``: copy targets whose tags already hold ``source_digest`` too.
+    ``force``: copy targets whose tags already hold ``source_digest`` too;
+    ``pull``: pull_once's pull, called (it must run once) before a copy.
     """
     log = _Log(stream)
     plain = (plan.source.image.registry,) if source_plain_http else ()
@@ -1090,6 +1111,7 @@ def execute(
         tuple(targets) or tuple(tp.target for tp in plan.targets),
         tuple(withheld),
         force,
+        pull,
     )
     results: dict[str, R.Result] = {}
     with ThreadPoolExecutor(
