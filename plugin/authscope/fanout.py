@@ -569,19 +569,42 @@ class Preflights:
     """Every target's credential check, started before the source is read:
     they don't depend on it, so their round trips overlap with its."""
 
-    def __init__(self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout) -> None:
+    def __init__(
+        self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout, force: bool = False
+    ) -> None:
         log = _Log(stream)
         self.cancel = threading.Event()  # set when the run ends early: stop retrying
+        # What each target's tags hold, read with HEAD (_read_tags) right after its check,
+        # while the source is still being read: they don't depend on its digest.
+        self.held: dict[str, dict[str, str | None]] = {}
+        checked = _preflight if force else self._check_and_read
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, min(plan.jobs, len(plan.targets))), thread_name_prefix="authscope-check"
         )
         self.futures: dict[str, Future[Session]] = {
             tp.target.name: self.pool.submit(
-                _preflight, tp.target, credentials[tp.target.name], plan.timeout, plan.retries, log, self.cancel
+                _preflight if tp.target.force else checked,
+                tp.target,
+                credentials[tp.target.name],
+                plan.timeout,
+                plan.retries,
+                log,
+                self.cancel,
             )
             for tp in plan.targets
         }
         self.taken: set[str] = set()
+
+    def _check_and_read(
+        self, t: Target, creds: Credentials, timeout: float, retries: int, log: _Log, cancel: threading.Event
+    ) -> Session:
+        session = _preflight(t, creds, timeout, retries, log, cancel)
+        try:
+            self.held[t.name] = _read_tags(t, session, log, cancel)  # the check's token covers the HEADs
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     def take(self, name: str) -> Session:
         """The checked session of one target (raises its _Failure)."""
@@ -854,17 +877,10 @@ def _held(tp: TargetPlan, ctx: _Context, session: Session) -> dict[str, str | No
     pull permission): the target is then copied as before, whole.
     """
     t = tp.target
-    held: dict[str, str | None] = {}
-    for tag in t.tags:
-        if run.stopping():
-            return {}
-        try:
-            held[tag] = session.head_digest(t.repository, tag)
-        except RegistryError as exc:
-            ctx.log(
-                f"authscope: [{t.name}] could not tell whether {tag} is up to date ({exc.reason}); copying every tag"
-            )
-            return {}
+    early = ctx.preflights.held.get(t.name) if ctx.preflights is not None else None
+    held = early if early is not None else _read_tags(t, session, ctx.log)
+    if not held:
+        return {}
     right = [tag for tag in t.tags if held[tag] == ctx.source_digest]
     if right and len(right) < len(t.tags):
         wrong = [tag for tag in t.tags if tag not in right]
@@ -872,6 +888,20 @@ def _held(tp: TargetPlan, ctx: _Context, session: Session) -> dict[str, str | No
             f"authscope: [{t.name}] {', '.join(right)} already hold{'s' if len(right) == 1 else ''} "
             f"{ctx.source_digest}; copying only {', '.join(wrong)}"
         )
+    return held
+
+
+def _read_tags(t: Target, session: Session, log: _Log, cancel: threading.Event | None = None) -> dict[str, str | None]:
+    """HEAD of every tag of ``t`` ({tag: digest or None}); {} when one can't be read, or the run stops."""
+    held: dict[str, str | None] = {}
+    for tag in t.tags:
+        if run.stopping() or (cancel is not None and cancel.is_set()):
+            return {}
+        try:
+            held[tag] = session.head_digest(t.repository, tag)
+        except RegistryError as exc:
+            log(f"authscope: [{t.name}] could not tell whether {tag} is up to date ({exc.reason}); copying every tag")
+            return {}
     return held
 
 
@@ -969,8 +999,13 @@ def resolve_source_and_referrers(
     auth = source_credentials(cfg, src.image.registry, environ, base.path)
     try:
         with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
-            digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
-            found = find(session, src.image.repository, digest) if discover else ()
+            reference = src.image.digest or src.image.tag or "latest"
+            if not discover:
+                digest = session.manifest_digest(src.image.repository, reference)
+                return digest, session.schemes == ["http"], ()
+            # Discovery reads the manifest anyway: one GET resolves the digest too (a round trip fewer).
+            digest, known = session.resolve(src.image.repository, reference)
+            found = find(session, src.image.repository, digest, known=known)
             return digest, session.schemes == ["http"], found
     except RegistryError as exc:
         hint = ""

@@ -116,7 +116,10 @@ def run(
             tuple(guard),
         )
 
-    with _layout_dir(draft.layout is not None) as layout, fanout.Preflights(draft, credentials, stream) as checks:
+    with (
+        _layout_dir(draft.layout is not None) as layout,
+        fanout.Preflights(draft, credentials, stream, force=options.force) as checks,
+    ):
         try:
             # What refers to the source (signatures, attestations, SBOMs) is
             # found here, once, for every target (referrers.discover).
