@@ -358,6 +358,7 @@ class _Context:
     targets: tuple[Target, ...] = ()  # every target of the file, for tool_environ
     withheld: tuple[str, ...] = ()  # variables no tool gets (tool_environ)
     force: bool = False  # --force: copy targets that are up to date too
+    pull: Callable[[], None] | None = None  # pull_once: the source's one pull, run by the first target to need it
 
 
 class _Failure(Exception):
@@ -420,6 +421,9 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 digests = _verify(tp, ctx, session, deadline, known=held)
                 copied = tuple(a.as_json() for a in tp.referrers)
             else:
+                if ctx.pull is not None:
+                    _pulled(ctx)
+                    deadline = max(deadline, time.monotonic() + ctx.plan.timeout)  # the wait is the pull's time
                 plain_http = ctx.plain_http + ((t.registry,) if session.schemes == ["http"] else ())
                 entry = dc.auth_entry(creds.username, creds.password)
                 with open_scope(
@@ -482,6 +486,21 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         verdict = f"up to date: {', '.join(t.tags)} already hold {ctx.source_digest}; nothing copied"
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
     return result
+
+
+def _pulled(ctx: _Context) -> None:
+    """pull_once: wait for the source's one pull (run by the first target that
+    needs a copy); a pull that failed fails this target with its error."""
+    assert ctx.pull is not None
+    try:
+        ctx.pull()
+    except RegistryError as exc:
+        status = R.INTERRUPTED if run.stopping() else R.FAILED
+        raise _Failure(
+            f"not copied: the source was not pulled once ({exc.reason})",
+            "every target that needed a copy failed with the pull: see the [pull] lines above",
+            status,
+        ) from None
 
 
 def _pause(seconds: float, cancel: threading.Event | None) -> bool:
@@ -557,9 +576,15 @@ class Preflights:
     """Every target's credential check, started before the source is read:
     they don't depend on it, so their round trips overlap with its."""
 
-    def __init__(self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout) -> None:
+    def __init__(
+        self, plan: Plan, credentials: Mapping[str, Credentials], stream: IO[str] = sys.stdout, force: bool = False
+    ) -> None:
         log = _Log(stream)
         self.cancel = threading.Event()  # set when the run ends early: stop retrying
+        # What each target's tags hold, read with HEAD (_read_tags) right after its check,
+        # while the source is still being read: they don't depend on its digest.
+        self.held: dict[str, dict[str, str | None]] = {}
+        checked = _preflight if force else self._check_and_read
         # Checks are one small request each: up to CHECKS at once whatever `jobs`
         # (which bounds the copies), so no target's check queues behind another's.
         self.pool = ThreadPoolExecutor(
@@ -567,11 +592,28 @@ class Preflights:
         )
         self.futures: dict[str, Future[Session]] = {
             tp.target.name: self.pool.submit(
-                _preflight, tp.target, credentials[tp.target.name], plan.timeout, plan.retries, log, self.cancel
+                _preflight if tp.target.force else checked,
+                tp.target,
+                credentials[tp.target.name],
+                plan.timeout,
+                plan.retries,
+                log,
+                self.cancel,
             )
             for tp in plan.targets
         }
         self.taken: set[str] = set()
+
+    def _check_and_read(
+        self, t: Target, creds: Credentials, timeout: float, retries: int, log: _Log, cancel: threading.Event
+    ) -> Session:
+        session = _preflight(t, creds, timeout, retries, log, cancel)
+        try:
+            self.held[t.name] = _read_tags(t, session, log, cancel)  # the check's token covers the HEADs
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     def take(self, name: str) -> Session:
         """The checked session of one target (raises its _Failure)."""
@@ -886,17 +928,10 @@ def _held(tp: TargetPlan, ctx: _Context, session: Session) -> dict[str, str | No
     pull permission): the target is then copied as before, whole.
     """
     t = tp.target
-    held: dict[str, str | None] = {}
-    for tag in t.tags:
-        if run.stopping():
-            return {}
-        try:
-            held[tag] = session.head_digest(t.repository, tag)
-        except RegistryError as exc:
-            ctx.log(
-                f"authscope: [{t.name}] could not tell whether {tag} is up to date ({exc.reason}); copying every tag"
-            )
-            return {}
+    early = ctx.preflights.held.get(t.name) if ctx.preflights is not None else None
+    held = early if early is not None else _read_tags(t, session, ctx.log)
+    if not held:
+        return {}
     right = [tag for tag in t.tags if held[tag] == ctx.source_digest]
     if right and len(right) < len(t.tags):
         wrong = [tag for tag in t.tags if tag not in right]
@@ -904,6 +939,20 @@ def _held(tp: TargetPlan, ctx: _Context, session: Session) -> dict[str, str | No
             f"authscope: [{t.name}] {', '.join(right)} already hold{'s' if len(right) == 1 else ''} "
             f"{ctx.source_digest}; copying only {', '.join(wrong)}"
         )
+    return held
+
+
+def _read_tags(t: Target, session: Session, log: _Log, cancel: threading.Event | None = None) -> dict[str, str | None]:
+    """HEAD of every tag of ``t`` ({tag: digest or None}); {} when one can't be read, or the run stops."""
+    held: dict[str, str | None] = {}
+    for tag in t.tags:
+        if run.stopping() or (cancel is not None and cancel.is_set()):
+            return {}
+        try:
+            held[tag] = session.head_digest(t.repository, tag)
+        except RegistryError as exc:
+            log(f"authscope: [{t.name}] could not tell whether {tag} is up to date ({exc.reason}); copying every tag")
+            return {}
     return held
 
 
@@ -1002,8 +1051,14 @@ def resolve_source_and_referrers(
     auth = source_credentials(cfg, src.image.registry, environ, base.path)
     try:
         with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
-            digest = session.manifest_digest(src.image.repository, src.image.digest or src.image.tag or "latest")
-            found = find(session, src.image.repository, digest) if discover else ()
+            reference = src.image.digest or src.image.tag or "latest"
+            if not discover:
+                digest = session.manifest_digest(src.image.repository, reference)
+                trace.event("source", phase="end")
+                return digest, session.schemes == ["http"], ()
+            # Discovery reads the manifest anyway: one GET resolves the digest too (a round trip fewer).
+            digest, known = session.resolve(src.image.repository, reference)
+            found = find(session, src.image.repository, digest, known=known)
             trace.event("source", phase="end")
             return digest, session.schemes == ["http"], found
     except RegistryError as exc:
@@ -1122,13 +1177,15 @@ def execute(
     withheld: Sequence[str] = (),
     secrets: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
+    pull: Callable[[], None] | None = None,
 ) -> tuple[R.Result, ...]:
     """Run every target of ``plan``; a Result for each, in plan order.
 
     ``targets``: every target of the file (default: the plan's), whose
     credential variables a tool gets only for its own target; ``withheld``:
     variables no tool gets; ``secrets``: more to mask (the GitLab token);
-    ``force``: copy targets whose tags already hold ``source_digest`` too.
+    ``force``: copy targets whose tags already hold ``source_digest`` too;
+    ``pull``: pull_once's pull, called (it must run once) before a copy.
     """
     log = _Log(stream)
     plain = (plan.source.image.registry,) if source_plain_http else ()
@@ -1148,6 +1205,7 @@ def execute(
         tuple(targets) or tuple(tp.target for tp in plan.targets),
         tuple(withheld),
         force,
+        pull,
     )
     results: dict[str, R.Result] = {}
     # A target starts (takes one of the `jobs` slots) once its credential check

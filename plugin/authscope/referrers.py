@@ -74,10 +74,10 @@ def cosign_tags(subject: str, tags: Sequence[str] | None) -> list[str]:
     return sorted(t for t in tags if t.startswith(prefix) and len(t) > len(prefix))
 
 
-def _platforms(session: Session, repository: str, digest: str) -> list[str]:
+def _platforms(session: Session, repository: str, digest: str, known: tuple[str, bytes] | None = None) -> list[str]:
     from .registry import descriptors
 
-    found = session.manifest(repository, digest)
+    found = session.manifest(repository, digest) if known is None else (known[0], digest, known[1])
     if found is None or found[0] not in INDEX_TYPES:
         if found is not None and not found[0]:  # no Content-Type: look inside
             try:
@@ -99,12 +99,19 @@ def _fallback_entries(session: Session, repository: str, subject: str) -> list[d
     return descriptors(session.registry, found[2], f"{repository}:{fallback_tag(subject)}")
 
 
-def discover(session: Session, repository: str, digest: str, limit: int = MAX_ARTIFACTS) -> tuple[Artifact, ...]:
+def discover(
+    session: Session,
+    repository: str,
+    digest: str,
+    limit: int = MAX_ARTIFACTS,
+    known: tuple[str, bytes] | None = None,
+) -> tuple[Artifact, ...]:
     """Everything that refers to ``repository@digest`` and its platform
-    manifests, recursively, in the order found (subjects before what refers to them)."""
+    manifests, recursively, in the order found (subjects before what refers to them).
+    ``known``: (media type, body) of ``digest``, already read and hashed (Session.resolve)."""
     from .registry import RegistryAnswerError
 
-    subjects = [digest, *_platforms(session, repository, digest)]
+    subjects = [digest, *_platforms(session, repository, digest, known)]
     tags = session.tags(repository)  # one round trip instead of four HEADs per subject
     api: bool | None = None  # does the source have the referrers API? Known after the first ask
     found: dict[tuple[str, str | None], Artifact] = {}

@@ -827,6 +827,35 @@ class Session:
             retry_after(headers),
         )
 
+    def resolve(self, repository: str, reference: str) -> tuple[str, tuple[str, bytes] | None]:
+        """``manifest_digest`` with one GET instead of a HEAD and then a GET:
+        (the digest, and (media type, body) when the body hashes to it, else
+        None). For a caller that reads the manifest anyway (referrers.discover)."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        status, headers, body = self.request("GET", path, {"Accept": MANIFEST_TYPES}, f"repository:{repository}:pull")
+        if status != 200:
+            raise RegistryHTTPError(
+                self.registry,
+                status,
+                f"{self.registry}/{repository}:{reference}",
+                self._shown_explained(status, body),
+                retry_after(headers),
+            )
+        hashed = "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = _header(headers, "Docker-Content-Digest") or hashed
+        if not _DIGEST.fullmatch(digest):  # it goes into reports, logs and the tools' argv
+            raise RegistryAnswerError(
+                self.registry,
+                f"{self.registry}/{repository}:{reference} has a Docker-Content-Digest that is not a digest: "
+                f"{self._shown(digest)}",
+            )
+        if reference.startswith("sha256:") and hashed != reference:
+            raise RegistryAnswerError(
+                self.registry, f"{self.registry}/{repository}@{reference} answered with a manifest of digest {hashed}"
+            )
+        media_type = _header(headers, "Content-Type").partition(";")[0].strip()
+        return digest, ((media_type, body) if hashed == digest else None)
+
     def _shown_explained(self, status: int, body: bytes) -> str:
         text = explain_status(status, body)
         for secret in self._secrets():

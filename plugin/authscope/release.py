@@ -2,14 +2,17 @@
 
 The flow, in order: read every chosen target's credentials (all missing ones
 at once, exit 2); start every target's credential check, which overlaps with
-reading the source; resolve the source's digest with the base's login; with
-pull_once, fetch the source once into a local layout; build the final plan
-(the source by digest); run every target (fanout.execute, where
-``run_target`` is what happens to one target); and return the report, with
-what the base guard restored outside the targets' scopes.
+reading the source; resolve the source's digest with the base's login; build
+the final plan (the source by digest); run every target (fanout.execute, where
+``run_target`` is what happens to one target: with pull_once, the first target
+that needs a copy fetches the source once into a local layout, the others wait
+for it, and targets that are up to date never read it); and return the report,
+with what the base guard restored outside the targets' scopes.
 
 A source that cannot be read ends the run there: every target is reported
-failed (or interrupted) with the source's problem in ``Report.error``.
+failed (or interrupted) with the source's problem in ``Report.error``. A
+pull_once pull that fails fails every target that needed it, and is
+``Report.error`` too.
 Nothing here prints errors or chooses exit codes: that is cli's job.
 """
 
@@ -27,7 +30,7 @@ from . import fanout, plan, trace
 from . import report as R
 from .base import Base
 from .dockerconfig import base_dir
-from .errors import RegistryError
+from .errors import AuthscopeError, RegistryError
 from .run import received_signal
 from .targets import Fanout
 
@@ -114,7 +117,10 @@ def run(
             tuple(guard),
         )
 
-    with _layout_dir(draft.layout is not None) as layout, fanout.Preflights(draft, credentials, stream) as checks:
+    with (
+        _layout_dir(draft.layout is not None) as layout,
+        fanout.Preflights(draft, credentials, stream, force=options.force) as checks,
+    ):
         try:
             # What refers to the source (signatures, attestations, SBOMs) is
             # found here, once, for every target (referrers.discover).
@@ -122,8 +128,25 @@ def run(
                 spec, base, environ, discover=draft.referrers_on
             )
             final = make_plan(spec, options, source_digest=digest, layout=layout, artifacts=artifacts)
-            if final.pull is not None:
-                fanout.pull_source(
+        except RegistryError as exc:
+            # Nothing was copied: every target fails with the source's problem,
+            # or is interrupted when a signal is what stopped reading it.
+            interrupted = received_signal() is not None
+            status, error = (R.INTERRUPTED, f"interrupted: {exc}") if interrupted else (R.FAILED, str(exc))
+            return report(fanout.none_copied(draft, status, error), None, error)
+        say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
+        if final.referrers_on:
+            say(
+                f"{len(artifacts)} signature(s), attestation(s) and referrer(s) go along"
+                + (": " + ", ".join(a.label for a in artifacts) if artifacts else "")
+            )
+        pull = None
+        if final.pull is not None:
+            # Pulled only when the first target that needs a copy asks (a re-run of
+            # an up-to-date release reads no blob from the source), once.
+            pull = _PullOnce(
+                image.registry,
+                lambda: fanout.pull_source(
                     final,
                     base,
                     environ,
@@ -134,18 +157,7 @@ def run(
                     withheld=options.withheld,
                     stream=stream,
                     restored=guard,
-                )
-        except RegistryError as exc:
-            # Nothing was copied: every target fails with the source's problem,
-            # or is interrupted when a signal is what stopped the pull.
-            interrupted = received_signal() is not None
-            status, error = (R.INTERRUPTED, f"interrupted: {exc}") if interrupted else (R.FAILED, str(exc))
-            return report(fanout.none_copied(draft, status, error), None, error)
-        say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
-        if final.referrers_on:
-            say(
-                f"{len(artifacts)} signature(s), attestation(s) and referrer(s) go along"
-                + (": " + ", ".join(a.label for a in artifacts) if artifacts else "")
+                ),
             )
         trace.event("execute", phase="start")
         results = fanout.execute(
@@ -163,9 +175,48 @@ def run(
             withheld=options.withheld,
             secrets=options.masked,
             stream=stream,
+            pull=pull,
         )
     trace.event("run", phase="end")
+    if pull is not None and isinstance(pull.error, RegistryError):
+        # No target was copied: those that needed the pull failed with it, the others were up to date.
+        interrupted = received_signal() is not None
+        return report(results, digest, f"interrupted: {pull.error}" if interrupted else str(pull.error))
     return report(results, digest)
+
+
+class _PullOnce:
+    """pull_once, lazily: ``pull`` runs when the first target that needs a copy
+    calls, under a lock: the others wait for it, and it never runs twice. A
+    pull that failed raises its error to every caller (fanout fails each
+    target that needed it with it)."""
+
+    def __init__(self, registry: str, pull: Callable[[], None]) -> None:
+        import threading
+
+        self._registry = registry
+        self._pull = pull
+        self._lock = threading.Lock()
+        self._done = False
+        self.error: BaseException | None = None
+
+    def __call__(self) -> None:
+        with self._lock:
+            if not self._done:
+                self._done = True
+                try:
+                    self._pull()
+                except RegistryError as exc:
+                    self.error = exc
+                except AuthscopeError as exc:  # its scope could not be opened: no copy can start from it
+                    self.error = RegistryError(self._registry, f"could not pull the source: {exc}")
+                except BaseException as exc:  # a bug, or a signal: no caller may go on without the layout
+                    self.error = exc
+                    raise
+        if isinstance(self.error, RegistryError):
+            raise RegistryError(self.error.registry, self.error.reason)  # one per target: they run in threads
+        if self.error is not None:
+            raise RuntimeError(f"the pull_once pull failed: {self.error!r}") from self.error
 
 
 @contextmanager
