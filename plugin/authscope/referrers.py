@@ -230,7 +230,7 @@ def _readers(session: Session, count: int) -> list[Session]:
     known.warming.clear()
     while len(known.readers) < count:
         known.readers.append(session.sibling())
-    return known.readers[:count]
+    return known.readers[: max(count, 0)]
 
 
 def _warm(session: Session, count: int) -> None:
@@ -260,11 +260,11 @@ def _wave(session: Session, jobs: Sequence[Callable[[Session], _T]]) -> list[_T]
     """Run ``jobs`` at the same time, on ``session`` and up to READERS - 1 of
     its readers, each session on one thread; their results in order. The first
     job (in order) that raised raises, after every job has finished."""
-    if len(jobs) < 2:
+    width = min(len(jobs), READERS)
+    if width < 2:
         return [job(session) for job in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
-    width = min(len(jobs), READERS)
     pending = deque(enumerate(jobs))
     results: dict[int, _T] = {}
     errors: dict[int, Exception] = {}
@@ -312,7 +312,7 @@ def write_fallback(session: Session, repository: str, artifacts: Sequence[Artifa
 
     Raises ValueError naming the tag when something that is not an index holds it."""
     groups = _by_subject(artifacts)
-    _warm(session, min(READERS, len(artifacts) + len(groups)) - 1)
+    _warm(session, min(READERS, len(artifacts) + len(groups)) - 1)  # the read-back's, see missing
     if not groups or _has_api(session, repository, next(iter(groups))):
         return []  # nothing to index, or the registry indexes them itself
     known = _known(session)
