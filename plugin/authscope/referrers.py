@@ -11,15 +11,25 @@ digest inside the target's scope (tools.referrer_steps), so digests are
 unchanged. At a target without the referrers API, ``write_fallback``
 merges the referrers into its fallback tag index, never dropping another
 artifact's entry; ``missing`` then reads every artifact back.
+
+Round trips at a target are what a signed release costs on a WAN, so what
+one Session (one target, one run) learns is kept for its later steps
+(``_Known``): whether the registry has the referrers API (asked once), and
+the fallback index write_fallback read or wrote (the read-back HEADs the tag
+and compares digests instead of GETting it again). The reads of a
+read-back go out at once, on sibling sessions (a Session is not
+thread-safe), whose connections write_fallback opens while it works.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # registry imports hashlib and http.client: not on the CLI's start-up path
     from .registry import Session
@@ -28,6 +38,8 @@ COSIGN_KINDS = {"sig": "cosign signature", "att": "cosign attestation", "sbom": 
 INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX_TYPES = (INDEX, "application/vnd.docker.distribution.manifest.list.v2+json")
 MAX_ARTIFACTS = 256  # more than any release carries; a registry that lists more is refused
+READERS = 4  # connections (sessions) a target's read-back uses at once
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,109 @@ def merge_index(existing: bytes | None, entries: Iterable[str]) -> bytes | None:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+@dataclass
+class _Known:
+    """What one session (one target, one run) learnt, for its later steps."""
+
+    api: dict[str, bool] = field(default_factory=dict)  # repository: has the referrers API
+    # (repository, fallback tag): (digest, body) of the index write_fallback read or wrote there
+    index: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
+    readers: list[Session] = field(default_factory=list)  # siblings for concurrent reads
+    warming: list[threading.Thread] = field(default_factory=list)
+
+
+_KNOWN: weakref.WeakKeyDictionary[Session, _Known] = weakref.WeakKeyDictionary()
+_KNOWN_LOCK = threading.Lock()
+
+
+def _known(session: Session) -> _Known:
+    with _KNOWN_LOCK:
+        known = _KNOWN.get(session)
+        if known is None:
+            known = _KNOWN[session] = _Known()
+        return known
+
+
+def _has_api(session: Session, repository: str, subject: str) -> bool:
+    """Whether the target has the referrers API: known, or asked once (about ``subject``)."""
+    known = _known(session)
+    if repository not in known.api:
+        known.api[repository] = session.referrers(repository, subject) is not None
+    return known.api[repository]
+
+
+def _readers(session: Session, count: int) -> list[Session]:
+    """``count`` sibling sessions of ``session``, kept for its later reads; idle."""
+    known = _known(session)
+    for thread in known.warming:
+        thread.join()
+    known.warming.clear()
+    while len(known.readers) < count:
+        known.readers.append(session.sibling())
+    return known.readers[: max(count, 0)]
+
+
+def _warm(session: Session, count: int) -> None:
+    """Open the connections of ``count`` readers in the background (joined before they are used)."""
+    known = _known(session)
+    for reader in _readers(session, count):
+        thread = threading.Thread(target=reader.warm, name="authscope-warm", daemon=True)
+        thread.start()
+        known.warming.append(thread)
+
+
+def close_readers(session: Session) -> None:
+    """Close the sibling sessions ``session`` read with; never raises."""
+    known = _known(session)
+    for thread in known.warming:
+        thread.join()
+    known.warming.clear()
+    for reader in known.readers:
+        try:
+            reader.close()
+        except Exception:  # noqa: BLE001 - a close must not end the run
+            pass
+    known.readers.clear()
+
+
+def _wave(session: Session, jobs: Sequence[Callable[[Session], _T]]) -> list[_T]:
+    """Run ``jobs`` at the same time, on ``session`` and up to READERS - 1 of
+    its readers, each session on one thread; their results in order. The first
+    job (in order) that raised raises, after every job has finished."""
+    width = min(len(jobs), READERS)
+    if width < 2:
+        return [job(session) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = deque(enumerate(jobs))
+    results: dict[int, _T] = {}
+    errors: dict[int, Exception] = {}
+
+    def drain(own: Session) -> None:
+        while True:
+            try:
+                i, job = pending.popleft()
+            except IndexError:
+                return
+            try:
+                results[i] = job(own)
+            except Exception as exc:  # raised below, the first in job order
+                errors[i] = exc
+
+    readers = _readers(session, width - 1)
+    with ThreadPoolExecutor(width - 1, thread_name_prefix="authscope-read") as pool:
+        futures = [pool.submit(drain, reader) for reader in readers]
+        try:
+            drain(session)
+        finally:
+            pending.clear()  # interrupted here: the others stop after their current request
+            for future in futures:
+                future.result()
+    if errors:
+        raise errors[min(errors)]
+    return [results[i] for i in range(len(jobs))]
+
+
 def _by_subject(artifacts: Iterable[Artifact]) -> dict[str, list[Artifact]]:
     out: dict[str, list[Artifact]] = {}
     for artifact in artifacts:
@@ -198,10 +313,16 @@ def write_fallback(session: Session, repository: str, artifacts: Sequence[Artifa
     """At a target without the referrers API, merge each subject's OCI
     referrers into its fallback tag index; what was written (for the log).
 
+    Whether the registry has the API is asked once per session; the index
+    read or written is kept for ``missing``. Meanwhile, the connections of
+    the read-back that follows are opened.
+
     Raises ValueError naming the tag when something that is not an index holds it."""
     groups = _by_subject(artifacts)
-    if not groups or session.referrers(repository, next(iter(groups))) is not None:
+    _warm(session, min(READERS, len(artifacts) + len(groups)) - 1)  # the read-back's, see missing
+    if not groups or _has_api(session, repository, next(iter(groups))):
         return []  # nothing to index, or the registry indexes them itself
+    known = _known(session)
     written = []
     for subject, items in groups.items():
         tag = fallback_tag(subject)
@@ -211,39 +332,86 @@ def write_fallback(session: Session, repository: str, artifacts: Sequence[Artifa
         except ValueError as exc:
             raise ValueError(f"{repository}:{tag} {exc}; it was left as it is") from None
         if merged is not None:
-            session.put_manifest(repository, tag, INDEX, merged)
+            known.index[(repository, tag)] = (session.put_manifest(repository, tag, INDEX, merged), merged)
             written.append(tag)
+        elif current is not None:
+            known.index[(repository, tag)] = (current[1], current[2])
     return written
+
+
+def _listed(session: Session, known: _Known, repository: str, subject: str) -> set[str]:
+    """The digests the target lists as referrers of ``subject``: the referrers
+    API's answer (unless ``known`` says there is none; asking tells), else its
+    fallback index. That index, when write_fallback read or wrote it, is
+    HEADed and compared with what it read or wrote (equal digests: the same
+    bytes) rather than read again."""
+    from .registry import descriptors
+
+    api = known.api.get(repository)
+    listed = session.referrers(repository, subject) if api is not False else None
+    if api is None:
+        known.api[repository] = listed is not None
+    if listed is None:
+        tag = fallback_tag(subject)
+        held = known.index.get((repository, tag))
+        at = session.find_digest(repository, tag) if held is not None else ""
+        if held is not None and at == held[0]:
+            listed = descriptors(session.registry, held[1], f"{repository}:{tag}")
+        elif held is not None and at is None:
+            listed = []  # the tag is gone
+        else:
+            listed = _fallback_entries(session, repository, subject)
+    return {d["digest"] for d in listed}
+
+
+def _read_back(
+    session: Session, repository: str, artifacts: Sequence[Artifact]
+) -> tuple[list[str | None], dict[str, set[str]]]:
+    """At once: what each artifact's tag (or digest) holds at the target, and
+    what the target lists as referrers of each subject of an OCI referrer."""
+    known = _known(session)  # the target's session's, whichever session a job runs on
+    groups = list(_by_subject(artifacts))
+
+    def head(reference: str) -> Callable[[Session], Any]:
+        return lambda s: s.find_digest(repository, reference)
+
+    def listing(subject: str) -> Callable[[Session], Any]:
+        return lambda s: _listed(s, known, repository, subject)
+
+    jobs = [head(a.tag or a.digest) for a in artifacts] + [listing(subject) for subject in groups]
+    answers = _wave(session, jobs)
+    return answers[: len(artifacts)], dict(zip(groups, answers[len(artifacts) :], strict=True))
 
 
 def lacking(session: Session, repository: str, artifacts: Sequence[Artifact]) -> list[Artifact]:
     """The artifacts a target lacks, in their order: not there as at the source
     (HEAD, digests compared), or an OCI referrer its subject does not list (a
     re-run copies these, and only these, again)."""
-    out = [a for a in artifacts if session.find_digest(repository, a.tag or a.digest) != a.digest]
-    for subject, items in _by_subject(artifacts).items():
-        if all(a in out for a in items):
-            continue
-        listed = session.referrers(repository, subject)
-        if listed is None:
-            listed = _fallback_entries(session, repository, subject)
-        there = {d["digest"] for d in listed}
-        out.extend(a for a in items if a.digest not in there and a not in out)
-    return [a for a in artifacts if a in out]
+    held, listed = _read_back(session, repository, artifacts)
+    out = [
+        a
+        for a, at in zip(artifacts, held, strict=True)
+        if at != a.digest or (a.tag is None and a.digest not in listed[a.subject])
+    ]
+    if not out:
+        close_readers(session)  # up to date: nothing is copied, nothing read back
+    return out
 
 
 def missing(session: Session, repository: str, artifacts: Sequence[Artifact]) -> list[str]:
     """Each artifact that is not at the target as at the source (HEAD, digests
     compared), and each OCI referrer that the target does not list for its subject."""
-    out = []
-    for artifact in artifacts:
-        at = session.find_digest(repository, artifact.tag or artifact.digest)
-        if at != artifact.digest:
-            out.append(f"{artifact.label} ({'not there' if at is None else f'the tag holds {at}'})")
+    try:
+        held, listed = _read_back(session, repository, artifacts)
+    finally:
+        close_readers(session)  # the last read of a target
+    out = [
+        f"{a.label} ({'not there' if at is None else f'the tag holds {at}'})"
+        for a, at in zip(artifacts, held, strict=True)
+        if at != a.digest
+    ]
     for subject, items in _by_subject(artifacts).items():
-        listed = session.referrers(repository, subject)
-        if listed is None:
-            listed = _fallback_entries(session, repository, subject)
-        there = {d["digest"] for d in listed}
-        out.extend(f"{a.label} (not listed as a referrer of {subject})" for a in items if a.digest not in there)
+        out.extend(
+            f"{a.label} (not listed as a referrer of {subject})" for a in items if a.digest not in listed[subject]
+        )
     return out

@@ -1018,6 +1018,31 @@ class Session:
             )
         return digest
 
+    def sibling(self) -> Session:
+        """Another session to this registry with this one's identity, scheme and
+        token, but connections of its own: for requests made at the same time
+        on other threads (a Session is not thread-safe: one connection per
+        host, one token). The caller closes it."""
+        twin = Session(self.registry, self.auth, insecure=True, timeout=self.timeout)  # no CA store loaded twice
+        twin.ctx = self.ctx
+        twin.schemes = list(self.schemes)
+        twin.authorization, twin.token_scope = self.authorization, self.token_scope
+        return twin
+
+    def warm(self) -> None:
+        """Open the connection the next request will use (TCP, and TLS), sending
+        nothing; a failure is left for that request to meet and report."""
+        scheme = self.schemes[0]
+        if len(self.schemes) != 1 or (scheme, self.host) in self._connections:
+            return  # the scheme is not settled yet, or there is a connection already
+        conn = _connection(scheme, self.host, self.timeout, self.ctx)
+        try:
+            conn.connect()
+        except (OSError, ValueError):
+            conn.close()
+            return
+        self._connections[(scheme, self.host)] = conn
+
 
 def _covers(held: str | None, wanted: str) -> bool:
     """True when a token asked for scope ``held`` was asked for every action of ``wanted``:
