@@ -3,7 +3,14 @@ benchmarks/mutation.py; docs/RELIABILITY.md "Mutation testing")."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import pytest
+
 from authscope import base as B
+from authscope.errors import ConfigError
 
 ENTRY = ("auths", "gitlab.local:4567")
 VALUE = '{"auth":"Y2k6cGFzc3dvcmQ="}'
@@ -38,3 +45,48 @@ def test_a_leak_is_described_by_what_leaked() -> None:
         "auths entry 'harbor.example' was written with this scope's target credentials "
         "by a tool outside its scope; removed"
     )
+
+
+def test_a_removed_scope_marker_is_described_as_removed() -> None:
+    # The marker's own wording is for a leak only: the same entry removed,
+    # changed or lost is described by what happened to it.
+    marker = ("auths", B.dc.SENTINEL)
+    assert B.Damage(marker, "removed", VALUE, True).describe() == (
+        "auths entry 'authscope-scope.invalid' was removed by a tool outside its scope; restored"
+    )
+    assert "cannot be restored from here" in B.Damage(marker, "lost", None, False).describe()
+
+
+def test_a_base_made_a_directory_is_reported_not_a_guard_crash(logged_in: Path) -> None:
+    # A tool replaced config.json by a directory: the guard's fast byte compare
+    # must not raise; the full check says the login is gone.
+    b = B.Base(str(logged_in.parent))
+    snap = b.snapshot()
+    logged_in.unlink()
+    logged_in.mkdir()
+    with pytest.raises(ConfigError):  # what the guard's fast path has to survive
+        B.dc.read_bytes(str(logged_in))
+    damage = b.check(snap)
+    assert [(d.path, d.what) for d in damage if d.path == ENTRY] == [(ENTRY, "removed")]
+
+
+def test_a_leak_into_a_base_that_had_no_file_is_removed_privately(base: Path) -> None:
+    # No config.json when the scope opened; a tool creates one world-readable
+    # with a target's credentials. The guard removes them and leaves a file
+    # only the owner can read (0600, the mode of a new base file).
+    base.mkdir()
+    b = B.Base(str(base))
+    snap = b.snapshot()
+    assert snap.mode is None
+    secret = "cm9ib3Q6dGFyZ2V0LXNlY3JldA=="
+    path = base / "config.json"
+    old = os.umask(0o022)
+    try:
+        path.write_text(json.dumps({"auths": {"harbor.example": {"auth": secret}}}))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    damage = b.check(snap, leaks=[secret])
+    assert [(d.path, d.what) for d in damage] == [(("auths", "harbor.example"), "leaked")]
+    assert secret not in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from authscope import scope as S
 from authscope.errors import ScopeError
 from authscope.scope import Scope, check_root, make_scope_dir, own_directories, process_start, remove_tree
 from tests.privilege import as_unprivileged
@@ -112,3 +113,94 @@ def test_shims_are_never_written_through_a_link_planted_after_the_unlink(
         scope.reset()
     monkeypatch.undo()
     assert victim.read_text() == "precious"
+
+
+def test_a_pid_namespace_that_cannot_be_read_is_0_and_a_scope_still_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Some sandboxes hide /proc/self/ns (EACCES): the namespace field is then 0,
+    # never an exception that stops the scope from being made.
+    assert S.pid_namespace() != 0  # control: readable here, so the 0 below is the fallback
+
+    def hidden(path: str) -> str:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "readlink", hidden)
+    assert S.pid_namespace() == 0
+    match = S.NAME.fullmatch(os.path.basename(make_scope_dir(str(tmp_path))))
+    assert match is not None and match.group(3) == "0"
+
+
+def test_default_roots_pass_over_a_runtime_dir_that_is_missing_a_file_or_not_writable(
+    tmp_path: Path, reachable_dir: Path
+) -> None:
+    missing, a_file = tmp_path / "missing", tmp_path / "file"
+    a_file.write_text("")
+    for runtime in (missing, a_file):
+        assert str(runtime) not in S.default_roots({"XDG_RUNTIME_DIR": str(runtime)})
+    # As nobody: a directory nobody may not write (root's, 0755) is passed over;
+    # control: one it may write (0777, sticky) is taken, first.
+    closed, open_ = reachable_dir / "closed", reachable_dir / "open"
+    closed.mkdir(mode=0o755)
+    open_.mkdir()
+    open_.chmod(0o1777)
+    if os.geteuid() == 0:
+        os.chown(closed, 0, 0)
+    else:
+        closed.chmod(0o555)
+    outcome, roots = as_unprivileged(lambda: S.default_roots({"XDG_RUNTIME_DIR": str(closed)}))
+    assert outcome == "returned" and str(closed) not in roots
+    assert as_unprivileged(lambda: S.default_roots({"XDG_RUNTIME_DIR": str(open_)})[0]) == ("returned", str(open_))
+
+
+def test_a_scope_directory_that_cannot_be_made_is_a_scope_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ScopeError) as info:
+        make_scope_dir(str(a_file))  # ENOTDIR: not an OSError traceback
+    assert str(info.value).startswith(f"scope directory {a_file}{os.sep}authscope-") and "Not a directory" in str(
+        info.value
+    )
+
+
+def test_the_shims_and_isolated_home_directories_are_private(tmp_path: Path) -> None:
+    # 0700 whatever the umask lets through: nobody else may list or replace the
+    # shims a tool finds on PATH, or read what a tool writes under HOME.
+    old = os.umask(0o022)
+    try:
+        scope = Scope(str(tmp_path / "scope"), True, b"{}")
+        scope.reset()
+        os.unlink(scope.config_file)
+        S._populate(scope, str(tmp_path / "base"))
+    finally:
+        os.umask(old)
+    for sub in (S.SHIMS, "home", "home/.config", "run"):
+        assert os.stat(os.path.join(scope.path, sub)).st_mode & 0o777 == 0o700, sub
+
+
+def _owned_by_another_user(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)  # nobody's: a uid above ours (root's 0)
+    else:
+        real = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: real - 1)  # ours is then a uid below another user's
+
+
+def test_a_scope_directory_of_another_user_is_refused_by_reset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root resetting a scope another user took over (its uid above root's 0):
+    # the owner check is "not ours", not "a uid below ours".
+    scope = Scope(str(tmp_path / "scope"), False, b"{}")
+    scope.reset()
+    scope.reset()  # control: its own directory is reused
+    _owned_by_another_user(scope.path, monkeypatch)
+    with pytest.raises(ScopeError, match="was replaced by something that is not this scope's directory"):
+        scope.reset()
+
+
+def test_a_shims_directory_of_another_user_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scope = Scope(str(tmp_path / "scope"), False, b"{}")
+    scope.reset()
+    S._lay_shims(scope.path)  # control: its own shims directory is reused
+    _owned_by_another_user(os.path.join(scope.path, S.SHIMS), monkeypatch)
+    with pytest.raises(ScopeError, match="was replaced by something that is not this scope's directory"):
+        S._lay_shims(scope.path)
