@@ -204,3 +204,46 @@ def test_a_shims_directory_of_another_user_is_refused(tmp_path: Path, monkeypatc
     _owned_by_another_user(os.path.join(scope.path, S.SHIMS), monkeypatch)
     with pytest.raises(ScopeError, match="was replaced by something that is not this scope's directory"):
         S._lay_shims(scope.path)
+
+
+def test_a_directory_replaced_by_a_file_just_before_it_is_opened_is_unlinked_not_walked(tmp_path: Path) -> None:
+    # The walk saw a directory; a command swapped in a file before the open:
+    # the open refuses it (O_DIRECTORY) and the file is unlinked like any other.
+    (tmp_path / "was-a-dir").write_text("x")
+    left: dict[str, str] = {}
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert S._open_dir(dir_fd, "was-a-dir", str(tmp_path / "was-a-dir"), left) is None
+    finally:
+        os.close(dir_fd)
+    assert left == {} and not (tmp_path / "was-a-dir").exists()
+
+
+def test_the_chmod_fallback_without_fchmodat_nofollow_never_follows_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where fchmodat cannot skip links (glibc < 2.32, musl: NotImplementedError)
+    # the owner's rwx goes back through an O_PATH|O_NOFOLLOW descriptor: a link
+    # planted in the scope is never followed to chmod what it points to.
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    victim.chmod(0o755)
+    (tmp_path / "link").symlink_to(victim)
+    (tmp_path / "locked").mkdir(mode=0o000)
+    real_chmod = os.chmod
+
+    def no_nofollow(path: object, mode: int, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> None:
+        if not follow_symlinks:
+            raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
+        real_chmod(path, mode, dir_fd=dir_fd)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "chmod", no_nofollow)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        S._chmod_no_follow(dir_fd, "locked")  # control: the fallback does give rwx back
+        with pytest.raises(OSError):
+            S._chmod_no_follow(dir_fd, "link")
+    finally:
+        os.close(dir_fd)
+    assert (tmp_path / "locked").stat().st_mode & 0o777 == 0o700
+    assert victim.stat().st_mode & 0o777 == 0o755
