@@ -247,3 +247,25 @@ def test_the_chmod_fallback_without_fchmodat_nofollow_never_follows_a_link(
         os.close(dir_fd)
     assert (tmp_path / "locked").stat().st_mode & 0o777 == 0o700
     assert victim.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_bug_inside_the_removal_walk_is_reported_as_itself_and_leaks_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # remove_tree never raises; a bug deep in the walk is reported as what it
+    # was, every directory the walk had open is closed once (not the top twice:
+    # an EBADF would hide the bug, or close a descriptor another thread reuses).
+    scope = tmp_path / "scope"
+    (scope / "a" / "b").mkdir(parents=True)
+    (scope / "a" / "b" / "file").write_text("x")
+
+    def bug(*args: object) -> None:
+        raise RuntimeError("a bug in the walk")
+
+    monkeypatch.setattr(S, "_unlink", bug)
+    before = sorted(os.listdir("/proc/self/fd"))
+    left = remove_tree(str(scope))
+    assert left == [f"{scope}: unexpected error: RuntimeError('a bug in the walk')"]
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    monkeypatch.undo()
+    assert remove_tree(str(scope)) == [] and not scope.exists()  # control: without the bug, all goes
