@@ -269,3 +269,39 @@ def test_a_bug_inside_the_removal_walk_is_reported_as_itself_and_leaks_no_descri
     assert sorted(os.listdir("/proc/self/fd")) == before
     monkeypatch.undo()
     assert remove_tree(str(scope)) == [] and not scope.exists()  # control: without the bug, all goes
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_live_scope_listed_first_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    # The live scope is in the first root, the dead one in the second: the
+    # sweep passes over the live one and goes on.
+    ns = S.pid_namespace()
+    first, second = tmp_path / "first", tmp_path / "second"
+    live = first / f"authscope-{os.getpid()}-{S.process_start(os.getpid())}-{ns}-{'a' * 12}"
+    dead = second / f"authscope-{_a_dead_pid()}-12345-{ns}-{'b' * 12}"
+    for d in (live, dead):
+        d.mkdir(parents=True)
+    assert S.sweep([str(first), str(second)]) == [str(dead)]
+    assert live.exists() and not dead.exists()
+
+
+def test_the_sweep_ends_a_process_still_running_in_a_dead_scope(tmp_path: Path) -> None:
+    # Its authscope is gone (a dead pid in the name), but a tool that made its
+    # own session still runs in the scope, with the target's login at hand.
+    ns = S.pid_namespace()
+    dead = tmp_path / f"authscope-{_a_dead_pid()}-12345-{ns}-{'c' * 12}"
+    dead.mkdir()
+    tool = subprocess.Popen(["sleep", "60"], env=dict(os.environ, AUTHSCOPE_SCOPE=str(dead)), start_new_session=True)
+    try:
+        swept = S.sweep_report([str(tmp_path)])
+        assert tool.wait(timeout=10) != 0  # ended by a signal
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+            tool.wait()
+    assert swept.removed == [str(dead)] and swept.ended == {str(dead): 1}
