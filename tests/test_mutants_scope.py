@@ -3,6 +3,7 @@ benchmarks/mutation.py; docs/RELIABILITY.md "Mutation testing")."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -305,3 +306,39 @@ def test_the_sweep_ends_a_process_still_running_in_a_dead_scope(tmp_path: Path) 
             tool.kill()
             tool.wait()
     assert swept.removed == [str(dead)] and swept.ended == {str(dead): 1}
+
+
+def test_a_directory_rmdir_cannot_remove_is_named_with_its_own_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mount point in the scope (EBUSY; faked here: mounting needs root and a
+    # mount namespace): it is named with its reason, and its parents' "not
+    # empty" does not repeat the cause; the rest of the tree goes.
+    scope = tmp_path / "scope"
+    (scope / "a" / "mnt").mkdir(parents=True)
+    (scope / "a" / "other").mkdir()
+    real_rmdir = os.rmdir
+
+    def busy(path: str, *, dir_fd: int | None = None) -> None:
+        if path == "mnt":
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        real_rmdir(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "rmdir", busy)
+    assert remove_tree(str(scope)) == [f"{scope / 'a' / 'mnt'}: {os.strerror(errno.EBUSY)}"]
+    assert sorted(p.name for p in scope.rglob("*")) == ["a", "mnt"]
+
+
+def test_a_scope_whose_listing_fails_is_reported_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EIO while listing the scope's top: reported as what it is, never a traceback
+    # and never an "unexpected error".
+    scope = tmp_path / "scope"
+    scope.mkdir()
+
+    def eio(fd: object) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "scandir", eio)
+    assert remove_tree(str(scope)) == [f"{scope}: {os.strerror(errno.EIO)}"]
