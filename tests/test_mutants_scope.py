@@ -342,3 +342,17 @@ def test_a_scope_whose_listing_fails_is_reported_with_the_reason(
 
     monkeypatch.setattr(os, "scandir", eio)
     assert remove_tree(str(scope)) == [f"{scope}: {os.strerror(errno.EIO)}"]
+
+
+def test_reset_removes_a_config_json_a_command_made_a_directory(tmp_path: Path) -> None:
+    # `mkdir "$DOCKER_CONFIG/config.json"` (or a tool that did the like): the
+    # next command of the target still starts from the scope's config.
+    scope = Scope(str(tmp_path / "scope"), False, b'{"auths": {}}')
+    scope.reset()
+    os.unlink(scope.config_file)
+    os.makedirs(os.path.join(scope.config_file, "inside"))
+    Path(scope.config_file, "inside", "file").write_text("x")
+    with pytest.raises(IsADirectoryError):
+        os.unlink(scope.config_file)  # what reset has to get past
+    scope.reset()
+    assert Path(scope.config_file).read_bytes() == b'{"auths": {}}'
