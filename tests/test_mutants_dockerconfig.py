@@ -154,3 +154,16 @@ def test_a_temp_file_of_another_live_writer_is_kept(tmp_path: Path) -> None:
         writer.wait()
     dc.remove_stale_temps(str(path))  # control: once its writer is gone, the same file goes
     assert not live.exists()
+
+
+@pytest.mark.parametrize("mode", [0o751, 0o6640, 0o1604])
+def test_a_rewrite_keeps_every_permission_bit_of_the_file(tmp_path: Path, mode: int) -> None:
+    # The owner chose the base's mode (shared with a group, o+x, setgid, the
+    # sticky bit): a rewrite keeps all twelve bits, not only the usual ones.
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    path.chmod(mode)
+    assert dc.file_mode(str(path)) == mode
+    dc.write_atomic(str(path), b'{"auths": {}}\n', dc.file_mode(str(path)))
+    assert os.stat(path).st_mode & 0o7777 == mode
+    assert dc.file_mode(str(tmp_path / "missing")) == 0o600  # control: no file, the private default
