@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -356,3 +357,76 @@ def test_reset_removes_a_config_json_a_command_made_a_directory(tmp_path: Path) 
         os.unlink(scope.config_file)  # what reset has to get past
     scope.reset()
     assert Path(scope.config_file).read_bytes() == b'{"auths": {}}'
+
+
+def test_process_alive_without_a_start_time_only_probes_never_signals() -> None:
+    # No start time known (no /proc when the scope was named): signal 0 asks
+    # whether the pid exists; it must not hang up the process it asks about.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert S.process_alive(child.pid, 0)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.5)  # still running: not signalled
+    finally:
+        child.kill()
+        child.wait()
+    assert not S.process_alive(_a_dead_pid(), 0)  # control: a pid that is gone
+
+
+def test_an_entry_unlink_refuses_is_named_with_its_reason_and_the_rest_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An immutable file (chattr +i: EPERM; faked here, chattr needs root and a
+    # filesystem that has it): named, never an "unexpected error"; the rest goes.
+    scope = tmp_path / "scope"
+    (scope / "sub").mkdir(parents=True)
+    (scope / "sub" / "immutable").write_text("x")
+    (scope / "sub" / "other").write_text("y")
+    real_unlink = os.unlink
+
+    def immutable(path: str, *, dir_fd: int | None = None) -> None:
+        if path == "immutable":
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
+        real_unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", immutable)
+    assert remove_tree(str(scope)) == [f"{scope / 'sub' / 'immutable'}: {os.strerror(errno.EPERM)}"]
+    assert sorted(p.name for p in scope.rglob("*")) == ["immutable", "sub"]
+
+
+def test_a_directory_gone_before_its_rmdir_is_not_reported(tmp_path: Path) -> None:
+    # Removed meanwhile (by the command, or a second cleanup): nothing is left, nothing to say.
+    (tmp_path / "full" / "inside").mkdir(parents=True)
+    left: dict[str, str] = {}
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        S._rmdir(dir_fd, "gone", str(tmp_path / "gone"), left)
+        assert left == {}
+        S._rmdir(dir_fd, "full", str(tmp_path / "full"), left)  # control: a real failure is named
+    finally:
+        os.close(dir_fd)
+    assert list(left) == [str(tmp_path / "full")]
+
+
+def test_own_directories_go_on_past_an_entry_that_is_not_a_scope_or_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Entries listed in name order: one that is not a scope, then one removed
+    # between the listing and its stat (another sweep took it), then a scope:
+    # the scope after them is still found.
+    ns = S.pid_namespace()
+    (tmp_path / "a-notes").mkdir()
+    gone = tmp_path / f"authscope-1-1-{ns}-{'d' * 12}"
+    scope = tmp_path / f"authscope-2-1-{ns}-{'e' * 12}"
+    gone.mkdir()
+    scope.mkdir()
+    real_scandir = os.scandir
+
+    def listing_then_removal(path: str) -> Iterator[os.DirEntry[str]]:
+        entries = sorted(real_scandir(path), key=lambda e: e.name)
+        if gone.exists():
+            gone.rmdir()
+        return iter(entries)
+
+    monkeypatch.setattr(os, "scandir", listing_then_removal)
+    assert [p for p, _ in own_directories([str(tmp_path)], S.NAME.fullmatch)] == [str(scope)]
