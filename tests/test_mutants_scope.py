@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -362,14 +363,18 @@ def test_reset_removes_a_config_json_a_command_made_a_directory(tmp_path: Path) 
 def test_process_alive_without_a_start_time_only_probes_never_signals() -> None:
     # No start time known (no /proc when the scope was named): signal 0 asks
     # whether the pid exists; it must not hang up the process it asks about.
-    child = subprocess.Popen(["sleep", "30"])
-    try:
-        assert S.process_alive(child.pid, 0)
-        with pytest.raises(subprocess.TimeoutExpired):
-            child.wait(timeout=0.5)  # still running: not signalled
-    finally:
-        child.kill()
-        child.wait()
+    # The child takes SIGHUP's default action even when the tests run under nohup.
+    hup_default = (
+        "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); print('ready', flush=True); time.sleep(30)"
+    )
+    with subprocess.Popen([sys.executable, "-c", hup_default], stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            assert S.process_alive(child.pid, 0)
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(timeout=0.5)  # still running: not signalled
+        finally:
+            child.kill()
     assert not S.process_alive(_a_dead_pid(), 0)  # control: a pid that is gone
 
 
