@@ -49,7 +49,7 @@ PACKAGE = REPO / "plugin" / "authscope"
 # mutants that survived it, tests/test_mutants_<module>.py).
 MODULES: dict[str, list[str]] = {
     "dockerconfig": ["tests/test_dockerconfig.py", "tests/test_mutants_dockerconfig.py", "tests/test_base.py"],
-    "base": ["tests/test_base.py", "tests/test_mutants_base.py"],
+    "base": ["tests/test_base.py", "tests/test_mutants_base.py", "tests/test_restore_reported.py"],
     "scope": ["tests/test_scope.py", "tests/test_mutants_scope.py"],
     "run": ["tests/test_run.py", "tests/test_mutants_run.py", "tests/test_scope.py"],
     "report": ["tests/test_report.py", "tests/test_mutants_report.py"],

@@ -3,7 +3,14 @@ benchmarks/mutation.py; docs/RELIABILITY.md "Mutation testing")."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import pytest
+
 from authscope import base as B
+from authscope.errors import ConfigError
 
 ENTRY = ("auths", "gitlab.local:4567")
 VALUE = '{"auth":"Y2k6cGFzc3dvcmQ="}'
@@ -38,3 +45,96 @@ def test_a_leak_is_described_by_what_leaked() -> None:
         "auths entry 'harbor.example' was written with this scope's target credentials "
         "by a tool outside its scope; removed"
     )
+
+
+def test_a_removed_scope_marker_is_described_as_removed() -> None:
+    # The marker's own wording is for a leak only: the same entry removed,
+    # changed or lost is described by what happened to it.
+    marker = ("auths", B.dc.SENTINEL)
+    assert B.Damage(marker, "removed", VALUE, True).describe() == (
+        "auths entry 'authscope-scope.invalid' was removed by a tool outside its scope; restored"
+    )
+    assert "cannot be restored from here" in B.Damage(marker, "lost", None, False).describe()
+
+
+def test_a_base_made_a_directory_is_reported_not_a_guard_crash(logged_in: Path) -> None:
+    # A tool replaced config.json by a directory: the guard's fast byte compare
+    # must not raise; the full check says the login is gone.
+    b = B.Base(str(logged_in.parent))
+    snap = b.snapshot()
+    logged_in.unlink()
+    logged_in.mkdir()
+    with pytest.raises(ConfigError):  # what the guard's fast path has to survive
+        B.dc.read_bytes(str(logged_in))
+    damage = b.check(snap)
+    assert [(d.path, d.what) for d in damage if d.path == ENTRY] == [(ENTRY, "removed")]
+
+
+def test_a_leak_into_a_base_that_had_no_file_is_removed_privately(base: Path) -> None:
+    # No config.json when the scope opened; a tool creates one world-readable
+    # with a target's credentials. The guard removes them and leaves a file
+    # only the owner can read (0600, the mode of a new base file).
+    base.mkdir()
+    b = B.Base(str(base))
+    snap = b.snapshot()
+    assert snap.mode is None
+    secret = "cm9ib3Q6dGFyZ2V0LXNlY3JldA=="
+    path = base / "config.json"
+    old = os.umask(0o022)
+    try:
+        path.write_text(json.dumps({"auths": {"harbor.example": {"auth": secret}}}))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    damage = b.check(snap, leaks=[secret])
+    assert [(d.path, d.what) for d in damage] == [(("auths", "harbor.example"), "leaked")]
+    assert secret not in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_prune_keeps_the_newest_records_and_drops_logouts_first() -> None:
+    # KEEP_ABSENT records of absent entries stay; what goes is the oldest
+    # logouts, never the record of a login a tool removed while one is left.
+    entries: dict[B.EntryPath, tuple[int, str | None]] = {
+        ("auths", f"r{i:03d}.example"): (i + 1, None) for i in range(B.KEEP_ABSENT + 4)
+    }
+    entries[("auths", "removed-by-a-tool.example")] = (1, "f" * 64)
+    entries[ENTRY] = (2, "e" * 64)  # present: never pruned
+    horizon = B.prune(entries, {ENTRY}, 0)
+    assert horizon == 5  # the newest generation dropped
+    assert len(entries) == B.KEEP_ABSENT + 1
+    assert [p for p in [("auths", f"r{i:03d}.example") for i in range(6)] if p in entries] == [
+        ("auths", "r005.example")
+    ]
+    assert ("auths", "removed-by-a-tool.example") in entries and ENTRY in entries
+
+
+def test_an_entry_rewritten_with_its_keys_in_another_order_is_not_damage(logged_in: Path) -> None:
+    # A tool that rewrites the base (docker login of another registry) may
+    # reorder an entry's keys: the same login, nothing to restore or report.
+    b = B.Base(str(logged_in.parent))
+    cfg = json.loads(logged_in.read_text())
+    cfg["auths"]["gitlab.local:4567"] = {"email": "ci@example.invalid", **cfg["auths"]["gitlab.local:4567"]}
+    logged_in.write_text(json.dumps(cfg))
+    snap = b.snapshot()
+    cfg["auths"]["gitlab.local:4567"] = dict(reversed(list(cfg["auths"]["gitlab.local:4567"].items())))
+    logged_in.write_text(json.dumps(cfg, indent=2))
+    assert b.check(snap) == []
+    cfg["auths"]["gitlab.local:4567"]["email"] = "other@example.invalid"  # control: a changed value is damage
+    logged_in.write_text(json.dumps(cfg))
+    assert [d.what for d in b.check(snap)] == ["changed"]
+
+
+def test_a_restore_into_a_base_that_parses_keeps_no_corrupt_copy(logged_in: Path) -> None:
+    # The forensic copy is for a base a tool left unparseable; a removed login
+    # in a valid file is restored without one.
+    b = B.Base(str(logged_in.parent))
+    snap = b.snapshot()
+    cfg = json.loads(logged_in.read_text())
+    del cfg["auths"]["gitlab.local:4567"]
+    logged_in.write_text(json.dumps(cfg))
+    assert [d.what for d in b.check(snap)] == ["removed"]
+    assert not [p for p in os.listdir(logged_in.parent) if ".corrupt-" in p]
+    logged_in.write_text("{ not json")  # control: an unparseable one is kept
+    assert b.check(snap)
+    assert len([p for p in os.listdir(logged_in.parent) if ".corrupt-" in p]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -136,3 +137,33 @@ def test_control_an_open_without_excl_and_nofollow_writes_through_the_link(
     os.write(fd, b'{"new": 1}')
     os.close(fd)
     assert victim.read_text() == '{"new": 1}'
+
+
+def test_a_temp_file_of_another_live_writer_is_kept(tmp_path: Path) -> None:
+    # Another process (not us) is writing: its temp file is the one it will
+    # rename into place, so the sweep of stale temps must leave it alone.
+    path = tmp_path / "config.json"
+    writer = subprocess.Popen(["sleep", "30"])
+    try:
+        live = tmp_path / f".config.json.{writer.pid}.{'d' * 12}.tmp"
+        live.write_text("partial")
+        dc.remove_stale_temps(str(path))
+        assert live.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    dc.remove_stale_temps(str(path))  # control: once its writer is gone, the same file goes
+    assert not live.exists()
+
+
+@pytest.mark.parametrize("mode", [0o751, 0o6640, 0o1604])
+def test_a_rewrite_keeps_every_permission_bit_of_the_file(tmp_path: Path, mode: int) -> None:
+    # The owner chose the base's mode (shared with a group, o+x, setgid, the
+    # sticky bit): a rewrite keeps all twelve bits, not only the usual ones.
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    path.chmod(mode)
+    assert dc.file_mode(str(path)) == mode
+    dc.write_atomic(str(path), b'{"auths": {}}\n', dc.file_mode(str(path)))
+    assert os.stat(path).st_mode & 0o7777 == mode
+    assert dc.file_mode(str(tmp_path / "missing")) == 0o600  # control: no file, the private default
