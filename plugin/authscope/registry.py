@@ -831,8 +831,29 @@ class Session:
         """``manifest_digest`` with one GET instead of a HEAD and then a GET:
         (the digest, and (media type, body) when the body hashes to it, else
         None). For a caller that reads the manifest anyway (referrers.discover)."""
+        got = self._get_manifest(repository, reference)
+        assert got is not None  # only a missing_ok read answers None
+        headers, body, hashed = got
+        digest = _header(headers, "Docker-Content-Digest") or hashed
+        if not _DIGEST.fullmatch(digest):  # it goes into reports, logs and the tools' argv
+            raise RegistryAnswerError(
+                self.registry,
+                f"{self.registry}/{repository}:{reference} has a Docker-Content-Digest that is not a digest: "
+                f"{self._shown(digest)}",
+            )
+        media_type = _header(headers, "Content-Type").partition(";")[0].strip()
+        return digest, ((media_type, body) if hashed == digest else None)
+
+    def _get_manifest(
+        self, repository: str, reference: str, missing_ok: bool = False
+    ) -> tuple[dict[str, str], bytes, str] | None:
+        """GET a manifest: (headers, body, the body's digest); None for a 404
+        when ``missing_ok``. One asked for by digest must hash to it: a
+        registry that answers with other bytes is refused."""
         path = f"/v2/{repository}/manifests/{reference}"
         status, headers, body = self.request("GET", path, {"Accept": MANIFEST_TYPES}, f"repository:{repository}:pull")
+        if status == 404 and missing_ok:
+            return None
         if status != 200:
             raise RegistryHTTPError(
                 self.registry,
@@ -842,19 +863,11 @@ class Session:
                 retry_after(headers),
             )
         hashed = "sha256:" + hashlib.sha256(body).hexdigest()
-        digest = _header(headers, "Docker-Content-Digest") or hashed
-        if not _DIGEST.fullmatch(digest):  # it goes into reports, logs and the tools' argv
-            raise RegistryAnswerError(
-                self.registry,
-                f"{self.registry}/{repository}:{reference} has a Docker-Content-Digest that is not a digest: "
-                f"{self._shown(digest)}",
-            )
         if reference.startswith("sha256:") and hashed != reference:
             raise RegistryAnswerError(
                 self.registry, f"{self.registry}/{repository}@{reference} answered with a manifest of digest {hashed}"
             )
-        media_type = _header(headers, "Content-Type").partition(";")[0].strip()
-        return digest, ((media_type, body) if hashed == digest else None)
+        return headers, body, hashed
 
     def _shown_explained(self, status: int, body: bytes) -> str:
         text = explain_status(status, body)
@@ -878,23 +891,10 @@ class Session:
 
         A manifest asked for by digest must hash to it: a registry that
         answers with other bytes is refused."""
-        path = f"/v2/{repository}/manifests/{reference}"
-        status, headers, body = self.request("GET", path, {"Accept": MANIFEST_TYPES}, f"repository:{repository}:pull")
-        if status == 404:
+        got = self._get_manifest(repository, reference, missing_ok=True)
+        if got is None:
             return None
-        if status != 200:
-            raise RegistryHTTPError(
-                self.registry,
-                status,
-                f"{self.registry}/{repository}:{reference}",
-                self._shown_explained(status, body),
-                retry_after(headers),
-            )
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if reference.startswith("sha256:") and digest != reference:
-            raise RegistryAnswerError(
-                self.registry, f"{self.registry}/{repository}@{reference} answered with a manifest of digest {digest}"
-            )
+        headers, body, digest = got
         media_type = _header(headers, "Content-Type").partition(";")[0].strip()
         return media_type, digest, body
 
