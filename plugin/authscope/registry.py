@@ -819,13 +819,7 @@ class Session:
             status, headers, body = self.request("GET", path, accept, scope)
             if status == 200:
                 return "sha256:" + hashlib.sha256(body).hexdigest()
-        raise RegistryHTTPError(
-            self.registry,
-            status,
-            f"{self.registry}/{repository}:{reference}",
-            self._shown_explained(status, body),
-            retry_after(headers),
-        )
+        raise self._refused(status, f"{self.registry}/{repository}:{reference}", body, headers)
 
     def resolve(self, repository: str, reference: str) -> tuple[str, tuple[str, bytes] | None]:
         """``manifest_digest`` with one GET instead of a HEAD and then a GET:
@@ -855,19 +849,20 @@ class Session:
         if status == 404 and missing_ok:
             return None
         if status != 200:
-            raise RegistryHTTPError(
-                self.registry,
-                status,
-                f"{self.registry}/{repository}:{reference}",
-                self._shown_explained(status, body),
-                retry_after(headers),
-            )
+            raise self._refused(status, f"{self.registry}/{repository}:{reference}", body, headers)
         hashed = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and hashed != reference:
             raise RegistryAnswerError(
                 self.registry, f"{self.registry}/{repository}@{reference} answered with a manifest of digest {hashed}"
             )
         return headers, body, hashed
+
+    def _refused(self, status: int, where: str, body: bytes, headers: dict[str, str]) -> RegistryHTTPError:
+        """The error for an answer that is not the one asked for: the registry's
+        own message quoted (masked), and the Retry-After it asked for."""
+        return RegistryHTTPError(
+            self.registry, status, where, self._shown_explained(status, body), retry_after(headers)
+        )
 
     def _shown_explained(self, status: int, body: bytes) -> str:
         text = explain_status(status, body)
@@ -941,13 +936,7 @@ class Session:
         headers = {"Content-Type": media_type}
         status, answer, refusal = self.request("PUT", path, headers, f"repository:{repository}:pull,push", body)
         if status not in (200, 201):
-            raise RegistryHTTPError(
-                self.registry,
-                status,
-                f"PUT {self.registry}/{repository}:{reference}",
-                self._shown_explained(status, refusal),
-                retry_after(answer),
-            )
+            raise self._refused(status, f"PUT {self.registry}/{repository}:{reference}", refusal, answer)
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         said = _header(answer, "Docker-Content-Digest")
         if said and said != digest:
@@ -1006,10 +995,8 @@ class Session:
         if status == 404:
             return None
         digest = _header(headers, "Docker-Content-Digest")
-        if status != 200:
-            raise RegistryHTTPError(
-                self.registry, status, f"{self.registry}/{repository}:{reference}", explain_status(status)
-            )
+        if status != 200:  # a HEAD has no body: the status says it, and Retry-After
+            raise self._refused(status, f"{self.registry}/{repository}:{reference}", b"", headers)
         if not _DIGEST.fullmatch(digest):
             raise RegistryAnswerError(
                 self.registry,
