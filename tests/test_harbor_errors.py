@@ -21,6 +21,7 @@ import pytest
 from authscope import fanout as F
 from authscope import registry as REG
 from authscope.targets import Target
+from tests.test_fanout_unit import target as fanout_target
 
 FIXTURES = Path(__file__).parent / "fixtures" / "harbor"
 SOURCE = "127.0.0.1:5000"
@@ -28,21 +29,8 @@ HOST = "127.0.0.1:5001"
 
 
 def target() -> Target:
-    return Target(
-        name="harbor-1",
-        registry=HOST,
-        repository="release/app",
-        tags=("1.0", "latest"),
-        tool="crane",
-        username="robot$release+ci",
-        username_env=None,
-        password_env="HARBOR_1_PASSWORD",
-        password_file=None,
-        insecure=False,
-        ca_file=None,
-        command=None,
-        line=7,
-    )
+    """tests/test_fanout_unit.py's target, on this file's registry with two tags."""
+    return fanout_target(registry=HOST, tags=("1.0", "latest"))
 
 
 def fixture(name: str) -> dict:  # type: ignore[type-arg]
