@@ -894,7 +894,8 @@ def timeline(events: Sequence[Mapping[str, object]]) -> str:
     lines = [
         f"process start -> first trace event {first:.3f}s (interpreter start, imports, reading the file)",
         f"run start {s(at('run', 'start'))}  source digest read {s(at('source', 'start'))} -> "
-        f"{s(at('source', 'end'))}  execute start {s(at('execute', 'start'))}",
+        f"{s(at('source', 'end'))}  execute start {s(at('execute', 'start'))}  "
+        f"referrers found {s(at('discovery', 'start'))} -> {s(at('discovery', 'end'))} (in the background)",
     ]
     lines.append(
         f"last target done {last:.3f}  run end {s(at('run', 'end'))}  process exited {s(at('exit', ''))} "

@@ -420,7 +420,9 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
             discovery = ctx.discovery if tp.referrers_on else None
             later = discovery is not None
             if discovery is not None and (not missing or discovery.failed()):
+                waited = time.monotonic()
                 tp, later = _discovered(tp, ctx), False
+                deadline += time.monotonic() - waited  # the wait is discovery's time, not the target's
             lacking = [] if later else list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
             if not missing and not lacking:
                 # Up to date: no scope, no tool; the HEAD of every tag just now is the
@@ -455,7 +457,9 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                         # tags, after them) once discovery has found them.
                         head = first_copy(ctx.plan, tp, missing)
                         attempts = _copy(head, ctx, env, scope, masker, line, output, deadline)
+                        waited = time.monotonic()
                         tp = _discovered(tp, ctx)
+                        deadline += time.monotonic() - waited
                         lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
                         rest = after_first_copy(ctx.plan, tp, missing, lacking)
                         if rest.steps:
@@ -1135,7 +1139,10 @@ def start_source(
             raise _source_error(fanout, exc) from None
         trace.event("discovery", phase="end", ok=True, artifacts=len(artifacts))
         if found is not None:
-            found(artifacts)
+            try:
+                found(artifacts)
+            except Exception:  # noqa: BLE001 - a progress line (stderr gone) never fails the release
+                pass
         return artifacts
 
     return digest, plain_http, Discovery.started(src.image.registry, work)
@@ -1186,7 +1193,9 @@ class Discovery:
         """``work`` started in a daemon thread (a signal must never wait for
         the source's answers: the run ends, and the thread with the process)."""
         discovery = cls(registry)
-        discovery._thread = threading.Thread(target=discovery._run, args=(work,), name="authscope-discovery", daemon=True)
+        discovery._thread = threading.Thread(
+            target=discovery._run, args=(work,), name="authscope-discovery", daemon=True
+        )
         discovery._thread.start()
         return discovery
 

@@ -125,6 +125,7 @@ def run(
         _layout_dir(draft.layout is not None) as layout,
         fanout.Preflights(draft, credentials, stream, force=options.force) as checks,
     ):
+
         def found(artifacts: tuple[Any, ...]) -> None:
             say(
                 f"{len(artifacts)} signature(s), attestation(s) and referrer(s) go along"
