@@ -12,6 +12,7 @@ every target still gets a Result.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import sys
 import threading
@@ -452,25 +453,31 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                     changed = True
                     # Only the tags that don't hold the source digest yet, and the
                     # referrers the target lacks (a re-run after a lost signature).
-                    if later:
-                        # The first copy now; the referrer copies (and the further
-                        # tags, after them) once discovery has found them.
-                        head = first_copy(ctx.plan, tp, missing)
-                        attempts = _copy(head, ctx, env, scope, masker, line, output, deadline)
-                        waited = time.monotonic()
-                        tp = _discovered(tp, ctx)
-                        deadline += time.monotonic() - waited
-                        lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
-                        rest = after_first_copy(ctx.plan, tp, missing, lacking)
-                        if rest.steps:
-                            attempts = max(attempts, _copy(rest, ctx, env, scope, masker, line, output, deadline))
-                    else:
-                        narrowed = for_tags(ctx.plan, tp, missing, lacking)
-                        if narrowed.steps:
-                            attempts = _copy(narrowed, ctx, env, scope, masker, line, output, deadline)
-                    _index_referrers(tp, ctx, session)
-                    digests = _verify(tp, ctx, session, deadline)
-                    copied = _verify_referrers(tp, ctx, session)
+                    ahead = _Ahead(session)
+                    try:
+                        if later:
+                            # The first copy now; the referrer copies (and the further
+                            # tags, after them) once discovery has found them.
+                            head = first_copy(ctx.plan, tp, missing)
+                            attempts = _copy(head, ctx, env, scope, masker, line, output, deadline)
+                            waited = time.monotonic()
+                            tp = _discovered(tp, ctx)
+                            deadline += time.monotonic() - waited
+                            lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
+                            rest = after_first_copy(ctx.plan, tp, missing, lacking)
+                            if rest.steps:
+                                landed = functools.partial(ahead.start, tp)
+                                copied_rest = _copy(rest, ctx, env, scope, masker, line, output, deadline, landed)
+                                attempts = max(attempts, copied_rest)
+                        else:
+                            narrowed = for_tags(ctx.plan, tp, missing, lacking)
+                            if narrowed.steps:
+                                landed = functools.partial(ahead.start, tp)
+                                attempts = _copy(narrowed, ctx, env, scope, masker, line, output, deadline, landed)
+                        ahead.join()  # the session is this thread's again
+                        digests, copied = _land(tp, ctx, session, deadline)
+                    finally:
+                        ahead.close()  # never left running, its connections closed, whatever ended the copy
     except _Failure as failure:
         status, error, hint = failure.status, failure.error, failure.hint
         attempts = attempts or failure.attempts
@@ -763,8 +770,13 @@ def _copy(
     line: Callable[[bytes, bool], None],
     output: deque[str],
     deadline: float,
+    landed: Callable[[], None] = lambda: None,
 ) -> int:
-    """Run the steps; on a transient failure, run them all again after a backoff."""
+    """Run the steps; on a transient failure, run them all again after a backoff.
+
+    The groups of _batches run one after another, each once the one before
+    has ended well: the image's copy ends before any referrer copy starts
+    (tools.landed_after). ``landed`` is called then, before the first wave."""
     t = tp.target
     retries = ctx.plan.retries
     for attempt in range(1, retries + 2):
@@ -776,9 +788,10 @@ def _copy(
         failed: tuple[tools.Step, int, bool] | None = None
 
         def one(step: tools.Step, attempt: int = attempt) -> tuple[int, bool]:
+            trace.acting(t.name)  # a wave's threads work for this target too
             argv = tools.fill_scope(step.argv, scope.path)
             ctx.log(f"authscope: [{t.name}] $ {tools.display(step.argv)}")
-            trace.event("tool", phase="start", tool=argv[0], attempt=attempt)
+            trace.event("tool", phase="start", tool=argv[0], attempt=attempt, what=step.what)
             try:
                 return run.run_captured(argv, env, masker, line, deadline)
             except AuthscopeError as exc:  # the tool is not installed
@@ -786,9 +799,11 @@ def _copy(
                     str(exc), f"install {argv[0]} in the job's image, or choose another tool:", attempts=attempt
                 ) from None
             finally:
-                trace.event("tool", phase="end", tool=argv[0])
+                trace.event("tool", phase="end", tool=argv[0], what=step.what)
 
         for group in _batches(tp.steps):
+            if group[0].batch:
+                landed()
             scope.reset()  # each command (each batch of referrer copies) starts from the layered config
             if len(group) == 1:
                 outcomes = [one(group[0])]
@@ -857,26 +872,109 @@ def _batches(steps: Sequence[tools.Step]) -> list[list[tools.Step]]:
     return out
 
 
-def _index_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> None:
-    """At a target without the referrers API, merge the OCI referrers its tool
-    copied into their fallback tag index (referrers.write_fallback)."""
+class _Ahead:
+    """referrers.ahead on a thread of its own while a target's referrers are
+    copied (the session is idle then: the tools run); joined before the
+    session is used again, whatever ended the copy."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, tp: TargetPlan) -> None:
+        """For ``tp``'s referrers, once its image is at the target (_copy's ``landed``)."""
+        if self.thread is not None or not tp.referrers:
+            return  # once per target (a retried copy calls it again)
+        from .referrers import ahead
+
+        name = tp.target.name
+
+        def work() -> None:
+            trace.acting(name)
+            try:
+                ahead(self.session, tp.target.repository, tp.referrers)
+            except BaseException as exc:  # noqa: BLE001 - a bug: raised by join, in the target's thread
+                self.error = exc
+
+        self.thread = threading.Thread(target=work, name=f"{name}-ahead", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Join it and close the connections it opened; never raises."""
+        thread, self.thread, self.error = self.thread, None, None
+        if thread is None:
+            return
+        # After a signal, a registry that hangs does not hold the run up: the
+        # thread (a daemon, HTTP only, no process) ends with it.
+        thread.join(1.0 if run.stopping() else None)
+        if thread.is_alive():
+            return
+        from .referrers import close_readers
+
+        close_readers(self.session)
+
+    def join(self) -> None:
+        """Wait for it; raises what went wrong in it that is not a registry's answer (a bug)."""
+        if self.thread is None:
+            return
+        self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def _land(
+    tp: TargetPlan, ctx: _Context, session: Session, deadline: float
+) -> tuple[dict[str, str | None], tuple[dict[str, str], ...]]:
+    """After the copy: every destination holds the source's digest (_verify)
+    and every artifact is there, listed as a referrer of its subject, after
+    merging the OCI referrers into their fallback tag index at a target
+    without the referrers API: all at once (referrers.settle), so the
+    checks cost the round trips of the longest one, not their sum.
+    Returns (the digests, the artifacts as reported)."""
     if not tp.referrers:
-        return
-    from .referrers import write_fallback
+        return _verify(tp, ctx, session, deadline), ()
+    from .referrers import Unindexed, close_readers, settle
 
     t = tp.target
+
+    def image(own: Session) -> dict[str, str | None]:
+        trace.acting(t.name)
+        return _verify(tp, ctx, own, deadline)
+
     try:
-        for tag in write_fallback(session, t.repository, tp.referrers):
-            ctx.log(f"authscope: [{t.name}] merged the referrers into {t.registry}/{t.repository}:{tag}")
-    except ValueError as exc:
-        raise _Failure(
-            f"cannot index the source's referrers at {t.registry}: {exc}",
-            "that tag is the OCI referrers fallback of the image: remove what holds it, or set referrers: false",
-        ) from None
+        digests, written, lost = settle(session, t.repository, tp.referrers, image)
+    except Unindexed as exc:
+        raise _unindexed(t, exc.error) from None
     except RegistryError as exc:
         raise _Failure(
-            f"cannot index the source's referrers at {t.registry}: {exc.reason}", _registry_hint(t, exc)
+            f"could not read back the referrers at {t.registry}: {exc.reason}", _registry_hint(t, exc)
         ) from None
+    finally:
+        close_readers(session)
+    for tag in written:
+        ctx.log(f"authscope: [{t.name}] merged the referrers into {t.registry}/{t.repository}:{tag}")
+    if lost:
+        raise _Failure(
+            f"{len(lost)} of the source's {len(tp.referrers)} signatures, attestations and referrers did not reach "
+            f"{t.registry}/{t.repository}: " + "; ".join(lost),
+            f"{tools.referrer_tool(t)} reported success but did not copy them: check its version and the output "
+            "above; a target that cannot hold them can set referrers: false (the image then lands unsigned)",
+        )
+    return digests, tuple(a.as_json() for a in tp.referrers)
+
+
+def _unindexed(t: Target, error: Exception) -> _Failure:
+    """The failure of a target whose fallback tag index could not be written."""
+    if isinstance(error, RegistryError):
+        return _Failure(
+            f"cannot index the source's referrers at {t.registry}: {error.reason}", _registry_hint(t, error)
+        )
+    return _Failure(
+        f"cannot index the source's referrers at {t.registry}: {error}",
+        "that tag is the OCI referrers fallback of the image: remove what holds it, or set referrers: false",
+    )
 
 
 def _registry_hint(t: Target, exc: RegistryError) -> str:
@@ -885,31 +983,6 @@ def _registry_hint(t: Target, exc: RegistryError) -> str:
     if isinstance(exc, (RealmRefused, RegistryAnswerError)):
         return exc.hint
     return "check push and pull permission on the repository"
-
-
-def _verify_referrers(tp: TargetPlan, ctx: _Context, session: Session) -> tuple[dict[str, str], ...]:
-    """Every artifact found at the source must now be at the target, as it
-    is there (HEAD, digests compared), and listed as a referrer: else the
-    target fails, naming what is missing (issue 14: fail closed)."""
-    if not tp.referrers:
-        return ()
-    from .referrers import missing
-
-    t = tp.target
-    try:
-        lost = missing(session, t.repository, tp.referrers)
-    except RegistryError as exc:
-        raise _Failure(
-            f"could not read back the referrers at {t.registry}: {exc.reason}", _registry_hint(t, exc)
-        ) from None
-    if lost:
-        raise _Failure(
-            f"{len(lost)} of the source's {len(tp.referrers)} signatures, attestations and referrers did not reach "
-            f"{t.registry}/{t.repository}: " + "; ".join(lost),
-            f"{tools.referrer_tool(t)} reported success but did not copy them: check its version and the output "
-            "above; a target that cannot hold them can set referrers: false (the image then lands unsigned)",
-        )
-    return tuple(a.as_json() for a in tp.referrers)
 
 
 def _verify(

@@ -101,8 +101,9 @@ def make_plan(
 
 def _first(target: Target, steps: Sequence[tools.Step]) -> int:
     """Where the referrer copies go among a target's steps: after its first
-    copy (after every command of a custom target)."""
-    return len(steps) if target.tool == "custom" else min(1, len(steps))
+    copy (after every command of a custom target; podman's and buildah's
+    first push), once the image is there: tools.landed_after."""
+    return tools.landed_after(target, steps)
 
 
 def with_referrers(plan: Plan, tp: TargetPlan, artifacts: Sequence[Artifact]) -> TargetPlan:

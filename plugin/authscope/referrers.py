@@ -323,20 +323,25 @@ def write_fallback(session: Session, repository: str, artifacts: Sequence[Artifa
     if not groups or _has_api(session, repository, next(iter(groups))):
         return []  # nothing to index, or the registry indexes them itself
     known = _known(session)
-    written = []
-    for subject, items in groups.items():
-        tag = fallback_tag(subject)
-        current = session.manifest(repository, tag)
-        try:
-            merged = merge_index(current[2] if current else None, (a.entry for a in items))
-        except ValueError as exc:
-            raise ValueError(f"{repository}:{tag} {exc}; it was left as it is") from None
-        if merged is not None:
-            known.index[(repository, tag)] = (session.put_manifest(repository, tag, INDEX, merged), merged)
-            written.append(tag)
-        elif current is not None:
-            known.index[(repository, tag)] = (current[1], current[2])
-    return written
+    return [tag for subject, items in groups.items() if (tag := _index_one(session, known, repository, subject, items))]
+
+
+def _index_one(session: Session, known: _Known, repository: str, subject: str, items: Sequence[Artifact]) -> str | None:
+    """Merge ``items`` into the fallback tag index of ``subject``; the tag when
+    it was written. What was read or written is kept in ``known`` (the target's
+    session's, whichever session this runs on)."""
+    tag = fallback_tag(subject)
+    current = session.manifest(repository, tag)
+    try:
+        merged = merge_index(current[2] if current else None, (a.entry for a in items))
+    except ValueError as exc:
+        raise ValueError(f"{repository}:{tag} {exc}; it was left as it is") from None
+    if merged is not None:
+        known.index[(repository, tag)] = (session.put_manifest(repository, tag, INDEX, merged), merged)
+        return tag
+    if current is not None:
+        known.index[(repository, tag)] = (current[1], current[2])
+    return None
 
 
 def _listed(session: Session, known: _Known, repository: str, subject: str) -> set[str]:
@@ -405,6 +410,10 @@ def missing(session: Session, repository: str, artifacts: Sequence[Artifact]) ->
         held, listed = _read_back(session, repository, artifacts)
     finally:
         close_readers(session)  # the last read of a target
+    return _lost(artifacts, held, listed)
+
+
+def _lost(artifacts: Sequence[Artifact], held: Sequence[str | None], listed: dict[str, set[str]]) -> list[str]:
     out = [
         f"{a.label} ({'not there' if at is None else f'the tag holds {at}'})"
         for a, at in zip(artifacts, held, strict=True)
@@ -415,3 +424,83 @@ def missing(session: Session, repository: str, artifacts: Sequence[Artifact]) ->
             f"{a.label} (not listed as a referrer of {subject})" for a in items if a.digest not in listed[subject]
         )
     return out
+
+
+# -- after a target's copy, on its critical path --------------------------------------
+
+
+class Unindexed(Exception):
+    """settle: the fallback index could not be written (``error``: write_fallback's
+    ValueError or RegistryError), as opposed to a read-back that failed."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _width(artifacts: Sequence[Artifact]) -> int:
+    """Sessions settle uses at once: one per job (the image's check, each
+    artifact's HEAD, each subject's index), at most READERS."""
+    return min(READERS, len(artifacts) + len(_by_subject(artifacts)) + 1)
+
+
+def ahead(session: Session, repository: str, artifacts: Sequence[Artifact]) -> None:
+    """While the target's referrers are being copied: ask whether it has the
+    referrers API, and open the connections settle reads on, so neither is on
+    the critical path after the copies. Only once its image is there: before,
+    a registry with the API answers 404 for a repository it does not hold yet.
+    A question that fails is asked again by settle."""
+    from .errors import RegistryError
+
+    groups = _by_subject(artifacts)
+    _warm(session, _width(artifacts) - 1)
+    if groups:
+        try:
+            _has_api(session, repository, next(iter(groups)))
+        except RegistryError:
+            pass
+
+
+def settle(
+    session: Session, repository: str, artifacts: Sequence[Artifact], also: Callable[[Session], _T]
+) -> tuple[_T, list[str], list[str]]:
+    """write_fallback, missing and ``also`` (the image's own digest check) at
+    once, each on a session of its own: each subject's index is written and
+    then read back (the HEAD that tells it is still what was written) while
+    every artifact is HEADed. Returns (what ``also`` returned, the tags written,
+    what is missing, as ``missing`` words it).
+
+    An index that cannot be written raises Unindexed; else the first error in
+    the order index, ``also``, read-back, after every job has finished."""
+    from .errors import RegistryError
+
+    known = _known(session)
+    groups = _by_subject(artifacts)
+    _warm(session, _width(artifacts) - 1)  # done already when ahead ran: then nothing to open
+
+    def chain(subject: str, items: Sequence[Artifact]) -> Callable[[Session], Any]:
+        def job(s: Session) -> tuple[str | None, set[str]]:
+            tag = None
+            try:
+                if repository not in known.api:  # ahead did not learn it
+                    known.api[repository] = s.referrers(repository, subject) is not None
+                if not known.api[repository]:
+                    tag = _index_one(s, known, repository, subject, items)
+            except (ValueError, RegistryError) as exc:
+                raise Unindexed(exc) from None
+            return tag, _listed(s, known, repository, subject)
+
+        return job
+
+    def head(reference: str) -> Callable[[Session], Any]:
+        return lambda s: s.find_digest(repository, reference)
+
+    jobs = [chain(subject, items) for subject, items in groups.items()]
+    jobs += [also, *(head(a.tag or a.digest) for a in artifacts)]
+    try:
+        answers = _wave(session, jobs)
+    finally:
+        close_readers(session)  # the last read of a target
+    chains, checked, held = answers[: len(groups)], answers[len(groups)], answers[len(groups) + 1 :]
+    listed = {subject: got for subject, (_, got) in zip(groups, chains, strict=True)}
+    return checked, [tag for tag, _ in chains if tag], _lost(artifacts, held, listed)

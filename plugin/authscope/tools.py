@@ -238,6 +238,20 @@ def referrer_tool(target: Target) -> str:
     return "skopeo" if target.tool in ("podman", "buildah") else target.tool
 
 
+def landed_after(target: Target, steps: Sequence[Step]) -> int:
+    """How many of the target's own ``steps`` (steps_for, push_steps) run
+    before its image's manifest is at the target: its referrers go right
+    after them, never before. Harbor links a signature to its subject only
+    when the signature is pushed, looking the subject up then, so a
+    signature pushed before the image lands unlinked (and a project that
+    refuses unsigned images refuses the image). podman and buildah pull
+    first, then push: the image is there after the first push; a custom
+    command is opaque: after all of them."""
+    if target.tool == "custom":
+        return len(steps)
+    return min(2 if target.tool in ("podman", "buildah") else 1, len(steps))
+
+
 def referrer_layout(layout: str, index: int) -> str:
     """Where pull_once keeps the ``index``-th referrer: a layout of its own beside the image's."""
     return f"{layout}.referrer-{index}"
