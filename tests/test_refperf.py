@@ -303,7 +303,7 @@ def test_a_signal_mid_wave_ends_every_copy_closes_the_scope_and_runs_the_guard(t
 # -- settle: the checks after the copies at once, on a real registry ----------------------------
 
 from tests.test_referrers import artifact as make_artifact  # noqa: E402
-from tests.test_referrers import put, put_copy, tag_of  # noqa: E402
+from tests.test_referrers import fallback, put, put_copy, tag_of  # noqa: E402
 from tests.test_referrers_roundtrips import (  # noqa: E402 - the real registry and its counting proxy
     Counting,
     Release,
@@ -325,7 +325,7 @@ def _settle(s: Any, r: Release) -> tuple[Any, list[str], list[str]]:
 def test_settle_writes_reads_back_and_checks_the_image_at_once(release: Release, proxy: Counting) -> None:
     repo, root = release.repo, release.root
     index = f"/v2/{repo}/manifests/{referrers.fallback_tag(root)}"
-    proxy.delay = 0.3
+    proxy.delay = 0.5  # a slow WAN: the machine's own noise stays small beside it
     with target_session(proxy, release) as s:
         proxy.reset()
         referrers.ahead(s, repo, release.found)  # during the copies: off the critical path
@@ -403,3 +403,26 @@ def test_the_image_check_fails_the_target_as_before_when_the_index_is_fine(
     with target_session(proxy, release) as s:
         digests, copied = F._land(tp, ctx, s, time.monotonic() + 30)
     assert digests == {"1.0": release.root} and len(copied) == 3
+
+
+def test_an_index_the_tools_wrote_whole_is_read_once_and_not_headed_again(release: Release, proxy: Counting) -> None:
+    """crane writes the fallback index itself when it pushes a referrer: the GET
+    after every copy finds nothing missing, and that GET is the read-back."""
+    repo, root = release.repo, release.root
+    index = f"/v2/{repo}/manifests/{referrers.fallback_tag(root)}"
+    with target_session(proxy, release) as s:
+        referrers.write_fallback(s, repo, release.found)  # as crane leaves it
+    with target_session(proxy, release) as s:
+        proxy.reset()
+        _, written, lost = _settle(s, release)
+    assert (written, lost) == ([], [])
+    assert [proxy.count(m, index) for m in ("GET", "PUT", "HEAD")] == [1, 0, 0]
+    # Control: an index that lacks the referrer is written, then HEADed, and a
+    # listing that lost it is still caught.
+    other = put(release.dst, repo, "vex", make_artifact(release.dst, repo, b"v", subject=None, artifact_type="x/y"))
+    fallback(release.dst, repo, root, [other])
+    with target_session(proxy, release) as s:
+        proxy.reset()
+        _, written, lost = _settle(s, release)
+    assert (written, lost) == ([referrers.fallback_tag(root)], [])
+    assert [proxy.count(m, index) for m in ("GET", "PUT", "HEAD")] == [1, 1, 1]

@@ -480,15 +480,21 @@ def settle(
 
     def chain(subject: str, items: Sequence[Artifact]) -> Callable[[Session], Any]:
         def job(s: Session) -> tuple[str | None, set[str]]:
-            tag = None
+            from .registry import descriptors
+
+            tag = read = None
             try:
                 if repository not in known.api:  # ahead did not learn it
                     known.api[repository] = s.referrers(repository, subject) is not None
                 if not known.api[repository]:
                     tag = _index_one(s, known, repository, subject, items)
+                    read = None if tag else known.index.get((repository, fallback_tag(subject)))
             except (ValueError, RegistryError) as exc:
                 raise Unindexed(exc) from None
-            return tag, _listed(s, known, repository, subject)
+            if read is not None:  # read just now, after every copy, and it lacked nothing: that is the read-back
+                where = f"{repository}:{fallback_tag(subject)}"
+                return None, {d["digest"] for d in descriptors(s.registry, read[1], where)}
+            return tag, _listed(s, known, repository, subject)  # what was written is HEADed: still there?
 
         return job
 
