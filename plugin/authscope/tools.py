@@ -102,9 +102,10 @@ SKOPEO_DIGEST_CHANGING = (
 def skopeo_env(euid: int) -> dict[str, str]:
     """The environment that keeps each skopeo's blob info cache in its own memory.
 
-    containers/image (skopeo 1.9 to 1.13 at least) keeps that cache in one
-    BoltDB file per user, /var/lib/containers/cache/blob-info-cache-v1.boltdb
-    for root, $XDG_DATA_HOME/containers/cache/ for others, and opens, flocks
+    containers/image keeps that cache in one file per user (BoltDB up to
+    5.28, i.e. skopeo 1.9 to 1.13; SQLite from 5.29, with the same fallback
+    below): root's /var/lib/containers/cache/blob-info-cache-v1.boltdb,
+    $XDG_DATA_HOME/containers/cache/ for others. It opens, flocks
     and fdatasyncs it about 20 times per copy (pkg/blobinfocache/boltdb: one
     open per lookup or record). bbolt retries a busy flock only every 50 ms,
     so N targets copying at once queue on that one file, and so does every
