@@ -81,6 +81,59 @@ def _skopeo_tls(end: str, insecure: bool, ca_file: str | None, cert_dir: str) ->
 
 
 SKOPEO_COPY = ("skopeo", "copy", "--all", "--preserve-digests", "--retry-times=0")
+# Flags that make skopeo write other bits than the source's: never in a step
+# (tests/test_skopeo_speed.py checks every builder against this list).
+SKOPEO_DIGEST_CHANGING = (
+    "--dest-compress",
+    "--dest-compress-format",
+    "--dest-compress-level",
+    "--dest-decompress",
+    "--dest-oci-accept-uncompressed-layers",
+    "--format",
+    "-f",
+    "--remove-signatures",
+    "--encrypt-layer",
+    "--encryption-key",
+    "--decryption-key",
+    "--multi-arch",
+)
+
+
+def skopeo_env(euid: int) -> dict[str, str]:
+    """The environment that keeps each skopeo's blob info cache in its own memory.
+
+    containers/image keeps that cache in one file per user (BoltDB up to
+    5.28, i.e. skopeo 1.9 to 1.13; SQLite from 5.29, with the same fallback
+    below): root's /var/lib/containers/cache/blob-info-cache-v1.boltdb,
+    $XDG_DATA_HOME/containers/cache/ for others. It opens, flocks
+    and fdatasyncs it about 20 times per copy (pkg/blobinfocache/boltdb: one
+    open per lookup or record). bbolt retries a busy flock only every 50 ms,
+    so N targets copying at once queue on that one file, and so does every
+    other skopeo on the machine. When the cache's directory cannot be made
+    (XDG_DATA_HOME names a file), containers/image falls back to a cache in
+    memory (blobinfocache.DefaultCache): nothing shared, nothing written.
+
+    Nothing that lands changes: the cache only suggests where a blob might
+    already be; skopeo still asks the target (HEAD) before it uploads, and
+    copies the same bytes (--preserve-digests). What is lost is what earlier
+    copies on this machine learnt (a cross-repository mount of a blob that
+    is already elsewhere on the target registry).
+
+    Root always gets the system path unless _CONTAINERS_ROOTLESS_UID (set by
+    podman for its rootless children) names another user. Besides the cache,
+    containers/image then only reads simple-signing signatures from
+    ~/.local/share/containers/sigstore instead of /var/lib/containers/sigstore
+    when registries.d configures no lookaside (local files, not the target
+    registry's), and containers-storage (never used by skopeo_steps) would
+    look for its rootless configuration.
+    """
+    env = {"XDG_DATA_HOME": os.devnull}
+    if euid == 0:
+        env["_CONTAINERS_ROOTLESS_UID"] = str(NOBODY_UID)
+    return env
+
+
+NOBODY_UID = 65534  # any uid but 0 takes containers/image's per-user paths; none of it is used as a uid
 
 
 def skopeo_steps(source_ref: str, destinations: Sequence[str], source: Source, target: Target) -> list[Step]:
@@ -371,6 +424,8 @@ def _prepare(scope: str, tool: str, hosts: Sequence[Host], plain_http: Sequence[
         bundle = (_read(system, SYSTEM_BUNDLE_LIMIT) if system else b"") + b"\n".join(_read(ca) for ca in cas) + b"\n"
         env["SSL_CERT_FILE"] = os.path.join(scope, "ca-bundle.crt")
         _write(env["SSL_CERT_FILE"], bundle)
+    if tool == "skopeo":
+        env.update(skopeo_env(os.geteuid()))
     if tool in ("podman", "buildah"):
         env["CONTAINERS_STORAGE_CONF"] = os.path.join(scope, "storage.conf")
         _write(env["CONTAINERS_STORAGE_CONF"], containers_storage_conf(scope).encode())
