@@ -54,3 +54,43 @@ def test_a_credential_helper_that_is_not_installed_is_a_clear_error(tmp_path: ob
     assert str(info.value).startswith(
         "credential helper docker-credential-authscope-none could not get gitlab.local:4567"
     )
+
+
+def test_a_line_longer_than_64_kib_without_a_newline_is_relayed_in_pieces() -> None:
+    # Literal sizes, not run.MAX_LINE: the bound itself is what is pinned (a tool
+    # printing a progress bar without newlines stays live, and memory bounded).
+    relay = run.LineRelay(run.Masker(["s3cret-passw0rd"]))
+    assert relay.feed(b"x" * (64 * 1024)) == b""  # up to 64 KiB a line is held whole
+    out = relay.feed(b"x" * 1024 + b"s3cret-passw0rd")
+    assert out and set(out) == {ord("x")} and len(out) > 64 * 1024, len(out)
+    rest = relay.flush()  # what was held back (the secret's possible start) is still masked
+    assert rest.endswith(run.MASK) and set(rest.removesuffix(run.MASK)) <= {ord("x")}, rest
+
+
+def test_two_overlapping_secrets_are_masked_as_one_span() -> None:
+    # The second secret starts inside the first and ends after it: one mask over
+    # the union, nothing of either left visible; at the start and after another span.
+    masker = run.Masker(["abcdefgh", "efghijkl"])
+    assert masker(b"<abcdefghijkl>") == b"<" + run.MASK + b">"
+    assert masker(b"abcdefgh abcdefghijkl.") == run.MASK + b" " + run.MASK + b"."
+    assert masker(b"efghijkl abcdefgh abcdefghijkl") == run.MASK + b" " + run.MASK + b" " + run.MASK
+
+
+def test_a_secret_is_masked_in_its_url_encoded_form() -> None:
+    # A password in a URL (https://user:p%40ss%2Fword@host) is percent-encoded:
+    # reserved characters encoded, unreserved ones (letters, digits, -._~) not.
+    secret = "p@ss/w0rd-x~"
+    masked = run.Masker([secret])(b"https://ci:p%40ss%2Fw0rd-x~@registry.example/v2/")
+    assert masked == b"https://ci:" + run.MASK + b"@registry.example/v2/"
+    assert run.Masker([secret])(b"path p%40ss/w0rd-x~ kept") == b"path " + run.MASK + b" kept"  # "/" kept as is
+
+
+def test_text_holding_a_lone_surrogate_is_masked_not_a_crash() -> None:
+    # A registry's JSON answer may hold "\ud800", which has no UTF-8 form and no
+    # surrogate escape (only U+DC80..U+DCFF have one); mask_known's text gets the
+    # bytes "surrogatepass" gives it, the secret in it masked, never a traceback.
+    import json
+
+    message = json.loads('"denied: pass\\ud800word s3cret-passw0rd"')
+    masked = run.Masker(["s3cret-passw0rd"]).text(message)
+    assert masked.encode("utf-8", "surrogateescape") == b"denied: pass\xed\xa0\x80word [MASKED]"
