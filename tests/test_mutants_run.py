@@ -4,6 +4,7 @@ benchmarks/mutation.py; docs/RELIABILITY.md "Mutation testing")."""
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
 
@@ -94,3 +95,60 @@ def test_text_holding_a_lone_surrogate_is_masked_not_a_crash() -> None:
     message = json.loads('"denied: pass\\ud800word s3cret-passw0rd"')
     masked = run.Masker(["s3cret-passw0rd"]).text(message)
     assert masked.encode("utf-8", "surrogateescape") == b"denied: pass\xed\xa0\x80word [MASKED]"
+
+
+def test_a_long_line_is_relayed_up_to_where_a_secret_could_still_start() -> None:
+    # Past 64 KiB without a newline, everything is relayed but the last
+    # longest - 1 bytes (a secret's form that long or longer would be seen
+    # whole there): as live as masking allows, not a byte held back more.
+    masker = run.Masker(["s3cret-passw0rd"])
+    relay = run.LineRelay(masker)
+    line = b"x" * (64 * 1024 + 1)
+    out = relay.feed(line)
+    assert len(out) == len(line) - (masker.longest - 1), (len(out), masker.longest)
+    assert out + relay.flush() == line
+
+
+def test_a_secret_inside_the_held_back_tail_does_not_release_a_longer_one_around_it() -> None:
+    # The tail of a long line holds a whole short secret, which is the middle of
+    # a longer one still being printed: nothing of the longer one may be relayed
+    # before it completes (control: the same bytes at once are one mask).
+    inner, outer = "inner-s3cret", "prefix-inner-s3cret-suffix"
+    masker = run.Masker([inner, outer])
+    relay = run.LineRelay(masker)
+    out = relay.feed(b"x" * (64 * 1024 + 1) + b"prefix-inner-s3cret")
+    out += relay.feed(b"-suffix done\n")
+    assert out == b"x" * (64 * 1024 + 1) + run.MASK + b" done\n", out[-60:]
+    assert masker(b"prefix-inner-s3cret-suffix done\n") == run.MASK + b" done\n"
+
+
+def test_a_secret_cut_by_a_piece_boundary_is_held_back_whole_for_one_overlapping_it() -> None:
+    # The longest form (a password of "@"s, URL-encoded: "%40" twelve times) ends
+    # the piece and crosses the cut; a second secret starts inside it and ends in
+    # the next read. Holding the first back whole masks both as one; emitting it
+    # masked at once would leave the second one's end visible.
+    first, second = "@" * 12, "%40%40-second-s3cret"
+    masker = run.Masker([first, second])
+    assert masker.longest == 36
+    relay = run.LineRelay(masker)
+    out = relay.feed(b"x" * (64 * 1024 + 1) + b"%40" * 12)
+    assert out == b"x" * (64 * 1024 + 1)  # the span is held back, not emitted yet
+    out += relay.feed(b"-second-s3cret.\n")
+    assert out == b"x" * (64 * 1024 + 1) + run.MASK + b".\n", out[-60:]
+
+
+def test_received_signal_is_the_first_signal_of_the_block() -> None:
+    import signal
+    import time
+
+    with run.signals_handled(raise_when_idle=False):
+        assert run.received_signal() is None
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while not run.stopping() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert run.received_signal() == signal.SIGHUP
+    with run.signals_handled(raise_when_idle=False):  # a new block starts with none
+        assert run.received_signal() is None
