@@ -435,3 +435,56 @@ def test_own_directories_go_on_past_an_entry_that_is_not_a_scope_or_is_gone(
 
     monkeypatch.setattr(os, "scandir", listing_then_removal)
     assert [p for p, _ in own_directories([str(tmp_path)], S.NAME.fullmatch)] == [str(scope)]
+
+
+def test_a_scope_directory_that_cannot_be_made_is_named_once_with_the_reason(tmp_path: Path) -> None:
+    # The message names the path once and the reason as the system gives it
+    # ("Not a directory"), not Python's "[Errno 20] ...: '<path>'" repeating it.
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ScopeError) as info:
+        make_scope_dir(str(a_file))
+    assert info.value.reason == os.strerror(errno.ENOTDIR)
+    assert str(info.value).count(str(a_file)) == 1
+
+
+def test_default_roots_pass_over_a_runtime_dir_that_can_be_written_but_not_entered(reachable_dir: Path) -> None:
+    # Write without search (x) permission: nothing can be made inside, so it is
+    # no root (as nobody when root: mode 0772 of root's; otherwise the owner's 0600).
+    # Control: the same directory with x added is taken, first.
+    runtime = reachable_dir / "runtime"
+    runtime.mkdir()
+    if os.geteuid() == 0:
+        os.chown(runtime, 0, 0)
+        no_x, with_x = 0o772, 0o773
+    else:
+        no_x, with_x = 0o600, 0o700
+    runtime.chmod(no_x)
+    outcome, roots = as_unprivileged(lambda: S.default_roots({"XDG_RUNTIME_DIR": str(runtime)}))
+    assert outcome == "returned" and str(runtime) not in roots
+    runtime.chmod(with_x)
+    assert as_unprivileged(lambda: S.default_roots({"XDG_RUNTIME_DIR": str(runtime)})[0]) == ("returned", str(runtime))
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file"])
+def test_write_private_never_writes_through_or_into_what_is_already_at_its_path(tmp_path: Path, planted: str) -> None:
+    # The scope's config.json (and a job scope's state) is created, never reused:
+    # a link planted at the name, or a file left there, is refused untouched.
+    victim, path = tmp_path / "victim", tmp_path / "config.json"
+    victim.write_bytes(b"victim")
+    if planted == "symlink":
+        path.symlink_to(victim)
+    else:
+        path.write_bytes(b"left")
+    with pytest.raises(FileExistsError):
+        S.write_private(str(path), b'{"auths": {}}')
+    assert victim.read_bytes() == b"victim" and (planted == "symlink" or path.read_bytes() == b"left")
+
+
+def test_write_private_control_without_o_excl_and_o_nofollow_the_link_is_followed(tmp_path: Path) -> None:
+    """Control: opening the same planted link with O_WRONLY | O_CREAT alone writes into the victim."""
+    victim, path = tmp_path / "victim", tmp_path / "config.json"
+    victim.write_bytes(b"victim")
+    path.symlink_to(victim)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    assert victim.read_bytes() == b""
