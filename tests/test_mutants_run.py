@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import time
+from typing import IO
 
 import pytest
 
@@ -152,3 +155,119 @@ def test_received_signal_is_the_first_signal_of_the_block() -> None:
         assert run.received_signal() == signal.SIGHUP
     with run.signals_handled(raise_when_idle=False):  # a new block starts with none
         assert run.received_signal() is None
+
+
+
+def _stat(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command name, read here, not through run._proc_stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def _zombie(env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen(["true"], env=env)
+    deadline = time.monotonic() + 10
+    while _stat(child.pid)[0] != b"Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _stat(child.pid)[0] == b"Z"
+    return child
+
+
+def test_leftovers_are_the_live_processes_of_the_command_and_of_its_scope() -> None:
+    # What a command leaves: everything below it (its pid is `root`) and every
+    # process whose environment names its scope; not a process of ours without
+    # the scope (another target's tool), not a zombie (already dead), not root.
+    # As when a command runs: authscope a subreaper, root its child.
+    assert run._become_subreaper()
+    scope = "/tmp/authscope-1-2-3-leftovers-test"
+    marked_env = dict(os.environ, AUTHSCOPE_SCOPE=scope)
+    procs: list[subprocess.Popen[bytes]] = []
+    below_root = 0
+    try:
+        # root leaves a live child and a zombie one (exec'd into sleep, it never waits;
+        # the child ends after the exec, so the shell cannot reap it first)
+        script = "sleep 30 & echo $!; sleep 0.3 & echo $!; exec sleep 30"
+        root = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE)
+        procs.append(root)
+        assert root.stdout is not None
+        below_root, dead_below_root = int(root.stdout.readline()), int(root.stdout.readline())
+        deadline = time.monotonic() + 10
+        while _stat(dead_below_root)[0] != b"Z" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        marked = subprocess.Popen(["sleep", "30"], env=marked_env)
+        unmarked = subprocess.Popen(["sleep", "30"])
+        zombie = _zombie(marked_env)
+        procs += [marked, unmarked, zombie]
+        found = run._leftovers(scope.encode(), root.pid)
+        assert below_root in found and marked.pid in found, found
+        assert unmarked.pid not in found and root.pid not in found, found
+        assert zombie.pid not in found and dead_below_root not in found, found
+        assert found[marked.pid] == int(_stat(marked.pid)[19])  # its start time, for _kill's reuse check
+    finally:
+        if below_root:
+            os.kill(below_root, 9)  # it holds root's stdout open
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+
+
+def test_reap_collects_an_ended_leftover_and_then_forgets_it() -> None:
+    zombie = _zombie()
+    info = run._proc_stat(zombie.pid)
+    assert info is not None and info[0] == b"Z"
+    ended = {zombie.pid: info[2]}
+    run._reap(ended)
+    assert not os.path.exists(f"/proc/{zombie.pid}")  # reaped: no zombie left
+    run._reap(ended)
+    assert ended == {}  # gone: nothing left to wait for
+    zombie.wait()
+
+
+class _SkipFirst:
+    """A children file whose read leaves its first pid out (what a sibling's exit can cause)."""
+
+    def __init__(self, f: IO[bytes], skipped: list[int]) -> None:
+        self.f, self.skipped = f, skipped
+
+    def __enter__(self) -> _SkipFirst:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+    def read(self) -> bytes:
+        pids = self.f.read().split()
+        if pids:
+            self.skipped.append(int(pids[0]))
+        return b" ".join(pids[1:])
+
+
+def test_children_of_our_own_process_are_read_twice_for_a_child_the_kernel_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # /proc/<pid>/task/<tid>/children lists by position: a sibling exiting
+    # meanwhile makes a read skip one. Injected here: the first read of our own
+    # children files that lists any leaves one out; the union of two reads has it.
+    import builtins
+
+    me = os.getpid()
+    kids = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    real_open = builtins.open
+    skipped: list[int] = []
+
+    def opening(path: str, mode: str = "r") -> object:
+        f = real_open(path, mode)
+        if not skipped and path.startswith(f"/proc/{me}/task/") and path.endswith("/children"):
+            return _SkipFirst(f, skipped)
+        return f
+
+    try:
+        monkeypatch.setattr(run, "open", opening, raising=False)
+        children = run._child_pids(me)
+        assert skipped, "no children file listed a child"
+        assert {kid.pid for kid in kids} <= set(children) and skipped[0] in children, (children, skipped)
+    finally:
+        for kid in kids:
+            kid.kill()
+            kid.wait()
