@@ -157,7 +157,6 @@ def test_received_signal_is_the_first_signal_of_the_block() -> None:
         assert run.received_signal() is None
 
 
-
 def _stat(pid: int) -> list[bytes]:
     """The fields of /proc/<pid>/stat after the command name, read here, not through run._proc_stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:

@@ -488,3 +488,60 @@ def test_write_private_control_without_o_excl_and_o_nofollow_the_link_is_followe
     path.symlink_to(victim)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     assert victim.read_bytes() == b""
+
+
+def test_the_chmod_fallback_gives_rwx_back_to_a_directory_its_owner_cannot_read(
+    reachable_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fallback's O_PATH descriptor needs no permission on the directory: a
+    # mode-000 directory of a user without root's override (nobody, when root)
+    # still gets its rwx back, where a plain open of it fails with EACCES.
+    real_chmod = os.chmod
+
+    def no_nofollow(path: object, mode: int, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> None:
+        if not follow_symlinks:
+            raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
+        real_chmod(path, mode, dir_fd=dir_fd)  # type: ignore[arg-type]
+
+    def lock_and_unlock() -> tuple[int, str]:
+        (reachable_dir / "locked").mkdir(mode=0o000)
+        dir_fd = os.open(reachable_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:  # control: without O_PATH the directory cannot be opened
+                os.close(os.open("locked", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd))
+                control = "opened"
+            except PermissionError:
+                control = "EACCES"
+            monkeypatch.setattr(os, "chmod", no_nofollow)
+            S._chmod_no_follow(dir_fd, "locked")
+        finally:
+            os.close(dir_fd)
+        return (reachable_dir / "locked").stat().st_mode & 0o777, control
+
+    assert as_unprivileged(lock_and_unlock) == ("returned", (0o700, "EACCES"))
+
+
+def test_the_store_shims_hold_the_refusing_script(tmp_path: Path) -> None:
+    # Each shim is the whole script (not an empty file, which a shell runs as a
+    # successful no-op): `get` answers "credentials not found", anything else fails.
+    S._lay_shims(str(tmp_path))
+    for name in S.DEFAULT_STORES:
+        shim = tmp_path / S.SHIMS / f"docker-credential-{name}"
+        assert shim.read_text() == S._SHIM.format(name=name)
+        got = subprocess.run([str(shim), "get"], input=b"", capture_output=True)
+        assert got.stdout == b"credentials not found in native keychain\n" and b"refused" in got.stderr
+        stored = subprocess.run([str(shim), "store"], input=b"", capture_output=True)
+        assert stored.returncode != 0 and b"refused" in stored.stderr
+
+
+def test_own_directories_lists_no_scope_directory_of_a_user_with_a_higher_uid(tmp_path: Path) -> None:
+    # The sweep only ever removes this user's scopes: a scope-named directory of
+    # nobody (uid 65534) is not listed when root sweeps (control: root's own is).
+    mine, theirs = make_scope_dir(str(tmp_path)), make_scope_dir(str(tmp_path))
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+        listed = {path for path, _ in own_directories([str(tmp_path)], S.NAME.fullmatch)}
+        assert listed == {mine}
+    else:  # not root: no directory of another user can be made here; both are ours
+        listed = {path for path, _ in own_directories([str(tmp_path)], S.NAME.fullmatch)}
+        assert listed == {mine, theirs}
