@@ -270,3 +270,27 @@ def test_children_of_our_own_process_are_read_twice_for_a_child_the_kernel_skipp
         for kid in kids:
             kid.kill()
             kid.wait()
+
+
+def test_end_tree_ends_what_a_command_left_and_counts_it() -> None:
+    # `sleep 30 &` in a shell that is done: orphaned to us (the subreaper), found
+    # by its scope, ended with SIGTERM, reaped, counted once; then nothing is left.
+    assert run._become_subreaper()
+    scope = "/tmp/authscope-1-2-3-end-tree-test"
+    root = subprocess.Popen(
+        ["sh", "-c", "sleep 30 >/dev/null & echo $!"],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, AUTHSCOPE_SCOPE=scope),
+    )
+    out, _ = root.communicate()
+    left = int(out)
+    try:
+        assert _stat(left)[1] == str(os.getpid()).encode()  # control: it is alive, and ours now
+        started = time.monotonic()
+        assert run._end_tree(scope.encode(), root.pid) == 1
+        assert time.monotonic() - started < run.LEFTOVER_GRACE  # SIGTERM was enough: no wait for SIGKILL
+        assert not os.path.exists(f"/proc/{left}")  # ended and reaped
+        assert run._end_tree(scope.encode(), root.pid) == 0
+    finally:
+        if os.path.exists(f"/proc/{left}"):
+            os.kill(left, 9)
