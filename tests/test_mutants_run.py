@@ -294,3 +294,26 @@ def test_end_tree_ends_what_a_command_left_and_counts_it() -> None:
     finally:
         if os.path.exists(f"/proc/{left}"):
             os.kill(left, 9)
+
+
+def test_end_tree_kills_a_leftover_that_ignores_sigterm() -> None:
+    # An ignored SIGTERM survives exec: the leftover outlives the grace, is
+    # stopped, then SIGKILLed, reaped and counted once.
+    assert run._become_subreaper()
+    scope = "/tmp/authscope-1-2-3-end-tree-kill-test"
+    root = subprocess.Popen(
+        ["sh", "-c", "(trap '' TERM; exec sleep 30) >/dev/null & echo $!"],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, AUTHSCOPE_SCOPE=scope),
+    )
+    out, _ = root.communicate()
+    left = int(out)
+    try:
+        time.sleep(0.2)  # the subshell has exec'd sleep
+        started = time.monotonic()
+        assert run._end_tree(scope.encode(), root.pid) == 1
+        assert time.monotonic() - started >= run.LEFTOVER_GRACE  # control: SIGTERM alone did not end it
+        assert not os.path.exists(f"/proc/{left}")
+    finally:
+        if os.path.exists(f"/proc/{left}"):
+            os.kill(left, 9)
