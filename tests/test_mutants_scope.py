@@ -435,3 +435,113 @@ def test_own_directories_go_on_past_an_entry_that_is_not_a_scope_or_is_gone(
 
     monkeypatch.setattr(os, "scandir", listing_then_removal)
     assert [p for p, _ in own_directories([str(tmp_path)], S.NAME.fullmatch)] == [str(scope)]
+
+
+def test_a_scope_directory_that_cannot_be_made_is_named_once_with_the_reason(tmp_path: Path) -> None:
+    # The message names the path once and the reason as the system gives it
+    # ("Not a directory"), not Python's "[Errno 20] ...: '<path>'" repeating it.
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(ScopeError) as info:
+        make_scope_dir(str(a_file))
+    assert info.value.reason == os.strerror(errno.ENOTDIR)
+    assert str(info.value).count(str(a_file)) == 1
+
+
+def test_default_roots_pass_over_a_runtime_dir_that_can_be_written_but_not_entered(reachable_dir: Path) -> None:
+    # Write without search (x) permission: nothing can be made inside, so it is
+    # no root (as nobody when root: mode 0772 of root's; otherwise the owner's 0600).
+    # Control: the same directory with x added is taken, first.
+    runtime = reachable_dir / "runtime"
+    runtime.mkdir()
+    if os.geteuid() == 0:
+        os.chown(runtime, 0, 0)
+        no_x, with_x = 0o772, 0o773
+    else:
+        no_x, with_x = 0o600, 0o700
+    runtime.chmod(no_x)
+    outcome, roots = as_unprivileged(lambda: S.default_roots({"XDG_RUNTIME_DIR": str(runtime)}))
+    assert outcome == "returned" and str(runtime) not in roots
+    runtime.chmod(with_x)
+    assert as_unprivileged(lambda: S.default_roots({"XDG_RUNTIME_DIR": str(runtime)})[0]) == ("returned", str(runtime))
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file"])
+def test_write_private_never_writes_through_or_into_what_is_already_at_its_path(tmp_path: Path, planted: str) -> None:
+    # The scope's config.json (and a job scope's state) is created, never reused:
+    # a link planted at the name, or a file left there, is refused untouched.
+    victim, path = tmp_path / "victim", tmp_path / "config.json"
+    victim.write_bytes(b"victim")
+    if planted == "symlink":
+        path.symlink_to(victim)
+    else:
+        path.write_bytes(b"left")
+    with pytest.raises(FileExistsError):
+        S.write_private(str(path), b'{"auths": {}}')
+    assert victim.read_bytes() == b"victim" and (planted == "symlink" or path.read_bytes() == b"left")
+
+
+def test_write_private_control_without_o_excl_and_o_nofollow_the_link_is_followed(tmp_path: Path) -> None:
+    """Control: opening the same planted link with O_WRONLY | O_CREAT alone writes into the victim."""
+    victim, path = tmp_path / "victim", tmp_path / "config.json"
+    victim.write_bytes(b"victim")
+    path.symlink_to(victim)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    assert victim.read_bytes() == b""
+
+
+def test_the_chmod_fallback_gives_rwx_back_to_a_directory_its_owner_cannot_read(
+    reachable_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fallback's O_PATH descriptor needs no permission on the directory: a
+    # mode-000 directory of a user without root's override (nobody, when root)
+    # still gets its rwx back, where a plain open of it fails with EACCES.
+    real_chmod = os.chmod
+
+    def no_nofollow(path: object, mode: int, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> None:
+        if not follow_symlinks:
+            raise NotImplementedError("chmod: follow_symlinks unavailable on this platform")
+        real_chmod(path, mode, dir_fd=dir_fd)  # type: ignore[arg-type]
+
+    def lock_and_unlock() -> tuple[int, str]:
+        (reachable_dir / "locked").mkdir(mode=0o000)
+        dir_fd = os.open(reachable_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:  # control: without O_PATH the directory cannot be opened
+                os.close(os.open("locked", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd))
+                control = "opened"
+            except PermissionError:
+                control = "EACCES"
+            monkeypatch.setattr(os, "chmod", no_nofollow)
+            S._chmod_no_follow(dir_fd, "locked")
+        finally:
+            os.close(dir_fd)
+        return (reachable_dir / "locked").stat().st_mode & 0o777, control
+
+    assert as_unprivileged(lock_and_unlock) == ("returned", (0o700, "EACCES"))
+
+
+def test_the_store_shims_hold_the_refusing_script(tmp_path: Path) -> None:
+    # Each shim is the whole script (not an empty file, which a shell runs as a
+    # successful no-op): `get` answers "credentials not found", anything else fails.
+    S._lay_shims(str(tmp_path))
+    for name in S.DEFAULT_STORES:
+        shim = tmp_path / S.SHIMS / f"docker-credential-{name}"
+        assert shim.read_text() == S._SHIM.format(name=name)
+        got = subprocess.run([str(shim), "get"], input=b"", capture_output=True)
+        assert got.stdout == b"credentials not found in native keychain\n" and b"refused" in got.stderr
+        stored = subprocess.run([str(shim), "store"], input=b"", capture_output=True)
+        assert stored.returncode != 0 and b"refused" in stored.stderr
+
+
+def test_own_directories_lists_no_scope_directory_of_a_user_with_a_higher_uid(tmp_path: Path) -> None:
+    # The sweep only ever removes this user's scopes: a scope-named directory of
+    # nobody (uid 65534) is not listed when root sweeps (control: root's own is).
+    mine, theirs = make_scope_dir(str(tmp_path)), make_scope_dir(str(tmp_path))
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+        listed = {path for path, _ in own_directories([str(tmp_path)], S.NAME.fullmatch)}
+        assert listed == {mine}
+    else:  # not root: no directory of another user can be made here; both are ours
+        listed = {path for path, _ in own_directories([str(tmp_path)], S.NAME.fullmatch)}
+        assert listed == {mine, theirs}
