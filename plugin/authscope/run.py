@@ -7,6 +7,7 @@ replaced by ``[MASKED]``.
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 import selectors
@@ -17,9 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import IO, TypeVar
 
 from .errors import CommandNotFound, HelperError, Interrupted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing stays off the exec path
+    from typing import IO, TypeVar
+
+    T = TypeVar("T")
 
 MASK = b"[MASKED]"
 # Shorter secrets would mask ordinary text; GitLab's own masking needs 8.
@@ -166,9 +172,7 @@ def _bytes(text: str) -> bytes:
 def _base64_core(raw: bytes, offset: int) -> bytes:
     """The base64 characters that depend only on ``raw`` when it starts
     ``offset`` bytes into a longer base64-encoded string."""
-    import base64
-
-    encoded = base64.b64encode(bytes(offset) + raw + bytes(3))
+    encoded = binascii.b2a_base64(bytes(offset) + raw + bytes(3), newline=False)
     first = -(-offset * 8 // 6)  # the first character whose 6 bits all come from raw
     last = (offset + len(raw)) * 8 // 6  # one past the last such character
     return encoded[first:last]
@@ -262,8 +266,6 @@ _raise_when_idle = True
 _starting = 0  # children being started: a signal now is forwarded once they exist
 _cleaning = 0  # cleanups under way (uninterrupted()): a signal only records itself
 _deferred: list[int] = []  # a signal that would have unwound exec during a cleanup
-
-T = TypeVar("T")
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -419,13 +421,27 @@ def _become_subreaper() -> bool:
     if _subreaper is None:
         _subreaper = False
         try:
-            import ctypes  # here, not at import: only a command that starts a child pays
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-        except (ImportError, OSError, AttributeError):
+            _subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+        except (ImportError, OSError, AttributeError, TypeError):
             pass  # orphans then go to init: found by a scan of all of /proc
     return _subreaper
+
+
+def _prctl(option: int, arg: int) -> int:
+    """libc's ``prctl(option, arg, 0, 0, 0)``. Through ctypes' C part alone (~1 ms to
+    import) where it offers the calls; ctypes itself, whose Python layer costs ~3 ms
+    more on every exec's start-up, only where it does not. Here, not at import:
+    only a command that starts a child pays."""
+    args = (option, arg, 0, 0, 0)
+    try:
+        import _ctypes
+
+        libc = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # None: the program itself, as CDLL(None)
+        return int(_ctypes.call_function(_ctypes.dlsym(libc, "prctl"), args))
+    except (ImportError, AttributeError, OSError, TypeError):  # an interpreter without them
+        import ctypes
+
+        return int(ctypes.CDLL(None, use_errno=True).prctl(*args))
 
 
 def _proc_stat(pid: int) -> tuple[bytes, int, int] | None:
