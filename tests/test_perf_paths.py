@@ -25,7 +25,7 @@ PLUGIN = str(Path(__file__).resolve().parents[1] / "plugin")
 EXEC = ["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_PASSWORD", "-q", "--", "true"]
 
 # Modules the exec path may import (beyond what a bare `python -I -S` has): what it needs
-# to read config.json (json, and re under it), run and relay the command (subprocess,
+# to read config.json (json, and re under it), run and relay the command (os.posix_spawn,
 # selectors, signal, threading), base64 the login (binascii), become a subreaper (_ctypes).
 # Its NamedTuple records come from authscope.records, not typing. A new one costs every
 # wrapped command its import: measure it (benchmarks/startup.py) before adding it here;
@@ -37,8 +37,8 @@ ALLOWED = {
     "re", "re._compiler", "re._parser", "re._constants", "re._casefix", "_sre", "sre_compile", "sre_parse",
     "sre_constants", "enum", "functools", "collections", "collections.abc", "_collections", "operator",
     "_operator", "keyword", "reprlib", "itertools", "types", "copyreg", "_functools", "heapq", "_heapq",
-    "subprocess", "_posixsubprocess", "selectors", "select", "math", "signal", "_signal", "threading",
-    "_weakrefset", "fcntl", "errno", "locale", "_locale", "time", "contextlib", "warnings", "_warnings",
+    "selectors", "select", "math", "signal", "_signal", "threading",
+    "_weakrefset", "errno", "time", "contextlib", "_warnings",
     "binascii", "stat", "_stat", "_ctypes", "__future__",
     "os", "os.path", "posixpath", "genericpath", "_collections_abc",  # what site would have imported
 }  # fmt: skip

@@ -4,15 +4,19 @@ Each was measured on `authscope exec ... -- true` (benchmarks/startup.py) and re
 typing (the NamedTuple records: authscope.records builds them with collections.namedtuple),
 tempfile with shutil, random, bz2 and lzma (the scope root: tmpfs first, tempfile only when
 no tmpfs and no $TMPDIR), base64 with struct (binascii), ctypes' Python layer (the subreaper's
-prctl goes through _ctypes). The probe runs the real exec path in a clean interpreter; each
+prctl goes through _ctypes), subprocess with locale, warnings and fcntl (commands start with
+os.posix_spawn, as Popen(close_fds=True, restore_signals=True) started them). The probe runs the real exec path in a clean interpreter; each
 check has a control that shows the probe seeing the module when it is imported.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import typing
@@ -21,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from authscope import base, errors, records, run, scope
+from authscope.errors import CommandNotFound
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = str(REPO / "plugin")
@@ -29,7 +34,7 @@ EXEC = ["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_P
 # Taken off exec's path; any of them back costs every wrapped command its import again.
 OFF = (
     "typing", "_typing", "tempfile", "shutil", "random", "bz2", "lzma", "_bz2", "_lzma", "base64", "struct",
-    "ctypes", "ctypes._endian", "hashlib", "argparse", "urllib.parse", "ipaddress",
+    "ctypes", "ctypes._endian", "subprocess", "_posixsubprocess", "locale", "warnings", "fcntl", "hashlib", "argparse", "urllib.parse", "ipaddress",
 )  # fmt: skip
 
 PROBE = """
@@ -232,3 +237,108 @@ def test_startup_benchmark_help_says_what_it_measures() -> None:
         [sys.executable, str(REPO / "benchmarks" / "startup.py"), "many"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "invalid int value" in bad.stderr
+
+
+# -- commands start without subprocess: what Popen(close_fds, restore_signals) did ---------
+
+
+def relayed(argv: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    out, err = io.BytesIO(), io.BytesIO()
+    status = run.run_relayed(argv, env, run.Masker([]), stdout=out, stderr=err)
+    return status, out.getvalue() + err.getvalue()
+
+
+def popen_outcome(argv: list[str], env: dict[str, str]) -> str:
+    """What subprocess.Popen does with ``argv`` and ``env``: the reference."""
+    try:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        return "not found"
+    except PermissionError:
+        return "not executable"
+    out, _ = proc.communicate()
+    return out.decode().strip()
+
+
+def spawn_outcome(argv: list[str], env: dict[str, str]) -> str:
+    try:
+        return relayed(argv, env)[1].decode().strip()
+    except CommandNotFound as exc:
+        return "not executable" if exc.command.endswith("(not executable)") else "not found"
+
+
+def test_the_command_is_searched_on_its_own_path_as_popen_searches(tmp_path: Path) -> None:
+    first, second, empty = tmp_path / "first", tmp_path / "second", tmp_path / "empty"
+    for d in (first, second, empty):
+        d.mkdir()
+    (first / "tool").write_text("#!/bin/sh\necho first\n")  # not executable: passed over for the next
+    (second / "tool").write_text("#!/bin/sh\necho second\n")
+    (second / "tool").chmod(0o755)
+    (first / "locked").write_text("#!/bin/sh\necho locked\n")
+    (tmp_path / "file").write_text("")  # a PATH entry that is a file: ENOTDIR
+    cases = [
+        (["tool"], f"{tmp_path / 'file'}:{first}:{second}"),
+        (["tool"], f"{empty}:{second}"),
+        (["tool"], str(empty)),
+        (["locked"], f"{first}:{second}"),  # only a non-executable one: PermissionError
+        ([str(second / "tool")], str(empty)),  # a path: no search
+        ([str(first / "tool")], str(empty)),
+        (["sh", "-c", "echo $0"], f"{empty}:/bin:/usr/bin"),
+    ]
+    assert shutil.which("tool") is None  # control: authscope's own PATH has none of them
+    for argv, path in cases:
+        env = {"PATH": path}
+        assert spawn_outcome(argv, env) == popen_outcome(argv, env), (argv, path)
+    assert spawn_outcome(["tool"], {"PATH": f"{first}:{second}"}) == "second"
+
+
+def test_a_descriptor_authscope_inherited_does_not_reach_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A runner's open descriptor (inheritable, given to authscope) would let the tool write
+    # into it; Popen's close_fds closed it, and so does the spawn.
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    probe = ["sh", "-c", f"[ -e /proc/$$/fd/{w} ] && echo leaked || echo closed"]
+    try:
+        assert relayed(probe, dict(os.environ))[1].strip() == b"closed"
+        monkeypatch.setattr(run, "_inherited_fds", lambda: [])  # control: nothing closed
+        assert relayed(probe, dict(os.environ))[1].strip() == b"leaked"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_the_command_gets_sigpipe_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python ignores SIGPIPE; `tool | head` must end the tool, as after Popen's restore_signals.
+    probe = ["sh", "-c", "grep SigIgn /proc/$$/status"]
+    pipe_bit = 1 << (signal.SIGPIPE - 1)
+    assert not int(relayed(probe, dict(os.environ))[1].split()[1], 16) & pipe_bit
+    monkeypatch.setattr(run, "_RESTORED", ())  # control: the ignored SIGPIPE is inherited
+    assert int(relayed(probe, dict(os.environ))[1].split()[1], 16) & pipe_bit
+
+
+def test_exit_codes_signals_and_stdin_as_before() -> None:
+    assert relayed(["sh", "-c", "exit 7"], dict(os.environ))[0] == 7
+    assert relayed(["sh", "-c", "kill -TERM $$"], dict(os.environ))[0] == 128 + signal.SIGTERM
+    lines: list[bytes] = []
+    status, _ = run.run_captured(
+        ["sh", "-c", "cat; echo done"], dict(os.environ), run.Masker([]), lambda b, e: lines.append(b)
+    )
+    assert status == 0 and b"".join(lines) == b"done\n"  # stdin is /dev/null: cat ends at once
+
+
+def test_the_console_script_skips_the_teardown_and_keeps_output_and_code(
+    env: dict[str, str], base_with_logins: Path
+) -> None:
+    # exit_now after exec: an atexit handler (the interpreter's teardown) never runs, while the
+    # command's output (through a pipe, so buffered) and exit code are intact.
+    code = (
+        f"import atexit, sys; sys.path.insert(0, {PLUGIN!r}); atexit.register(print, 'teardown'); "
+        "from authscope.entry import main; sys.argv = ['authscope', *sys.argv[1:]]; sys.exit(main())"
+    )
+    argv = [*EXEC[:-1], "sh", "-c", "echo out; exit 5"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (5, "out\n"), proc.stderr
+    # Control: called with argv (not as the console script), main returns and teardown runs.
+    code = code.replace("main()", "main(sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (5, "out\nteardown\n"), proc.stderr
