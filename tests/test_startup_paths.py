@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,8 @@ import typing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authscope import base, errors, records, run, scope
 from authscope.errors import CommandNotFound
@@ -342,3 +345,18 @@ def test_the_console_script_skips_the_teardown_and_keeps_output_and_code(
     code = code.replace("main()", "main(sys.argv[1:])")
     proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (5, "out\nteardown\n"), proc.stderr
+
+
+# -- no pattern compiled at run time on exec's path -----------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["\r", "\n", "\\", "r", "n", "a", " "]), max_size=24))
+def test_line_splits_are_the_patterns_they_replace(text: str) -> None:
+    assert run._lines(text) == re.split(r"\r\n|\r|\n", text)
+    assert run._escaped_lines(text) == re.split(r"\\r\\n|\\n", text)
+
+
+def test_pid_namespace_is_the_links_number() -> None:
+    link = os.readlink("/proc/self/ns/pid")
+    assert scope.pid_namespace() == int(re.sub(r"\D", "", link)) > 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import binascii
 import errno
 import os
-import re
 import selectors
 import signal
 import sys
@@ -116,9 +115,9 @@ def forms(secret: str) -> set[bytes]:
     whole = {secret}
     # Each line of a multi-line secret, and the pieces between the "\n"
     # escapes of a line holding JSON (a _json_key's private_key, decoded).
-    for line in re.split(r"\r\n|\r|\n", secret):
+    for line in _lines(secret):
         whole.add(line.strip())
-        whole.update(piece.strip() for piece in re.split(r"\\r\\n|\\n", line))
+        whole.update(piece.strip() for piece in _escaped_lines(line))
     whole.discard("")
     texts: set[str] = set()
     for value in whole:
@@ -143,6 +142,16 @@ def forms(secret: str) -> set[bytes]:
             out.add(core)
             out.add(core.replace(b"+", b"-").replace(b"/", b"_"))  # URL-safe base64
     return out
+
+
+def _lines(text: str) -> list[str]:
+    """``re.split(r"\r\n|\r|\n", text)``, without compiling a pattern on exec's path."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _escaped_lines(text: str) -> list[str]:
+    """``re.split(r"\\r\\n|\\n", text)``: split at the escapes ``\\r\\n`` and ``\\n``."""
+    return text.replace("\\r\\n", "\\n").split("\\n")
 
 
 # urllib.parse.quote's always-safe characters (RFC 3986 unreserved).
@@ -787,8 +796,8 @@ def _start(argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: st
     if os.path.dirname(program):
         candidates = [program]
     else:
-        path = env.get("PATH")  # os.get_exec_path(env) for a str mapping, without its import of warnings
-        dirs = (os.defpath if path is None else path).split(os.pathsep)
+        search = env.get("PATH")  # os.get_exec_path(env) for a str mapping, without its import of warnings
+        dirs = (os.defpath if search is None else search).split(os.pathsep)
         candidates = [os.path.join(os.fsencode(d), program) for d in dirs]
     args = [os.fsencode(a) for a in argv]
     child_env = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
