@@ -5,7 +5,8 @@ typing (the NamedTuple records: authscope.records builds them with collections.n
 tempfile with shutil, random, bz2 and lzma (the scope root: tmpfs first, tempfile only when
 no tmpfs and no $TMPDIR), base64 with struct (binascii), ctypes' Python layer (the subreaper's
 prctl goes through _ctypes), subprocess with locale, warnings and fcntl (commands start with
-os.posix_spawn, as Popen(close_fds=True, restore_signals=True) started them). The probe runs the real exec path in a clean interpreter; each
+os.posix_spawn, as Popen(close_fds=True, restore_signals=True) started them), selectors with
+math (the relay polls with select.poll). The probe runs the real exec path in a clean interpreter; each
 check has a control that shows the probe seeing the module when it is imported.
 """
 
@@ -37,7 +38,7 @@ EXEC = ["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_P
 # Taken off exec's path; any of them back costs every wrapped command its import again.
 OFF = (
     "typing", "_typing", "tempfile", "shutil", "random", "bz2", "lzma", "_bz2", "_lzma", "base64", "struct",
-    "ctypes", "ctypes._endian", "subprocess", "_posixsubprocess", "locale", "warnings", "fcntl", "hashlib", "argparse", "urllib.parse", "ipaddress",
+    "ctypes", "ctypes._endian", "subprocess", "_posixsubprocess", "locale", "warnings", "fcntl", "selectors", "math", "hashlib", "argparse", "urllib.parse", "ipaddress",
 )  # fmt: skip
 
 PROBE = """

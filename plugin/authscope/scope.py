@@ -42,7 +42,23 @@ if TYPE_CHECKING:  # annotations only: typing stays off the exec path
     _Parsed = TypeVar("_Parsed")
 
 PREFIX = "authscope-"
-NAME = re.compile(r"authscope-(\d+)-(\d+)-(\d+)-[0-9a-f]{12}")
+
+
+class _Pattern:
+    """A pattern compiled when first used: exec never matches a scope's name (sweep does),
+    and compiling it costs every exec's start-up ~0.3 ms."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._compiled: re.Pattern[str] | None = None
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern)
+        return self._compiled.fullmatch(text)
+
+
+NAME = _Pattern(r"authscope-(\d+)-(\d+)-(\d+)-[0-9a-f]{12}")
 LINKED = ("cli-plugins", "contexts")
 # The stores docker/cli's DetectDefaultStore may choose, on any platform.
 DEFAULT_STORES = ("secretservice", "pass", "osxkeychain", "wincred", "desktop")
