@@ -26,7 +26,7 @@ EXEC = ["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_P
 
 # Modules the exec path may import (beyond what a bare `python -I -S` has): what it needs
 # to read config.json (json, and re under it), run and relay the command (os.posix_spawn,
-# select, signal, threading), base64 the login (binascii), become a subreaper (_ctypes).
+# select, signal), base64 the login (binascii), become a subreaper (_ctypes).
 # Its NamedTuple records come from authscope.records, not typing. A new one costs every
 # wrapped command its import: measure it (benchmarks/startup.py) before adding it here;
 # tests/test_startup_paths.py names those that were taken off and must stay off.
@@ -37,8 +37,7 @@ ALLOWED = {
     "re", "re._compiler", "re._parser", "re._constants", "re._casefix", "_sre", "sre_compile", "sre_parse",
     "sre_constants", "enum", "functools", "collections", "collections.abc", "_collections", "operator",
     "_operator", "keyword", "reprlib", "itertools", "types", "copyreg", "_functools", "heapq", "_heapq",
-    "select", "signal", "_signal", "threading",
-    "_weakrefset", "errno", "time", "contextlib", "_warnings",
+    "select", "signal", "_signal", "errno", "time", "contextlib", "_warnings",
     "binascii", "stat", "_stat", "_ctypes", "__future__",
     "os", "os.path", "posixpath", "genericpath", "_collections_abc",  # what site would have imported
 }  # fmt: skip

@@ -6,7 +6,8 @@ tempfile with shutil, random, bz2 and lzma (the scope root: tmpfs first, tempfil
 no tmpfs and no $TMPDIR), base64 with struct (binascii), ctypes' Python layer (the subreaper's
 prctl goes through _ctypes), subprocess with locale, warnings and fcntl (commands start with
 os.posix_spawn, as Popen(close_fds=True, restore_signals=True) started them), selectors with
-math (the relay polls with select.poll). The probe runs the real exec path in a clean interpreter; each
+math (the relay polls with select.poll), threading (locks from _thread; the stop flag makes
+its Event when something first waits on it). The probe runs the real exec path in a clean interpreter; each
 check has a control that shows the probe seeing the module when it is imported.
 """
 
@@ -38,7 +39,7 @@ EXEC = ["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_P
 # Taken off exec's path; any of them back costs every wrapped command its import again.
 OFF = (
     "typing", "_typing", "tempfile", "shutil", "random", "bz2", "lzma", "_bz2", "_lzma", "base64", "struct",
-    "ctypes", "ctypes._endian", "subprocess", "_posixsubprocess", "locale", "warnings", "fcntl", "selectors", "math", "hashlib", "argparse", "urllib.parse", "ipaddress",
+    "ctypes", "ctypes._endian", "subprocess", "_posixsubprocess", "locale", "warnings", "fcntl", "selectors", "math", "threading", "hashlib", "argparse", "urllib.parse", "ipaddress",
 )  # fmt: skip
 
 PROBE = """
@@ -361,3 +362,22 @@ def test_line_splits_are_the_patterns_they_replace(text: str) -> None:
 def test_pid_namespace_is_the_links_number() -> None:
     link = os.readlink("/proc/self/ns/pid")
     assert scope.pid_namespace() == int(re.sub(r"\D", "", link)) > 0
+
+
+def test_the_stop_flag_is_an_event_made_when_first_waited_on() -> None:
+    import threading
+    import time
+
+    flag = run._Flag()
+    flag.set()  # set before any Event exists: the first wait sees it at once
+    start = time.monotonic()
+    assert flag.wait(5) and time.monotonic() - start < 1
+    flag.clear()
+    assert not flag.is_set() and not flag.wait(0.05)  # control: a cleared flag times out
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(flag.wait(30)))
+    waiter.start()
+    time.sleep(0.1)
+    flag.set()  # from another thread (the signal handler runs in the main one)
+    waiter.join(10)
+    assert woke == [True]

@@ -7,13 +7,13 @@ replaced by ``[MASKED]``.
 
 from __future__ import annotations
 
+import _thread  # threading (~1 ms of exec's start-up) only where a thread or a wait needs it
 import binascii
 import errno
 import os
 import select
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +23,7 @@ from .errors import CommandNotFound, HelperError, Interrupted
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: typing stays off the exec path
     import subprocess
+    import threading
     from typing import IO, TypeVar
 
     T = TypeVar("T")
@@ -191,7 +192,7 @@ def _base64_core(raw: bytes, offset: int) -> bytes:
 # Every secret this process has read, for masking what authscope itself
 # prints and writes (messages, reports), not only what tools print.
 _known: set[str] = set()
-_known_lock = threading.Lock()
+_known_lock = _thread.allocate_lock()  # threading.Lock
 _known_masker: Masker | None = None
 
 
@@ -269,9 +270,48 @@ class LineRelay:
 _children: dict[Child, bool] = {}
 # Reentrant: the handler takes it in the main thread, which may hold it
 # already (registering a child) when the signal lands; a Lock would deadlock.
-_children_lock = threading.RLock()
+_children_lock = _thread.RLock()  # threading.RLock, the C one
 _received: list[int] = []
-_stop = threading.Event()
+
+
+class _Flag:
+    """threading.Event for the one flag a signal sets. exec only sets and reads it; the
+    Event (and threading) is made when something first waits on it (fanout's pauses)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+        self._lock = _thread.allocate_lock()
+
+    def set(self) -> None:
+        self._set = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def clear(self) -> None:
+        self._set = False
+        event = self._event
+        if event is not None:
+            event.clear()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        if self._event is None:
+            import threading
+
+            with self._lock:
+                if self._event is None:
+                    event = threading.Event()
+                    self._event = event
+                    if self._set:  # set before the Event existed
+                        event.set()
+        return self._event.wait(timeout)
+
+
+_stop = _Flag()
 _raise_when_idle = True
 _starting = 0  # children being started: a signal now is forwarded once they exist
 _cleaning = 0  # cleanups under way (uninterrupted()): a signal only records itself
@@ -327,11 +367,17 @@ def uninterrupted(work: Callable[[], T]) -> T:
                 break
     if caught is not None:
         raise caught
-    if _deferred and not _cleaning and threading.current_thread() is threading.main_thread():
+    if _deferred and not _cleaning and _in_main_thread():
         signum = _deferred[0]
         del _deferred[:]
         raise Interrupted(signum)
     return result  # type: ignore[return-value]
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _forward(child: Child, group: bool, signum: int) -> None:
