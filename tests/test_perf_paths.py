@@ -25,22 +25,20 @@ PLUGIN = str(Path(__file__).resolve().parents[1] / "plugin")
 EXEC = ["exec", "--registry", "h.example", "-u", "u", "--password-env", "LOCAL_PASSWORD", "-q", "--", "true"]
 
 # Modules the exec path may import (beyond what a bare `python -I -S` has): what it needs
-# to read config.json (json, and re under it), run and relay the command (subprocess,
-# selectors, signal, threading), base64 the login, become a subreaper (ctypes), and
-# typing for the NamedTuple records. A new one costs every wrapped command its import:
-# measure it (benchmarks/startup.py) before adding it here.
+# to read config.json (json, and re under it), run and relay the command (os.posix_spawn,
+# select, signal), base64 the login (binascii), become a subreaper (_ctypes).
+# Its NamedTuple records come from authscope.records, not typing. A new one costs every
+# wrapped command its import: measure it (benchmarks/startup.py) before adding it here;
+# tests/test_startup_paths.py names those that were taken off and must stay off.
 ALLOWED = {
     "authscope", "authscope.entry", "authscope.errors", "authscope.run", "authscope.credentials",
-    "authscope.dockerconfig", "authscope.base", "authscope.scope",
+    "authscope.dockerconfig", "authscope.base", "authscope.scope", "authscope.records",
     "json", "json.decoder", "json.scanner", "json.encoder", "_json",
     "re", "re._compiler", "re._parser", "re._constants", "re._casefix", "_sre", "sre_compile", "sre_parse",
     "sre_constants", "enum", "functools", "collections", "collections.abc", "_collections", "operator",
     "_operator", "keyword", "reprlib", "itertools", "types", "copyreg", "_functools", "heapq", "_heapq",
-    "subprocess", "_posixsubprocess", "selectors", "select", "math", "signal", "_signal", "threading",
-    "_weakrefset", "fcntl", "errno", "locale", "_locale", "time", "contextlib", "warnings", "_warnings",
-    "base64", "binascii", "struct", "_struct", "stat", "_stat",
-    "ctypes", "_ctypes", "ctypes._endian",
-    "typing", "_typing", "typing.io", "typing.re", "__future__",
+    "select", "signal", "_signal", "errno", "time", "contextlib", "_warnings",
+    "binascii", "stat", "_stat", "_ctypes", "__future__",
     "os", "os.path", "posixpath", "genericpath", "_collections_abc",  # what site would have imported
 }  # fmt: skip
 HEAVY = ("argparse", "gettext", "shutil", "tempfile", "urllib.parse", "ipaddress", "dataclasses", "yaml", "filelock", "gitlab", "requests", "ssl", "http.client", "hashlib", "random", "inspect", "pathlib")  # fmt: skip

@@ -38,10 +38,14 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
 
 from . import dockerconfig as dc
 from .errors import BaseWriteError, ConfigError, LockTimeout
+from .records import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing stays off the exec path
+    from typing import Any
 
 JOURNAL_SUFFIX = ".authscope"
 LOCK_SUFFIX = ".lock"

@@ -12,9 +12,12 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Mapping
-from typing import IO
 
 from .errors import SecretSourceError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing stays off the exec path
+    from typing import IO
 
 # Caps on what is read: a password (a GCR _json_key document is ~2.5 KB), a CA bundle.
 PASSWORD_LIMIT = 64 * 1024

@@ -6,22 +6,25 @@ call it with plain dicts.
 
 from __future__ import annotations
 
-import base64
+import binascii  # base64 without the base64 module (and struct) on exec's path
 import functools
 import json
 import os
 import re
 import stat
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from .errors import BaseWriteError, ConfigError, SecretSourceError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing stays off the exec path
+    from typing import Any
 
 CONFIG_NAME = "config.json"
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
-Config = dict[str, Any]
+Config = dict[str, "Any"]
 
 # The docker CLI picks a credential store on its own (docker-credential-
 # secretservice, or -pass when `pass` is on PATH) for a config that holds no
@@ -268,7 +271,7 @@ def encode_auth(username: str, password: str) -> str:
         # Sources check this with the variable's or file's name (credentials.
         # check_text); this is the last line: no traceback quoting the value.
         raise SecretSourceError("a username or password", "holds bytes that are not UTF-8 text") from None
-    return base64.b64encode(raw).decode("ascii")
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
 
 
 def with_login(cfg: Config, key: str, entry: Mapping[str, Any]) -> Config:
@@ -348,7 +351,8 @@ def secrets_of(entries: Iterable[Mapping[str, Any]]) -> Iterable[str]:
         if isinstance(auth, str):
             try:
                 # surrogateescape: a password that is not UTF-8 is masked as its bytes.
-                _, _, password = base64.b64decode(auth).decode("utf-8", "surrogateescape").partition(":")
+                # a2b_base64 of a str is base64.b64decode's: non-ASCII is a ValueError.
+                _, _, password = binascii.a2b_base64(auth).decode("utf-8", "surrogateescape").partition(":")
             except ValueError:
                 continue
             if password:

@@ -7,7 +7,7 @@ else prints errors or chooses exit codes.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from .records import NamedTuple
 
 
 class AuthscopeError(Exception):

@@ -7,19 +7,26 @@ replaced by ``[MASKED]``.
 
 from __future__ import annotations
 
+import _thread  # threading (~1 ms of exec's start-up) only where a thread or a wait needs it
+import binascii
+import errno
 import os
-import re
-import selectors
+import select
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import IO, TypeVar
 
 from .errors import CommandNotFound, HelperError, Interrupted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing stays off the exec path
+    import subprocess
+    import threading
+    from typing import IO, TypeVar
+
+    T = TypeVar("T")
 
 MASK = b"[MASKED]"
 # Shorter secrets would mask ordinary text; GitLab's own masking needs 8.
@@ -109,9 +116,9 @@ def forms(secret: str) -> set[bytes]:
     whole = {secret}
     # Each line of a multi-line secret, and the pieces between the "\n"
     # escapes of a line holding JSON (a _json_key's private_key, decoded).
-    for line in re.split(r"\r\n|\r|\n", secret):
+    for line in _lines(secret):
         whole.add(line.strip())
-        whole.update(piece.strip() for piece in re.split(r"\\r\\n|\\n", line))
+        whole.update(piece.strip() for piece in _escaped_lines(line))
     whole.discard("")
     texts: set[str] = set()
     for value in whole:
@@ -136,6 +143,16 @@ def forms(secret: str) -> set[bytes]:
             out.add(core)
             out.add(core.replace(b"+", b"-").replace(b"/", b"_"))  # URL-safe base64
     return out
+
+
+def _lines(text: str) -> list[str]:
+    """``re.split(r"\r\n|\r|\n", text)``, without compiling a pattern on exec's path."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _escaped_lines(text: str) -> list[str]:
+    """``re.split(r"\\r\\n|\\n", text)``: split at the escapes ``\\r\\n`` and ``\\n``."""
+    return text.replace("\\r\\n", "\\n").split("\\n")
 
 
 # urllib.parse.quote's always-safe characters (RFC 3986 unreserved).
@@ -166,9 +183,7 @@ def _bytes(text: str) -> bytes:
 def _base64_core(raw: bytes, offset: int) -> bytes:
     """The base64 characters that depend only on ``raw`` when it starts
     ``offset`` bytes into a longer base64-encoded string."""
-    import base64
-
-    encoded = base64.b64encode(bytes(offset) + raw + bytes(3))
+    encoded = binascii.b2a_base64(bytes(offset) + raw + bytes(3), newline=False)
     first = -(-offset * 8 // 6)  # the first character whose 6 bits all come from raw
     last = (offset + len(raw)) * 8 // 6  # one past the last such character
     return encoded[first:last]
@@ -177,7 +192,7 @@ def _base64_core(raw: bytes, offset: int) -> bytes:
 # Every secret this process has read, for masking what authscope itself
 # prints and writes (messages, reports), not only what tools print.
 _known: set[str] = set()
-_known_lock = threading.Lock()
+_known_lock = _thread.allocate_lock()  # threading.Lock
 _known_masker: Masker | None = None
 
 
@@ -252,18 +267,55 @@ class LineRelay:
 # inside ``uninterrupted()``: a signal then only records itself, and takes
 # effect once the cleanup is done.
 
-_children: dict[subprocess.Popen, bool] = {}  # type: ignore[type-arg]
+_children: dict[Child, bool] = {}
 # Reentrant: the handler takes it in the main thread, which may hold it
 # already (registering a child) when the signal lands; a Lock would deadlock.
-_children_lock = threading.RLock()
+_children_lock = _thread.RLock()  # threading.RLock, the C one
 _received: list[int] = []
-_stop = threading.Event()
+
+
+class _Flag:
+    """threading.Event for the one flag a signal sets. exec only sets and reads it; the
+    Event (and threading) is made when something first waits on it (fanout's pauses)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+        self._lock = _thread.allocate_lock()
+
+    def set(self) -> None:
+        self._set = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def clear(self) -> None:
+        self._set = False
+        event = self._event
+        if event is not None:
+            event.clear()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        if self._event is None:
+            import threading
+
+            with self._lock:
+                if self._event is None:
+                    event = threading.Event()
+                    self._event = event
+                    if self._set:  # set before the Event existed
+                        event.set()
+        return self._event.wait(timeout)
+
+
+_stop = _Flag()
 _raise_when_idle = True
 _starting = 0  # children being started: a signal now is forwarded once they exist
 _cleaning = 0  # cleanups under way (uninterrupted()): a signal only records itself
 _deferred: list[int] = []  # a signal that would have unwound exec during a cleanup
-
-T = TypeVar("T")
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -315,14 +367,20 @@ def uninterrupted(work: Callable[[], T]) -> T:
                 break
     if caught is not None:
         raise caught
-    if _deferred and not _cleaning and threading.current_thread() is threading.main_thread():
+    if _deferred and not _cleaning and _in_main_thread():
         signum = _deferred[0]
         del _deferred[:]
         raise Interrupted(signum)
     return result  # type: ignore[return-value]
 
 
-def _forward(child: subprocess.Popen, group: bool, signum: int) -> None:  # type: ignore[type-arg]
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _forward(child: Child, group: bool, signum: int) -> None:
     if child.returncode is not None:
         return
     try:
@@ -419,13 +477,27 @@ def _become_subreaper() -> bool:
     if _subreaper is None:
         _subreaper = False
         try:
-            import ctypes  # here, not at import: only a command that starts a child pays
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-        except (ImportError, OSError, AttributeError):
+            _subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+        except (ImportError, OSError, AttributeError, TypeError):
             pass  # orphans then go to init: found by a scan of all of /proc
     return _subreaper
+
+
+def _prctl(option: int, arg: int) -> int:
+    """libc's ``prctl(option, arg, 0, 0, 0)``. Through ctypes' C part alone (~1 ms to
+    import) where it offers the calls; ctypes itself, whose Python layer costs ~3 ms
+    more on every exec's start-up, only where it does not. Here, not at import:
+    only a command that starts a child pays."""
+    args = (option, arg, 0, 0, 0)
+    try:
+        import _ctypes
+
+        libc = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # None: the program itself, as CDLL(None)
+        return int(_ctypes.call_function(_ctypes.dlsym(libc, "prctl"), args))
+    except (ImportError, AttributeError, OSError, TypeError):  # an interpreter without them
+        import ctypes
+
+        return int(ctypes.CDLL(None, use_errno=True).prctl(*args))
 
 
 def _proc_stat(pid: int) -> tuple[bytes, int, int] | None:
@@ -626,7 +698,7 @@ def _end_group(pgid: int) -> None:
                     return
 
 
-def end_leftovers(child: subprocess.Popen, own_group: bool, marker: bytes) -> None:  # type: ignore[type-arg]
+def end_leftovers(child: Child, own_group: bool, marker: bytes) -> None:
     """End every process ``child`` (a command, now done) left behind; never raises."""
     try:
         if _TREE:
@@ -688,9 +760,126 @@ def _exit_status(returncode: int) -> int:
 Sink = Callable[[bytes], None]
 
 
-def _spawn(
-    argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: str | None, stdin: int | None
-) -> subprocess.Popen:  # type: ignore[type-arg]
+DEVNULL = -3  # stdin from /dev/null (subprocess.DEVNULL's value)
+
+
+class Child:
+    """A started command: what subprocess.Popen gave _run, _pump and the signal handler
+    (pid, returncode, stdout, stderr, poll, wait), for a child started by ``_start``,
+    which does what Popen(close_fds=True, restore_signals=True) did without importing
+    subprocess (with locale, warnings, fcntl: ~4 ms of every exec's start-up)."""
+
+    def __init__(self, pid: int, stdout: IO[bytes], stderr: IO[bytes], popen: subprocess.Popen[bytes] | None = None):
+        self.pid = pid
+        self.stdout: IO[bytes] | None = stdout
+        self.stderr: IO[bytes] | None = stderr
+        self.returncode: int | None = None
+        self._popen = popen  # started by Popen (a cwd of its own): it waits
+
+    def _status(self, flags: int) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        if self._popen is not None:
+            self.returncode = self._popen.poll() if flags else self._popen.wait()
+            return self.returncode
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # SIGCHLD ignored, or reaped by someone else: dead, status unknown (as Popen)
+            self.returncode = 0
+            return 0
+        if pid == self.pid:
+            self.returncode = os.waitstatus_to_exitcode(status)  # -N for a signal, as Popen
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._status(os.WNOHANG)
+
+    def wait(self) -> int:
+        while True:
+            code = self._status(0)
+            if code is not None:
+                return code
+
+
+# Signals Python ignores that a command must get with their default action (SIGPIPE:
+# `tool | head` ends the tool), as Popen's restore_signals=True does.
+_RESTORED = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
+
+
+def _inherited_fds() -> list[int]:
+    """This process's inheritable descriptors above stderr (what authscope itself was
+    given): closed in a child, as Popen's close_fds=True closes them."""
+    try:
+        names = os.listdir("/proc/self/fd" if _TREE else "/dev/fd")
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    out.append(fd)
+            except OSError:  # the descriptor listdir itself had open, now closed
+                pass
+    return out
+
+
+def _start(argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: str | None, stdin: int | None) -> Child:
+    """``argv`` started with its output on two pipes, searched for on ``env``'s PATH
+    (not authscope's), as Popen does it: FileNotFoundError when no candidate exists,
+    else the first other error (PermissionError for one that is not executable)."""
+    if cwd is not None:  # posix_spawn has no chdir before 3.13's: the former way
+        import subprocess
+
+        proc = subprocess.Popen(
+            list(argv), env=dict(env), cwd=cwd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=own_group,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        return Child(proc.pid, proc.stdout, proc.stderr, proc)
+    program = os.fsencode(argv[0])
+    if os.path.dirname(program):
+        candidates = [program]
+    else:
+        search = env.get("PATH")  # os.get_exec_path(env) for a str mapping, without its import of warnings
+        dirs = (os.defpath if search is None else search).split(os.pathsep)
+        candidates = [os.path.join(os.fsencode(d), program) for d in dirs]
+    args = list(argv)
+    child_env = dict(env)  # posix_spawn encodes it (and argv) as Popen did: os.fsencode
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        actions: list[tuple[int, ...] | tuple[int, int, str, int, int]] = []
+        if stdin == DEVNULL:
+            actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
+        actions += [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()]
+        first: OSError | None = None
+        last: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        pid = None
+        for path in candidates:
+            try:
+                os.stat(path)  # spares a spawn per PATH entry that lacks it
+                pid = os.posix_spawn(path, args, child_env, file_actions=actions, setsigdef=_RESTORED, setsid=own_group)
+                break
+            except OSError as exc:
+                last = exc
+                if first is None and exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    first = exc
+        if pid is None:
+            raise first or last
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    return Child(pid, open(out_r, "rb", buffering=0), open(err_r, "rb", buffering=0))
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: str | None, stdin: int | None) -> Child:
     global _starting
     if _TREE:
         _become_subreaper()
@@ -699,15 +888,7 @@ def _spawn(
     try:
         with _children_lock:  # fork and registration at once, as _leftovers sees them
             try:
-                proc = subprocess.Popen(
-                    list(argv),
-                    env=dict(env),
-                    cwd=cwd,
-                    stdin=stdin,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    start_new_session=own_group,
-                )
+                proc = _start(argv, env, own_group, cwd, stdin)
             except FileNotFoundError:
                 raise CommandNotFound(argv[0]) from None
             except PermissionError:
@@ -795,7 +976,7 @@ def run_captured(
     Returns (exit status, timed out). Safe from threads.
     """
     sinks = (lambda b: line(b, False), lambda b: line(b, True))
-    return _run(argv, env, masker, sinks, not _TREE, cwd, deadline, subprocess.DEVNULL)
+    return _run(argv, env, masker, sinks, not _TREE, cwd, deadline, DEVNULL)
 
 
 def _writer(stream: IO[bytes]) -> Sink:
@@ -807,7 +988,7 @@ def _writer(stream: IO[bytes]) -> Sink:
 
 
 def _pump(
-    proc: subprocess.Popen[bytes],
+    proc: Child,
     group: bool,
     streams: dict[IO[bytes], tuple[LineRelay, Sink]],
     deadline: float | None,
@@ -815,21 +996,26 @@ def _pump(
 ) -> bool:
     """Relay until both pipes close; True when ``deadline`` killed the child.
     ``on_exit`` runs once the child has exited (ending what it left holding the pipes)."""
-    selector = selectors.DefaultSelector()
-    for pipe in streams:
-        selector.register(pipe, selectors.EVENT_READ)
+    # select.poll, not selectors (with math: ~1 ms of exec's start-up). Any event is read:
+    # a hang-up without data reads b"" (EOF), as selectors reported it readable.
+    poller = select.poll()
+    by_fd = {pipe.fileno(): pipe for pipe in streams}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
     drain_until: float | None = None
     signalled_at: float | None = None
     timed_out = False
     try:
-        while selector.get_map():
-            for key, _ in selector.select(timeout=0.2):
-                relay, sink = streams[key.fileobj]  # type: ignore[index]
-                data = os.read(key.fd, 65536)
+        open_fds = set(by_fd)
+        while open_fds:
+            for fd, _ in poller.poll(200):
+                relay, sink = streams[by_fd[fd]]
+                data = os.read(fd, 65536)
                 if data:
                     chunk = relay.feed(data)
                 else:
-                    selector.unregister(key.fileobj)
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
                     chunk = relay.flush()
                 if chunk:
                     sink(chunk)
@@ -854,7 +1040,6 @@ def _pump(
             if rest:
                 sink(rest)
             pipe.close()
-        selector.close()
     return timed_out
 
 
@@ -865,6 +1050,7 @@ def helper_get(helper: str, server: str, env: Mapping[str, str]) -> tuple[str, s
     says; the answer is JSON on stdout and is never logged.
     """
     import json
+    import subprocess
 
     program = f"docker-credential-{helper}"
     try:

@@ -29,14 +29,36 @@ import re
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple, TypeVar
 
 from . import dockerconfig as dc
 from .base import Base, Damage, Snapshot
 from .errors import ScopeError
+from .records import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing stays off the exec path
+    from typing import Any, TypeVar
+
+    _Parsed = TypeVar("_Parsed")
 
 PREFIX = "authscope-"
-NAME = re.compile(r"authscope-(\d+)-(\d+)-(\d+)-[0-9a-f]{12}")
+
+
+class _Pattern:
+    """A pattern compiled when first used: exec never matches a scope's name (sweep does),
+    and compiling it costs every exec's start-up ~0.3 ms."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._compiled: re.Pattern[str] | None = None
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern)
+        return self._compiled.fullmatch(text)
+
+
+NAME = _Pattern(r"authscope-(\d+)-(\d+)-(\d+)-[0-9a-f]{12}")
 LINKED = ("cli-plugins", "contexts")
 # The stores docker/cli's DetectDefaultStore may choose, on any platform.
 DEFAULT_STORES = ("secretservice", "pass", "osxkeychain", "wincred", "desktop")
@@ -77,7 +99,7 @@ def pid_namespace() -> int:
         link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
     except OSError:
         return 0
-    return int(re.sub(r"\D", "", link) or 0)
+    return int("".join(c for c in link if c.isdecimal()) or 0)  # re.sub(r"\D", "", link): no pattern to compile
 
 
 def process_alive(pid: int, start: int) -> bool:
@@ -97,17 +119,24 @@ def process_alive(pid: int, start: int) -> bool:
 
 def default_roots(environ: Mapping[str, str]) -> list[str]:
     """Candidate roots, most preferred first: tmpfs before disk."""
-    import tempfile
-
-    roots = [environ.get("XDG_RUNTIME_DIR", ""), "/dev/shm", environ.get("TMPDIR", "") or tempfile.gettempdir()]
-    seen, out = set(), []
-    for root in roots:
-        if root and os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK):
-            real = os.path.realpath(root)
-            if real not in seen:
-                seen.add(real)
-                out.append(real)
+    out: list[str] = []
+    for real in _usable_roots(environ):
+        if real not in out:
+            out.append(real)
     return out
+
+
+def _usable_roots(environ: Mapping[str, str]) -> Iterator[str]:
+    """default_roots' candidates that exist and are writable, resolved, in order (repeats
+    included). tempfile (with shutil and random, ~6 ms) is imported only when the tmpfs
+    roots are not usable and $TMPDIR is not set: exec's start-up usually needs none of it."""
+    for root in (environ.get("XDG_RUNTIME_DIR", ""), "/dev/shm", environ.get("TMPDIR", "") or None):
+        if root is None:
+            import tempfile
+
+            root = tempfile.gettempdir()
+        if root and os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK):
+            yield os.path.realpath(root)
 
 
 def check_root(root: str) -> str:
@@ -140,10 +169,10 @@ def choose_root(explicit: str | None, environ: Mapping[str, str]) -> str:
     chosen = explicit or environ.get("AUTHSCOPE_SCOPE_DIR")
     if chosen:
         return check_root(chosen)
-    roots = default_roots(environ)
-    if not roots:
+    first = next(_usable_roots(environ), None)  # default_roots(environ)[0], without trying the rest
+    if first is None:
         raise ScopeError("(none)", "no writable $XDG_RUNTIME_DIR, /dev/shm or $TMPDIR; set --scope-dir")
-    return check_root(roots[0])
+    return check_root(first)
 
 
 # -- making and removing ------------------------------------------------------
@@ -527,9 +556,6 @@ class Swept(NamedTuple):
     removed: list[str]  # scopes removed
     left: list[str]  # "path: reason" of what could not be removed
     ended: dict[str, int]  # scope -> processes still running in it that were ended
-
-
-_Parsed = TypeVar("_Parsed")
 
 
 def own_directories(roots: Sequence[str], parse: Callable[[str], _Parsed | None]) -> Iterator[tuple[str, _Parsed]]:
