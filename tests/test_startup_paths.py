@@ -381,3 +381,24 @@ def test_the_stop_flag_is_an_event_made_when_first_waited_on() -> None:
     flag.set()  # from another thread (the signal handler runs in the main one)
     waiter.join(10)
     assert woke == [True]
+
+
+def test_a_command_fails_even_when_authscope_was_started_with_sigchld_ignored(
+    env: dict[str, str], base_with_logins: Path
+) -> None:
+    # A runner may start authscope with SIGCHLD ignored (inherited across exec): the
+    # kernel then reaps each command itself and waitpid finds no status. authscope
+    # puts SIGCHLD back to its default, so a failing command still fails exec.
+    code = (
+        "import signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+        f"sys.path.insert(0, {PLUGIN!r}); from authscope.entry import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [*EXEC[:-1], "sh", "-c", "exit 5"]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 5, proc.stderr
+    # Control: without the reset, the same child's status is lost (read as 0).
+    code = code.replace(
+        "from authscope.entry", "import authscope.run as r; r.signal.getsignal = lambda s: None; from authscope.entry"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

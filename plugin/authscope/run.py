@@ -883,6 +883,10 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], own_group: bool, cwd: st
     global _starting
     if _TREE:
         _become_subreaper()
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        # Started with SIGCHLD ignored (inherited across exec): the kernel would reap
+        # every command at once and its exit status be lost, a failed copy read as 0.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     with _children_lock:
         _starting += 1
     try:
