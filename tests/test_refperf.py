@@ -342,17 +342,18 @@ def test_settle_writes_reads_back_and_checks_the_image_at_once(release: Release,
     assert proxy.count("HEAD", f"/v2/{repo}/manifests/{root}") == 1
     assert proxy.api_asks(repo) == 0  # ahead had asked
     assert proxy.most_at_once == referrers.READERS  # the index's read beside the image's and the artifacts' HEADs
-    assert took < 4.5 * proxy.delay  # the index's three round trips, the rest alongside (about 3)
+    assert took < 3.8 * proxy.delay  # the index's three round trips, the rest alongside (about 3)
 
     # Control: the same checks one after another, as the target ran them before
-    # (write_fallback, the image's digest, missing), cost the sum.
+    # (write_fallback, the image's digest, missing), cost the sum, even with the
+    # index already written above: the API, the index, the image, the read-back.
     with target_session(proxy, release) as s:
         started = time.monotonic()
         referrers.write_fallback(s, repo, release.found)
         assert s.find_digest(repo, root) == root
         assert referrers.missing(s, repo, release.found) == []
         took = time.monotonic() - started
-    assert took >= 4.5 * proxy.delay  # five round trips
+    assert took >= 3.8 * proxy.delay  # four round trips
 
 
 def test_settle_still_names_what_is_missing_and_closes_its_readers(release: Release, proxy: Counting) -> None:
