@@ -1,0 +1,130 @@
+"""Signed releases with `tool: podman` and `tool: buildah` land signed (issue 14).
+
+podman and buildah push the image from each target's own storage in its
+scope (tests/e2e/test_podman_buildah.py); its referrers (the cosign
+signature, the attestation, an oras SBOM and the SBOM's signature) go with
+skopeo in the same scope (`tools.referrer_tool`), by digest, so that no
+artifact is compressed afresh. The source is what a team that builds with
+podman or buildah has: a one-platform image pushed with buildah
+(`publish_with_buildah`), whose layers containers/image compressed, so the
+push from storage lands the very digest the signatures name (docs/tools.md).
+
+Signed with real cosign (`generate-key-pair`, `sign --key
+--tlog-upload=false`, `attest --type spdxjson`) and real `oras attach`
+(tests/support/signing.py). After the fan-out (two targets at once, plain
+HTTP and TLS with a CA file), every target passes `cosign verify --key`,
+`cosign verify-attestation --key --type spdxjson` and `oras discover`, read
+with the verifier's own logins in its own environment; the base Docker
+config and the runner's containers auth file keep every byte. The control:
+the same fan-out with `referrers: false` lands the image, and `cosign
+verify` rejects it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import RegistryFactory
+from tests.e2e.fanout_helpers import Release, Target, tool_paths
+from tests.e2e.test_podman_buildah import TOOLS, fanout, new_release, publish_with_buildah, runner_auth, targets_file
+from tests.support import isolated_env
+from tests.support.signing import SPDX, Cosign
+
+
+class SignedBuild:
+    """A Release whose buildah-built source is signed, attested and has a signed oras SBOM."""
+
+    def __init__(self, tmp_path: Path, e2e_env: dict[str, str], registry_factory: RegistryFactory, tool: str) -> None:
+        self.tool = tool
+        self.release: Release = new_release(tmp_path, e2e_env, registry_factory, tool, "buildah", "skopeo")
+        release = self.release
+        self.ref, self.digest = publish_with_buildah(release, tmp_path)
+        paths = tool_paths("cosign", "oras")
+        # Signing runs as the build job would: with the base's login to the source.
+        self.signer = Cosign(tmp_path / "signing", release.env, paths["cosign"], paths["oras"])
+        subject = f"{release.local.host}/built/app@{self.digest}"
+        self.sbom = self.signer.sign_release(subject, ["--plain-http", "--registry-config", str(release.config)])
+
+        # The verifier: its own environment, its own logins (every registry's), the TLS target's CA.
+        self.verify_env = isolated_env(tmp_path / "cosign-verify-env")
+        self.verify_env["PATH"] = release.env["PATH"]
+        self.verify_env["SSL_CERT_FILE"] = release.env["SSL_CERT_FILE"]
+        self.verify_config = Path(self.verify_env["DOCKER_CONFIG"]) / "config.json"
+        self.verify_config.write_bytes(release.verify_auth.read_bytes())
+
+    def repository(self, target: Target) -> str:
+        return f"{target.host}/release/app"
+
+    def oras_flags(self, target: Target) -> list[str]:
+        ca = target.registry.ca_file
+        return [*(["--ca-file", str(ca)] if ca else ["--plain-http"]), "--registry-config", str(self.verify_config)]
+
+    def assert_signed(self, target: Target) -> None:
+        self.signer.assert_signed(
+            self.repository(target), self.digest, self.sbom, self.verify_env, self.oras_flags(target)
+        )
+
+    def targets_file(self, **changes: object) -> Path:
+        path = targets_file(self.release, self.tool, self.ref)
+        if changes:
+            doc = yaml.safe_load(path.read_text())
+            doc.update(changes)
+            path = path.with_name(f"{self.tool}-changed.yml")
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+
+@pytest.fixture(params=TOOLS)
+def signed_build(
+    request: pytest.FixtureRequest, tmp_path: Path, e2e_env: dict[str, str], registry_factory: RegistryFactory
+) -> SignedBuild:
+    return SignedBuild(tmp_path, e2e_env, registry_factory, request.param)
+
+
+def test_signed_release_with_podman_or_buildah_lands_signed_at_every_target(signed_build: SignedBuild) -> None:
+    release, tool = signed_build.release, signed_build.tool
+    runner = runner_auth(release)
+    base_before, runner_before = release.config.read_bytes(), runner.read_bytes()
+    report = release.tmp_path / "fanout.json"
+    result = fanout(release, signed_build.targets_file(), "--json", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "success, 2/2 targets landed" in result.stdout
+    # The image from storage with the tool itself; the referrers by digest with skopeo, in the same scope.
+    assert f"$ {tool} " in result.stdout and "push" in result.stdout
+    hexdigest = signed_build.digest.partition(":")[2]
+    for target in release.targets:
+        for what in (f"sha256-{hexdigest}.sig", f"sha256-{hexdigest}.att", f"@{signed_build.sbom}"):
+            copies = [line for line in result.stdout.splitlines() if "$ skopeo copy" in line and what in line]
+            assert any(target.host in line for line in copies), (target.host, what, result.stdout)
+        for tag in ("1.0", "latest"):
+            assert target.registry.manifest_digest("release/app", tag) == signed_build.digest, (target.host, tag)
+        signed_build.assert_signed(target)
+    doc = json.loads(report.read_text())
+    for entry in doc["targets"]:
+        kinds = sorted(a.get("kind") or a.get("artifactType") for a in entry["referrers"])
+        assert kinds == [SPDX, "cosign attestation", "cosign signature", "cosign signature"], entry["referrers"]
+    assert release.config.read_bytes() == base_before
+    assert runner.read_bytes() == runner_before
+
+
+def test_control_referrers_false_with_podman_or_buildah_lands_an_image_cosign_rejects(
+    signed_build: SignedBuild,
+) -> None:
+    release = signed_build.release
+    base_before = release.config.read_bytes()
+    result = fanout(release, signed_build.targets_file(referrers=False))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "referrers: off" in result.stdout
+    for target in release.targets:
+        assert target.registry.manifest_digest("release/app", "1.0") == signed_build.digest  # the image landed
+        repository = signed_build.repository(target)
+        rejected = signed_build.signer.verify(f"{repository}:1.0", signed_build.verify_env)
+        assert rejected.returncode != 0 and "no signatures found" in rejected.stderr.lower(), rejected.stderr
+        ref = f"{repository}@{signed_build.digest}"
+        listed = signed_build.signer.discover(ref, signed_build.verify_env, signed_build.oras_flags(target))
+        assert not (listed.get("referrers") or listed.get("manifests")), listed
+    assert release.config.read_bytes() == base_before
