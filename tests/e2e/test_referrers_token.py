@@ -37,7 +37,7 @@ from tests.e2e.conftest import TokenRegistryFactory
 from tests.e2e.fanout_helpers import AUTHSCOPE, SYSTEM_CA_BUNDLES, TOOLS_BIN, b64, tool_paths
 from tests.support import build_oci_layout, isolated_env, skopeo_push, write_authfile
 from tests.support.signing import SPDX, Cosign
-from tests.support.tokenauth import PULLER, ROBOT, TokenRegistry
+from tests.support.tokenauth import PULLER, ROBOT, TokenRegistry, harbor_fault
 
 TOOLS = ("crane", "skopeo", "regctl")
 REPO = "release/app"
@@ -116,8 +116,8 @@ class TokenSigned:
         env["SSL_CERT_FILE"] = str(bundle)
         env["SRC_PASSWORD"] = self.source.accounts[PULLER].password
         self.env = env
-        login = self.authscope("login", self.source.host, "-u", PULLER, "--password-env", "SRC_PASSWORD")
-        assert login.returncode == 0, login.stderr
+        logged_in = self.authscope("login", self.source.host, "-u", PULLER, "--password-env", "SRC_PASSWORD")
+        assert logged_in.returncode == 0, logged_in.stderr
         self.config = Path(env["DOCKER_CONFIG"]) / "config.json"
         self.base_before = self.config.read_bytes()
         self.report = tmp_path / "fanout.json"
@@ -150,7 +150,9 @@ class TokenSigned:
         self.assert_no_secrets(result.stdout, result.stderr)
         return result
 
-    def fanout(self, tool: str, account: str = ROBOT, targets: tuple[TokenRegistry, ...] | None = None) -> Any:
+    def fanout(
+        self, tool: str, account: str = ROBOT, targets: tuple[TokenRegistry, ...] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         doc: dict[str, Any] = {
             "source": {"image": self.source.ref(REPO, "1.0"), "insecure": True},
             "tags": ["1.0", "latest"],
@@ -261,3 +263,26 @@ def test_control_pull_only_target_account_fails_and_nothing_of_the_signature_lan
         assert t.plain.manifest_digest(REPO, ref) is None, ref
     rejected = t.signer.verify(f"{t.plain.host}/{REPO}@{t.digest}", t.verify_env)
     assert rejected.returncode != 0, rejected.stdout + rejected.stderr
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_refused_signature_push_fails_the_target_naming_it(token_signed: TokenSigned, tool: str) -> None:
+    """The front refuses the PUT of the cosign signature's tag (Harbor's DENIED,
+    as a tag-scoped policy would): the target fails naming the signature and
+    the push permission, its further tag never moves to the unsigned image,
+    and cosign rejects what landed."""
+    t = token_signed
+    hexdigest = t.digest.partition(":")[2]
+    refusal = t.plain.add_fault(harbor_fault("push_denied", "PUT", rf"/manifests/sha256-{hexdigest}\.sig$"))
+    result = t.fanout(tool, targets=(t.plain,))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert refusal.hits == 1, "a Harbor refusal is not retried"
+    r = t.results()[t.plain.name]
+    assert r["status"] == "failed", r
+    assert f"referrer cosign signature sha256-{hexdigest}.sig failed" in r["error"], r
+    assert "push permission" in r["hint"], r
+    assert t.plain.manifest_digest(REPO, "1.0") == t.digest  # the image went first
+    assert t.plain.manifest_digest(REPO, f"sha256-{hexdigest}.sig") is None
+    assert t.plain.manifest_digest(REPO, "latest") is None  # the further tag waits for the referrers
+    rejected = t.signer.verify(f"{t.plain.host}/{REPO}:1.0", t.verify_env)
+    assert rejected.returncode != 0 and "no signatures found" in rejected.stderr.lower(), rejected.stderr
