@@ -18,7 +18,9 @@ through the token flow: its discovery of the source's referrers and its
 read-back at the targets come with its User-Agent, after a token it asked
 for with its account's Basic credentials. The control: a pull-only account
 at the target fails it with a hint naming the missing push permission, and
-nothing of the signature lands.
+nothing of the signature lands. And a Harbor that refuses only the
+signature's push fails the target naming the signature, before the further
+tag moves.
 """
 
 from __future__ import annotations
