@@ -78,7 +78,7 @@ def make_plan(
         carried = tuple(artifacts or ()) if on else ()
         if carried:
             extra = tools.referrer_steps(fanout.source, target, carried, layout if pulled else None)
-            first = len(steps) if target.tool == "custom" else 1
+            first = _after_first_copy(target, steps)
             steps = [*steps[:first], *extra, *steps[first:]]
         plans.append(TargetPlan(target, destinations, tuple(steps), on, carried))
     return Plan(
@@ -121,7 +121,7 @@ def for_tags(
         # own layout, numbered in that order (tools.pull_referrer_steps).
         every = tools.referrer_steps(plan.source, target, tp.referrers, plan.layout)
         extra = [step for artifact, step in zip(tp.referrers, every, strict=True) if artifact in wanted]
-        first = len(steps) if target.tool == "custom" else min(1, len(steps))
+        first = _after_first_copy(target, steps)
         steps = [*steps[:first], *extra, *steps[first:]]
     return TargetPlan(
         target,
@@ -130,6 +130,17 @@ def for_tags(
         tp.referrers_on,
         wanted,
     )
+
+
+def _after_first_copy(target: Target, steps: Sequence[tools.Step]) -> int:
+    """Where a target's referrer copies go among its image steps: after the
+    first copy of the image, before its further tags. A custom command's
+    steps are opaque: after all of them. podman and buildah pull into storage
+    first: after that pull and the first push (before it, the signatures
+    would land at a target the image never reached)."""
+    if target.tool == "custom":
+        return len(steps)
+    return min(2 if target.tool in ("podman", "buildah") else 1, len(steps))
 
 
 def _secret_ref(name: str | None, kind: str, environ: Mapping[str, str]) -> str:

@@ -17,7 +17,9 @@ HTTP and TLS with a CA file), every target passes `cosign verify --key`,
 with the verifier's own logins in its own environment; the base Docker
 config and the runner's containers auth file keep every byte. The control:
 the same fan-out with `referrers: false` lands the image, and `cosign
-verify` rejects it.
+verify` rejects it. And the order: the referrers follow the image's first
+push (they used to follow the pull, so a target that refused the image's
+push was left holding its signature and SBOM).
 """
 
 from __future__ import annotations
@@ -96,10 +98,15 @@ def test_signed_release_with_podman_or_buildah_lands_signed_at_every_target(sign
     # The image from storage with the tool itself; the referrers by digest with skopeo, in the same scope.
     assert f"$ {tool} " in result.stdout and "push" in result.stdout
     hexdigest = signed_build.digest.partition(":")[2]
+    lines = result.stdout.splitlines()
     for target in release.targets:
         for what in (f"sha256-{hexdigest}.sig", f"sha256-{hexdigest}.att", f"@{signed_build.sbom}"):
-            copies = [line for line in result.stdout.splitlines() if "$ skopeo copy" in line and what in line]
+            copies = [line for line in lines if "$ skopeo copy" in line and what in line]
             assert any(target.host in line for line in copies), (target.host, what, result.stdout)
+        # In order: the image's first push, then its referrers, then the further tag.
+        mine = [line for line in lines if f"docker://{target.host}/release/app" in line and " $ " in line]
+        order = [("skopeo" if "$ skopeo" in line else line.rpartition(":")[2]) for line in mine]
+        assert order == ["1.0", "skopeo", "skopeo", "skopeo", "skopeo", "latest"], mine
         for tag in ("1.0", "latest"):
             assert target.registry.manifest_digest("release/app", tag) == signed_build.digest, (target.host, tag)
         signed_build.assert_signed(target)
@@ -128,3 +135,32 @@ def test_control_referrers_false_with_podman_or_buildah_lands_an_image_cosign_re
         listed = signed_build.signer.discover(ref, signed_build.verify_env, signed_build.oras_flags(target))
         assert not (listed.get("referrers") or listed.get("manifests")), listed
     assert release.config.read_bytes() == base_before
+
+
+def test_a_refused_image_push_leaves_nothing_of_the_signature_at_the_target(
+    signed_build: SignedBuild, tmp_path: Path
+) -> None:
+    """The target refuses the image's push (here a podman / buildah whose push
+    fails, as at an immutable tag or a full quota): the target fails, and
+    neither the signatures nor the SBOM land there, since they go only after
+    the image's first push. (Copied right after the pull, as before, they all
+    landed at a target that never got the image.)"""
+    release, tool = signed_build.release, signed_build.tool
+    bin_dir = tmp_path / "refusing-bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / tool
+    real = tool_paths(tool)[tool]
+    wrapper.write_text(
+        '#!/bin/sh\ncase " $* " in *" push "*) echo "Error: requested access to the resource is denied" >&2; exit 125;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    result = fanout(release, signed_build.targets_file(), PATH=f"{bin_dir}:{release.env['PATH']}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0/2 targets landed" in result.stdout
+    hexdigest = signed_build.digest.partition(":")[2]
+    for target in release.targets:
+        for ref in ("1.0", "latest", f"sha256-{hexdigest}.sig", f"sha256-{hexdigest}.att", f"sha256-{hexdigest}"):
+            assert target.registry.manifest_digest("release/app", ref) is None, (target.host, ref)
+        assert target.registry.manifest_digest("release/app", signed_build.sbom) is None, target.host
+    assert "$ skopeo copy" not in result.stdout  # no referrer copy was even tried
