@@ -25,6 +25,7 @@ push was left holding its signature and SBOM).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,32 @@ def test_a_refused_image_push_leaves_nothing_of_the_signature_at_the_target(
             assert target.registry.manifest_digest("release/app", ref) is None, (target.host, ref)
         assert target.registry.manifest_digest("release/app", signed_build.sbom) is None, target.host
     assert "$ skopeo copy" not in result.stdout  # no referrer copy was even tried
+
+
+def test_without_skopeo_a_podman_or_buildah_target_says_what_it_copies(
+    signed_build: SignedBuild, tmp_path: Path
+) -> None:
+    """The job's image has podman (or buildah) but no skopeo: the image lands,
+    the referrer copies cannot run, and each target fails with a hint that
+    says skopeo copies the signatures of podman/buildah targets and how to
+    land the image alone (it used to say "choose another tool:")."""
+    release, tool = signed_build.release, signed_build.tool
+    bin_dir = tmp_path / "no-skopeo-bin"
+    bin_dir.mkdir()
+    for directory in release.env["PATH"].split(os.pathsep):
+        if os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if name != "skopeo" and not (bin_dir / name).exists():
+                    (bin_dir / name).symlink_to(os.path.join(directory, name))
+    report = tmp_path / "fanout.json"
+    result = fanout(release, signed_build.targets_file(), "--json", str(report), PATH=str(bin_dir))
+    assert result.returncode == 1, result.stdout + result.stderr
+    for entry in json.loads(report.read_text())["targets"]:
+        assert entry["status"] == "failed" and "command not found: skopeo" in entry["error"], entry
+        assert entry["hint"] == (
+            f"install skopeo in the job's image: it copies the signatures, attestations and SBOMs of "
+            f"tool: {tool} targets; or set referrers: false on target {entry['name']} to land the image alone"
+        ), entry
+    for target in release.targets:
+        assert target.registry.manifest_digest("release/app", "1.0") == signed_build.digest  # the image went first
+        assert target.registry.manifest_digest("release/app", "latest") is None  # its further tag waits
