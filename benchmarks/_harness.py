@@ -894,7 +894,8 @@ def timeline(events: Sequence[Mapping[str, object]]) -> str:
     lines = [
         f"process start -> first trace event {first:.3f}s (interpreter start, imports, reading the file)",
         f"run start {s(at('run', 'start'))}  source digest read {s(at('source', 'start'))} -> "
-        f"{s(at('source', 'end'))}  execute start {s(at('execute', 'start'))}",
+        f"{s(at('source', 'end'))}  execute start {s(at('execute', 'start'))}  "
+        f"referrers found {s(at('discovery', 'start'))} -> {s(at('discovery', 'end'))} (in the background)",
     ]
     lines.append(
         f"last target done {last:.3f}  run end {s(at('run', 'end'))}  process exited {s(at('exit', ''))} "
@@ -969,6 +970,48 @@ def plot(path: str, title: str, ns: Sequence[int], panels: Mapping[str, Mapping[
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return f"plot written to {path}"
+
+
+def interpreter_option(p: argparse.ArgumentParser) -> None:
+    """--this-python: run authscope under this interpreter instead of a clean venv (`clean_interpreter`)."""
+    p.add_argument(
+        "--this-python",
+        action="store_true",
+        help="run authscope with this interpreter (sys.executable), whose site may run .pth files at every "
+        "start; default: a clean venv of it made for the run (only authscope and its dependencies on its "
+        "path, as the authscope image's python3 is)",
+    )
+
+
+def clean_interpreter(this_python: bool = False) -> str:
+    """Point AUTHSCOPE at a clean interpreter (unless ``this_python``): a venv of
+    this Python made for the run (removed at exit) whose one .pth names plugin/ and
+    this interpreter's site-packages as plain paths, so none of this machine's .pth
+    files run at its start, as in the authscope image (benchmarks/startup.py's
+    make_venv). The line to print."""
+    if this_python:
+        AUTHSCOPE[0] = sys.executable
+        return f"authscope runs under {sys.executable} (--this-python: its site-packages' .pth files run at start)"
+    import atexit
+    import sysconfig
+
+    work = tempfile.mkdtemp(prefix="authscope-bench-venv-")
+    atexit.register(shutil.rmtree, work, True)
+    venv = Path(work, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "authscope-bench.pth").write_text(f"{REPO / 'plugin'}\n{sysconfig.get_paths()['purelib']}\n")
+    AUTHSCOPE[0] = str(python)
+    return (
+        f"authscope runs under a clean interpreter: {python} (a venv of {sys.executable}, made for this run; "
+        "--this-python to use that one)"
+    )
 
 
 def compile_bytecode() -> str:

@@ -213,6 +213,7 @@ def main() -> int:
     )
     p.add_argument("--repeat", type=int, default=3, help="runs each way per tool; the median is shown (default 3)")
     p.add_argument("--quick", action="store_true", help="smoke run: N = 2; 2 MB in 2 layers; 10 ms; 1 run each way")
+    H.interpreter_option(p)
     a = p.parse_args()
     if a.quick:
         a.targets, a.image_mb, a.layers, a.delay_ms, a.repeat = 2, 2.0, 2, 10.0, 1
@@ -225,7 +226,9 @@ def main() -> int:
     n = a.targets
 
     H.require(*tools, "cosign", "oras")
+    interpreter = H.clean_interpreter(a.this_python)
     H.header("referrers_fanout: authscope fanout --jobs N of a signed image, referrers on vs --no-referrers", tools)
+    print(interpreter)
     for signer_tool in ("cosign", "oras"):
         path = H.tool_path(signer_tool)
         proc = subprocess.run([str(path), "version"], capture_output=True, text=True, timeout=30, check=False)

@@ -15,6 +15,12 @@ ways, with the same tool:
                 (tool: crane / skopeo); per target a scope, a /v2/ credential
                 check, the copy, and a digest read-back
 
+authscope runs under a clean interpreter by default, as in the authscope
+image (Debian's python3): a venv of this Python made for the run, whose one
+.pth puts plugin/ and this interpreter's site-packages on the path, so none
+of this machine's .pth files run at every start (the by-hand side is bash);
+--this-python runs it under sys.executable instead. The header says which.
+
 Each run starts from a fresh isolated HOME / DOCKER_CONFIG, has the source
 login done beforehand (not timed), and copies into repositories new to every
 target registry, so nothing is skipped as already there. Every target's
@@ -118,6 +124,7 @@ def main() -> int:
     p.add_argument("--no-loop", action="store_true", help="skip the serial loop (context only; slow at large N)")
     p.add_argument("--trace", action="store_true", help="print one traced fan-out's timeline per tool (largest N)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of time against N (needs matplotlib)")
+    H.interpreter_option(p)
     a = p.parse_args()
     if a.rerun:
         return rerun(a)
@@ -130,6 +137,7 @@ def main() -> int:
             p.error(f"--tools: {tool!r} is not one of {', '.join(H.SERIAL_LOOP)}")
     registries = a.registries or max(ns)
 
+    interpreter = H.clean_interpreter(a.this_python)  # before the header: it names authscope's version
     H.header("wan_fanout: authscope fanout --jobs N vs the serial login/copy/logout loop", tools)
     H.require(*tools, *(["regsync"] if a.regsync else []))
     transport = H.transport(a.tls)
@@ -156,6 +164,7 @@ def main() -> int:
     print(flush=True)
 
     print(H.compile_bytecode(), flush=True)
+    print(interpreter, flush=True)
     # (tool, n, way) -> outcomes
     cells: dict[tuple[str, int, str], list[H.Outcome]] = {}
     every = [
@@ -255,7 +264,9 @@ def rerun(a: argparse.Namespace) -> int:
     n = int(a.targets) if a.targets.isdigit() else 8
     tool = a.tools.split(",")[0].strip()
     tags = 1  # H.targets_file: tags ["1.0"]
+    interpreter = H.clean_interpreter(a.this_python)
     H.header(f"wan_fanout --rerun: re-running an up-to-date {n}-target fan-out", [tool])
+    print(interpreter)
     H.require(tool)
     with H.open_lab(a, a.registries or n) as lab:
         targets = lab.pick(n, f"rerun-{tool}")

@@ -27,7 +27,7 @@ from . import report as R
 from . import run, tools, trace
 from .base import Base
 from .errors import AuthscopeError, ConfigError, Problem, RegistryError, SecretSourceError, TargetsFileError
-from .plan import Plan, TargetPlan, for_tags
+from .plan import Plan, TargetPlan, after_first_copy, first_copy, for_tags, referrer_pulls, with_referrers
 from .referrers import Artifact
 from .registry import (
     RealmRefused,
@@ -359,6 +359,7 @@ class _Context:
     withheld: tuple[str, ...] = ()  # variables no tool gets (tool_environ)
     force: bool = False  # --force: copy targets that are up to date too
     pull: Callable[[], None] | None = None  # pull_once: the source's one pull, run by the first target to need it
+    discovery: Discovery | None = None  # still finding the source's referrers: the plan's targets carry none yet
 
 
 class _Failure(Exception):
@@ -414,7 +415,15 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
             # A target that holds the image under none of its tags gets every
             # referrer: no round trips to look for them there first.
             fresh = forced or len(missing) == len(t.tags)
-            lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
+            # Discovery may still run: a copy starts without it (its first copy
+            # needs no referrer); "up to date" waits for it (it needs them all).
+            discovery = ctx.discovery if tp.referrers_on else None
+            later = discovery is not None
+            if discovery is not None and (not missing or discovery.failed()):
+                waited = time.monotonic()
+                tp, later = _discovered(tp, ctx), False
+                deadline += time.monotonic() - waited  # the wait is discovery's time, not the target's
+            lacking = [] if later else list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
             if not missing and not lacking:
                 # Up to date: no scope, no tool; the HEAD of every tag just now is the
                 # digest check, and every referrer was just read back there too.
@@ -443,9 +452,22 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                     changed = True
                     # Only the tags that don't hold the source digest yet, and the
                     # referrers the target lacks (a re-run after a lost signature).
-                    narrowed = for_tags(ctx.plan, tp, missing, lacking)
-                    if narrowed.steps:
-                        attempts = _copy(narrowed, ctx, env, scope, masker, line, output, deadline)
+                    if later:
+                        # The first copy now; the referrer copies (and the further
+                        # tags, after them) once discovery has found them.
+                        head = first_copy(ctx.plan, tp, missing)
+                        attempts = _copy(head, ctx, env, scope, masker, line, output, deadline)
+                        waited = time.monotonic()
+                        tp = _discovered(tp, ctx)
+                        deadline += time.monotonic() - waited
+                        lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
+                        rest = after_first_copy(ctx.plan, tp, missing, lacking)
+                        if rest.steps:
+                            attempts = max(attempts, _copy(rest, ctx, env, scope, masker, line, output, deadline))
+                    else:
+                        narrowed = for_tags(ctx.plan, tp, missing, lacking)
+                        if narrowed.steps:
+                            attempts = _copy(narrowed, ctx, env, scope, masker, line, output, deadline)
                     _index_referrers(tp, ctx, session)
                     digests = _verify(tp, ctx, session, deadline)
                     copied = _verify_referrers(tp, ctx, session)
@@ -486,6 +508,24 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
         verdict = f"up to date: {', '.join(t.tags)} already hold {ctx.source_digest}; nothing copied"
     ctx.log(f"authscope: [{t.name}] {verdict} ({result.duration:.1f}s, {attempts} attempt(s))")
     return result
+
+
+def _discovered(tp: TargetPlan, ctx: _Context) -> TargetPlan:
+    """``tp`` carrying the source's referrers, waiting for discovery if it
+    still runs; a discovery that failed (or a signal meanwhile) fails the
+    target, naming why (fail closed: it never lands as if unsigned)."""
+    assert ctx.discovery is not None
+    try:
+        found = ctx.discovery.artifacts()
+    except RegistryError as exc:
+        status = R.INTERRUPTED if run.stopping() else R.FAILED
+        raise _Failure(
+            f"its signatures, attestations and referrers could not be found at the source: {exc.reason}",
+            "they were not copied, and the target is not done: fix the source (see the error above) and run again; "
+            "referrers: false lands the image without them",
+            status,
+        ) from None
+    return with_referrers(ctx.plan, tp, found)
 
 
 def _pulled(ctx: _Context) -> None:
@@ -1052,35 +1092,154 @@ def resolve_source_and_referrers(
     fanout: Fanout, base: Base, environ: Mapping[str, str], *, discover: bool = True
 ) -> tuple[str, bool, tuple[Artifact, ...]]:
     """``resolve_source``, and with ``discover`` what refers to the source
-    digest (referrers.discover), in the same session: found once, for every target."""
+    digest (referrers.discover), in the same session: found once, for every
+    target. ``start_source`` without the copies starting meanwhile."""
+    digest, plain_http, discovery = start_source(fanout, base, environ, discover=discover)
+    return digest, plain_http, discovery.artifacts()
+
+
+def start_source(
+    fanout: Fanout,
+    base: Base,
+    environ: Mapping[str, str],
+    *,
+    discover: bool = True,
+    found: Callable[[tuple[Artifact, ...]], None] | None = None,
+) -> tuple[str, bool, Discovery]:
+    """(the source's digest, whether it speaks plain HTTP, its Discovery)
+    once the digest is known: with ``discover``, what refers to it is found
+    in the background, in the same session, while the copies start
+    (Discovery.artifacts waits for it; ``found`` is told what it found).
+    RegistryError when the digest can't be read; discovery's own error
+    comes from Discovery.artifacts."""
     from .referrers import discover as find
 
     src = fanout.source
     trace.event("source", phase="start")
     cfg = base.snapshot().config
     auth = source_credentials(cfg, src.image.registry, environ, base.path)
+    reference = src.image.digest or src.image.tag or "latest"
     try:
-        with Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure) as session:
-            reference = src.image.digest or src.image.tag or "latest"
-            if not discover:
-                digest = session.manifest_digest(src.image.repository, reference)
-                trace.event("source", phase="end")
-                return digest, session.schemes == ["http"], ()
-            # Discovery reads the manifest anyway: one GET resolves the digest too (a round trip fewer).
-            digest, known = session.resolve(src.image.repository, reference)
-            found = find(session, src.image.repository, digest, known=known)
-            trace.event("source", phase="end")
-            return digest, session.schemes == ["http"], found
+        session = Session(src.image.registry, auth, ca_file=src.ca_file, insecure=src.insecure)
     except RegistryError as exc:
-        hint = ""
-        if isinstance(exc, RegistryHTTPError) and exc.status in (401, 403):
-            hint = f"; log the job in first: authscope login {src.image.registry} -u ... --password-env ..."
-        elif isinstance(exc, RegistryHTTPError) and exc.status == 412:
-            hint = "; " + _source_policy_hint(src.image.registry, exc.reason)
-        raise RegistryError(
-            src.image.registry,
-            f"cannot read the source {src.image.with_tag(src.image.tag or 'latest')}: {exc.reason}{hint}",
-        ) from None
+        raise _source_error(fanout, exc) from None
+    try:
+        if not discover:
+            with session:
+                digest = session.manifest_digest(src.image.repository, reference)
+            trace.event("source", phase="end")
+            return digest, session.schemes == ["http"], Discovery.finished(())
+        # Discovery reads the manifest anyway: one GET resolves the digest too (a round trip fewer).
+        digest, known = session.resolve(src.image.repository, reference)
+        trace.event("source", phase="end")
+    except BaseException as exc:
+        session.close()
+        if isinstance(exc, RegistryError):
+            raise _source_error(fanout, exc) from None
+        raise
+    plain_http = session.schemes == ["http"]
+
+    def work(session: Session = session) -> tuple[Artifact, ...]:
+        trace.event("discovery", phase="start")
+        try:
+            with session:
+                artifacts = find(session, src.image.repository, digest, known=known)
+        except RegistryError as exc:
+            trace.event("discovery", phase="end", ok=False)
+            raise _source_error(fanout, exc) from None
+        trace.event("discovery", phase="end", ok=True, artifacts=len(artifacts))
+        if found is not None:
+            try:
+                found(artifacts)
+            except Exception:  # noqa: BLE001 - a progress line (stderr gone) never fails the release
+                pass
+        return artifacts
+
+    return digest, plain_http, Discovery.started(src.image.registry, work)
+
+
+def _source_error(fanout: Fanout, exc: RegistryError) -> RegistryError:
+    """``exc`` (reading the source, or finding its referrers) as the run reports it."""
+    src = fanout.source
+    hint = ""
+    if isinstance(exc, RegistryHTTPError) and exc.status in (401, 403):
+        hint = f"; log the job in first: authscope login {src.image.registry} -u ... --password-env ..."
+    elif isinstance(exc, RegistryHTTPError) and exc.status == 412:
+        hint = "; " + _source_policy_hint(src.image.registry, exc.reason)
+    return RegistryError(
+        src.image.registry,
+        f"cannot read the source {src.image.with_tag(src.image.tag or 'latest')}: {exc.reason}{hint}",
+    )
+
+
+class Discovery:
+    """What refers to the source digest (referrers.discover), found once for
+    every target in a thread of its own while the copies run: the copies
+    start as soon as the digest is known, and wait (``artifacts``) only
+    where they need the referrers: before a target's referrer copies (after
+    its first copy), and before a target is called up to date.
+
+    A discovery that failed raises its RegistryError to every caller, so
+    each target that carries referrers fails with it (fail closed), and the
+    run's report says it (release.run)."""
+
+    def __init__(self, registry: str) -> None:
+        self._registry = registry
+        self._done = threading.Event()
+        self._found: tuple[Artifact, ...] = ()
+        self.error: BaseException | None = None  # why it failed: a RegistryError, or a bug
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def finished(cls, found: tuple[Artifact, ...], registry: str = "") -> Discovery:
+        """A discovery already done (nothing to find, or found before the run)."""
+        done = cls(registry)
+        done._found = found
+        done._done.set()
+        return done
+
+    @classmethod
+    def started(cls, registry: str, work: Callable[[], tuple[Artifact, ...]]) -> Discovery:
+        """``work`` started in a daemon thread (a signal must never wait for
+        the source's answers: the run ends, and the thread with the process)."""
+        discovery = cls(registry)
+        discovery._thread = threading.Thread(
+            target=discovery._run, args=(work,), name="authscope-discovery", daemon=True
+        )
+        discovery._thread.start()
+        return discovery
+
+    def _run(self, work: Callable[[], tuple[Artifact, ...]]) -> None:
+        try:
+            self._found = work()
+        except BaseException as exc:  # noqa: BLE001 - kept for every caller: a RegistryError, or a bug
+            self.error = exc
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def failed(self) -> bool:
+        """Whether it has ended, and failed (never waits)."""
+        return self._done.is_set() and self.error is not None
+
+    def artifacts(self) -> tuple[Artifact, ...]:
+        """What it found, once it has (waiting in short steps: a signal is
+        taken meanwhile, and ends the wait with a RegistryError saying so)."""
+        if not self._done.is_set():
+            trace.event("wait", phase="start", what="referrers")
+            try:
+                while not self._done.wait(0.05):
+                    if run.stopping():
+                        raise RegistryError(self._registry, "interrupted while its referrers were being found")
+            finally:
+                trace.event("wait", phase="end", what="referrers")
+        if isinstance(self.error, RegistryError):
+            raise RegistryError(self.error.registry, self.error.reason)  # one per caller: they run in threads
+        if self.error is not None:
+            raise RuntimeError(f"finding the source's referrers failed: {self.error!r}") from self.error
+        return self._found
 
 
 def pull_source(
@@ -1095,9 +1254,13 @@ def pull_source(
     withheld: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
     restored: list[str] | None = None,
+    discovery: Discovery | None = None,
 ) -> None:
     """pull_once: fetch the source into ``plan.layout`` once, in a scope of its
     own; its tool gets no target's credential variables (tool_environ).
+    ``discovery``: still finding the referrers (the plan has no
+    pull_referrers yet): they are pulled after the image, once it has found
+    them (a discovery that failed pulls none: the targets fail with it).
 
     What the base guard restored when the pull's scope closed is appended to
     ``restored``, whether the pull succeeded or not.
@@ -1131,6 +1294,7 @@ def pull_source(
             run.remember(secrets)
             env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
             pending = [plan.pull, *plan.pull_referrers]  # the image, then each of its referrers
+            later = discovery is not None and not plan.pull_referrers
             for attempt in range(1, plan.retries + 2):
                 log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
                 while pending:
@@ -1141,6 +1305,12 @@ def pull_source(
                     if code != 0 or timed_out:
                         break
                     pending.pop(0)
+                    if not pending and later and discovery is not None:
+                        later = False
+                        try:
+                            pending.extend(referrer_pulls(plan, discovery.artifacts()))
+                        except RegistryError:
+                            pass  # each target that carries referrers fails with discovery's error
                 if not pending:
                     return
                 transient, hint = _source_diagnosis(list(output), src.image.registry)
@@ -1188,6 +1358,7 @@ def execute(
     secrets: Sequence[str] = (),
     stream: IO[str] = sys.stdout,
     pull: Callable[[], None] | None = None,
+    discovery: Discovery | None = None,
 ) -> tuple[R.Result, ...]:
     """Run every target of ``plan``; a Result for each, in plan order.
 
@@ -1195,7 +1366,9 @@ def execute(
     credential variables a tool gets only for its own target; ``withheld``:
     variables no tool gets; ``secrets``: more to mask (the GitLab token);
     ``force``: copy targets whose tags already hold ``source_digest`` too;
-    ``pull``: pull_once's pull, called (it must run once) before a copy.
+    ``pull``: pull_once's pull, called (it must run once) before a copy;
+    ``discovery``: the source's referrers still being found (``plan`` made
+    without them): each target gets them from it, waiting where it must.
     """
     log = _Log(stream)
     plain = (plan.source.image.registry,) if source_plain_http else ()
@@ -1216,6 +1389,7 @@ def execute(
         tuple(withheld),
         force,
         pull,
+        discovery,
     )
     results: dict[str, R.Result] = {}
     # A target starts (takes one of the `jobs` slots) once its credential check

@@ -78,7 +78,7 @@ def make_plan(
         carried = tuple(artifacts or ()) if on else ()
         if carried:
             extra = tools.referrer_steps(fanout.source, target, carried, layout if pulled else None)
-            first = _after_first_copy(target, steps)
+            first = _first(target, steps)
             steps = [*steps[:first], *extra, *steps[first:]]
         plans.append(TargetPlan(target, destinations, tuple(steps), on, carried))
     return Plan(
@@ -97,6 +97,64 @@ def make_plan(
         if pulled and artifacts and any(tp.referrers for tp in plans)
         else (),
     )
+
+
+def _first(target: Target, steps: Sequence[tools.Step]) -> int:
+    """Where the referrer copies go among a target's steps: after its first
+    copy (after every command of a custom target; for podman and buildah,
+    after the pull into storage and the first push: before it, the
+    signatures would land at a target the image never reached)."""
+    if target.tool == "custom":
+        return len(steps)
+    return min(2 if target.tool in ("podman", "buildah") else 1, len(steps))
+
+
+def with_referrers(plan: Plan, tp: TargetPlan, artifacts: Sequence[Artifact]) -> TargetPlan:
+    """``tp`` carrying ``artifacts`` (what discovery found; nothing when its
+    referrers are off), with the steps make_plan gives it when they are known
+    before the run: a plan made while discovery still runs (the copies start
+    as soon as the source digest is known) gets them per target this way."""
+    from dataclasses import replace
+
+    carried = tuple(artifacts) if tp.referrers_on else ()
+    if carried == tp.referrers:
+        return tp
+    t = tp.target
+    steps = tools.steps_for(plan.source, t, plan.source_ref, plan.layout)
+    if carried:
+        first = _first(t, steps)
+        steps = [*steps[:first], *tools.referrer_steps(plan.source, t, carried, plan.layout), *steps[first:]]
+    return replace(tp, steps=tuple(steps), referrers=carried)
+
+
+def first_copy(plan: Plan, tp: TargetPlan, tags: Sequence[str]) -> TargetPlan:
+    """The steps of ``for_tags(plan, tp, tags)`` that come before any
+    referrer copy: the first copy (every command of a custom target). It
+    needs nothing discovery finds, so it runs while discovery does."""
+    from dataclasses import replace
+
+    narrowed = for_tags(plan, tp, tags, ())
+    return replace(narrowed, steps=narrowed.steps[: _first(narrowed.target, narrowed.steps)])
+
+
+def after_first_copy(plan: Plan, tp: TargetPlan, tags: Sequence[str], referrers: Sequence[Artifact]) -> TargetPlan:
+    """The rest of ``for_tags(plan, tp, tags, referrers)`` after ``first_copy``:
+    the referrer copies, then the further tags (made from the first). ``tp``
+    carries what discovery found (with_referrers)."""
+    from dataclasses import replace
+
+    head = for_tags(plan, tp, tags, ())
+    narrowed = for_tags(plan, tp, tags, referrers)
+    return replace(narrowed, steps=narrowed.steps[_first(head.target, head.steps) :])
+
+
+def referrer_pulls(plan: Plan, artifacts: Sequence[Artifact]) -> tuple[tools.Step, ...]:
+    """pull_once: the pulls of ``artifacts`` into layouts of their own (the
+    plan's pull_referrers, for a plan made before discovery ended)."""
+    if plan.layout is None or not artifacts or not any(tp.referrers_on for tp in plan.targets):
+        return ()
+    tool = plan.targets[0].target.tool  # pull_once: every target's (make_plan)
+    return tuple(tools.pull_referrer_steps(tool, plan.source, tuple(artifacts), plan.layout))
 
 
 def for_tags(
@@ -121,7 +179,7 @@ def for_tags(
         # own layout, numbered in that order (tools.pull_referrer_steps).
         every = tools.referrer_steps(plan.source, target, tp.referrers, plan.layout)
         extra = [step for artifact, step in zip(tp.referrers, every, strict=True) if artifact in wanted]
-        first = _after_first_copy(target, steps)
+        first = _first(target, steps)
         steps = [*steps[:first], *extra, *steps[first:]]
     return TargetPlan(
         target,
@@ -130,17 +188,6 @@ def for_tags(
         tp.referrers_on,
         wanted,
     )
-
-
-def _after_first_copy(target: Target, steps: Sequence[tools.Step]) -> int:
-    """Where a target's referrer copies go among its image steps: after the
-    first copy of the image, before its further tags. A custom command's
-    steps are opaque: after all of them. podman and buildah pull into storage
-    first: after that pull and the first push (before it, the signatures
-    would land at a target the image never reached)."""
-    if target.tool == "custom":
-        return len(steps)
-    return min(2 if target.tool in ("podman", "buildah") else 1, len(steps))
 
 
 def _secret_ref(name: str | None, kind: str, environ: Mapping[str, str]) -> str:

@@ -2,8 +2,10 @@
 
 The flow, in order: read every chosen target's credentials (all missing ones
 at once, exit 2); start every target's credential check, which overlaps with
-reading the source; resolve the source's digest with the base's login; build
-the final plan (the source by digest); run every target (fanout.execute, where
+reading the source; resolve the source's digest with the base's login, and
+start finding its referrers in the background (fanout.Discovery: the copies
+don't wait for it, only what needs the referrers does); build the final plan
+(the source by digest); run every target (fanout.execute, where
 ``run_target`` is what happens to one target: with pull_once, the first target
 that needs a copy fetches the source once into a local layout, the others wait
 for it, and targets that are up to date never read it); and return the report,
@@ -11,6 +13,8 @@ with what the base guard restored outside the targets' scopes.
 
 A source that cannot be read ends the run there: every target is reported
 failed (or interrupted) with the source's problem in ``Report.error``. A
+discovery that fails fails every target that carries referrers, and is
+``Report.error`` too. A
 pull_once pull that fails fails every target that needed it, and is
 ``Report.error`` too.
 Nothing here prints errors or chooses exit codes: that is cli's job.
@@ -121,13 +125,21 @@ def run(
         _layout_dir(draft.layout is not None) as layout,
         fanout.Preflights(draft, credentials, stream, force=options.force) as checks,
     ):
+
+        def found(artifacts: tuple[Any, ...]) -> None:
+            say(
+                f"{len(artifacts)} signature(s), attestation(s) and referrer(s) go along"
+                + (": " + ", ".join(a.label for a in artifacts) if artifacts else "")
+            )
+
         try:
             # What refers to the source (signatures, attestations, SBOMs) is
-            # found here, once, for every target (referrers.discover).
-            digest, plain_http, artifacts = fanout.resolve_source_and_referrers(
-                spec, base, environ, discover=draft.referrers_on
+            # found once, for every target (referrers.discover), while the
+            # copies run: they start as soon as the digest is known.
+            digest, plain_http, discovery = fanout.start_source(
+                spec, base, environ, discover=draft.referrers_on, found=found
             )
-            final = make_plan(spec, options, source_digest=digest, layout=layout, artifacts=artifacts)
+            final = make_plan(spec, options, source_digest=digest, layout=layout)
         except RegistryError as exc:
             # Nothing was copied: every target fails with the source's problem,
             # or is interrupted when a signal is what stopped reading it.
@@ -135,11 +147,6 @@ def run(
             status, error = (R.INTERRUPTED, f"interrupted: {exc}") if interrupted else (R.FAILED, str(exc))
             return report(fanout.none_copied(draft, status, error), None, error)
         say(f"fan-out of {source} ({digest}) to {len(final.targets)} target(s), {final.jobs} at a time")
-        if final.referrers_on:
-            say(
-                f"{len(artifacts)} signature(s), attestation(s) and referrer(s) go along"
-                + (": " + ", ".join(a.label for a in artifacts) if artifacts else "")
-            )
         pull = None
         if final.pull is not None:
             # Pulled only when the first target that needs a copy asks (a re-run of
@@ -157,6 +164,7 @@ def run(
                     withheld=options.withheld,
                     stream=stream,
                     restored=guard,
+                    discovery=discovery,
                 ),
             )
         trace.event("execute", phase="start")
@@ -176,8 +184,14 @@ def run(
             secrets=options.masked,
             stream=stream,
             pull=pull,
+            discovery=discovery,
         )
     trace.event("run", phase="end")
+    if discovery.failed() and isinstance(discovery.error, RegistryError):
+        # Every target that carries referrers failed with it (fanout._discovered): the source's problem.
+        interrupted = received_signal() is not None
+        error = str(discovery.error)
+        return report(results, digest, f"interrupted: {error}" if interrupted else error)
     if pull is not None and isinstance(pull.error, RegistryError):
         # No target was copied: those that needed the pull failed with it, the others were up to date.
         interrupted = received_signal() is not None
