@@ -58,3 +58,19 @@ def test_control_other_tools_keep_their_order(tmp_path: Path, tool: str, expecte
     spec = load(str(write(tmp_path, FILE.format(top=f"tool: {tool}\n{command}tags: ['1.0', latest]\n", two=""))), {})
     p = release.make_plan(spec, release.Options(), source_digest=DIGEST, artifacts=(SIG, SBOM))
     assert kinds(p.targets[0].steps) == expected
+
+
+@pytest.mark.parametrize("tool", ["podman", "buildah"])
+def test_podman_and_buildah_first_copy_is_the_pull_and_the_first_push(tmp_path: Path, tool: str) -> None:
+    """first_copy runs while discovery does; after_first_copy, once it is done,
+    carries the referrers: for podman and buildah the split falls after the
+    first push, so no referrer copy waits on the pull alone."""
+    spec = load(str(write(tmp_path, FILE.format(top=f"tool: {tool}\ntags: ['1.0', latest]\n", two=""))), {})
+    p = release.make_plan(spec, release.Options(), source_digest=DIGEST)
+    tp = plan.with_referrers(p, p.targets[0], (SIG, SBOM))
+    head = plan.first_copy(p, tp, list(tp.target.tags))
+    assert kinds(head.steps) == ["pull", "push"]
+    assert head.steps[1].argv[-1] == "docker://harbor.one/release/app:1.0"
+    rest = plan.after_first_copy(p, tp, list(tp.target.tags), (SIG, SBOM))
+    assert kinds(rest.steps) == ["referrer", "referrer", "push"]
+    assert kinds(tp.steps) == ["pull", "push", "referrer", "referrer", "push"]
