@@ -795,9 +795,7 @@ def _copy(
             try:
                 return run.run_captured(argv, env, masker, line, deadline)
             except AuthscopeError as exc:  # the tool is not installed
-                raise _Failure(
-                    str(exc), f"install {argv[0]} in the job's image, or choose another tool:", attempts=attempt
-                ) from None
+                raise _Failure(str(exc), _missing_tool_hint(t, step, argv[0]), attempts=attempt) from None
             finally:
                 trace.event("tool", phase="end", tool=argv[0], what=step.what)
 
@@ -856,6 +854,18 @@ def _copy(
         if not run.sleep_unless_stopped(delay):
             raise _Failure(f"{step.what}: interrupted", "", R.INTERRUPTED, attempt)
     raise AssertionError("unreachable")
+
+
+def _missing_tool_hint(target: Target, step: tools.Step, tool: str) -> str:
+    """How to fix a target whose ``tool`` is not installed: a referrer copy
+    with another tool than the target's own (skopeo for podman and buildah,
+    crane for custom) says which, and how to land the image alone."""
+    if step.batch and tool != target.tool:
+        return (
+            f"install {tool} in the job's image: it copies the signatures, attestations and SBOMs of "
+            f"tool: {target.tool} targets; or set referrers: false on target {target.name} to land the image alone"
+        )
+    return f"install {tool} in the job's image, or choose another tool"
 
 
 REFERRER_JOBS = 4  # a target's referrer copies running at once (tools.Step.batch)

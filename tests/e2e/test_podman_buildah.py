@@ -240,11 +240,11 @@ def targets_file(release: Release, tool: str, source: str) -> Path:
     return path
 
 
-def fanout(release: Release, path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+def fanout(release: Release, path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = dict(release.env, **extra)
     for i, target in enumerate(release.targets, start=1):
         env[f"REMOTE_{i}_PASSWORD"] = target.registry.password
-    result = release.authscope("fanout", "-f", str(path), env=env)
+    result = release.authscope("fanout", "-f", str(path), *args, env=env)
     assert not release.scopes_left(), "a scope (or its image storage) outlived the fan-out"
     return result
 

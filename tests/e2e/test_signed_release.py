@@ -29,78 +29,24 @@ import yaml
 from tests.e2e.conftest import RegistryFactory, require_tools
 from tests.e2e.test_fanout import TOOLS_BIN, Fleet, tool_path
 from tests.support import CA, isolated_env
+from tests.support.signing import SPDX, Cosign
 
-SPDX = "application/spdx+json"
 TOOLS = ["crane", "skopeo", "regctl"]
 
 
 class Signed:
-    """A Fleet whose source is signed, attested and has an oras SBOM that is signed too."""
+    """A Fleet whose source is signed, attested and has an oras SBOM that is signed too (tests/support/signing.py)."""
 
     def __init__(self, fleet: Fleet, tmp_path: Path) -> None:
         self.fleet = fleet
-        self.cosign = tool_path("cosign")
-        self.oras = tool_path("oras")
-        keys = tmp_path / "keys"
-        keys.mkdir()
         # Signing runs as the build job would: with the base's login to the source.
-        self.env = dict(fleet.env)
-        self.env["COSIGN_PASSWORD"] = "test-" + os.urandom(6).hex()
-        self.env["PATH"] = f"{TOOLS_BIN}{os.pathsep}{self.env['PATH']}"
-        self.run([self.cosign, "generate-key-pair"], cwd=keys)
-        self.key, self.pub = keys / "cosign.key", keys / "cosign.pub"
+        env = dict(fleet.env, PATH=f"{TOOLS_BIN}{os.pathsep}{fleet.env['PATH']}")
+        self.signer = Cosign(tmp_path, env, tool_path("cosign"), tool_path("oras"))
+        self.cosign, self.oras, self.env = self.signer.cosign, self.signer.oras, self.signer.env
+        self.key, self.pub = self.signer.key, self.signer.pub
         source = fleet.source
         self.subject = f"{fleet.local.host}/{source.repository}@{source.digest}"
-        flags = ["--tlog-upload=false", "--allow-http-registry", "--allow-insecure-registry"]
-        self.run([self.cosign, "sign", "--yes", "--key", str(self.key), *flags, self.subject])
-        sbom = tmp_path / "sbom.spdx.json"
-        sbom.write_text(
-            json.dumps(
-                {
-                    "spdxVersion": "SPDX-2.3",
-                    "SPDXID": "SPDXRef-DOCUMENT",
-                    "name": "app",
-                    "dataLicense": "CC0-1.0",
-                    "documentNamespace": "https://example.invalid/app",
-                    "creationInfo": {"created": "2024-01-01T00:00:00Z", "creators": ["Tool: authscope-e2e"]},
-                    "packages": [],
-                }
-            )
-        )
-        self.run(
-            [
-                self.cosign,
-                "attest",
-                "--yes",
-                "--key",
-                str(self.key),
-                "--type",
-                "spdxjson",
-                "--predicate",
-                str(sbom),
-                *flags,
-                self.subject,
-            ]
-        )
-        out = self.run(
-            [
-                self.oras,
-                "attach",
-                "--plain-http",
-                "--registry-config",
-                self.base_config,
-                "--artifact-type",
-                SPDX,
-                "--format",
-                "json",
-                self.subject,
-                f"{sbom.name}:{SPDX}",
-            ],
-            cwd=tmp_path,
-        )
-        self.sbom = json.loads(out)["digest"]
-        sbom_ref = f"{fleet.local.host}/{source.repository}@{self.sbom}"
-        self.run([self.cosign, "sign", "--yes", "--key", str(self.key), *flags, sbom_ref])
+        self.sbom = self.signer.sign_release(self.subject, ["--plain-http", "--registry-config", self.base_config])
 
         # The verifier's own environment and auth file: every target's login.
         self.verify_env = isolated_env(tmp_path / "verify-env")
@@ -118,17 +64,6 @@ class Signed:
     def base_config(self) -> str:
         return str(self.fleet.base)
 
-    def run(
-        self, argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None, check: bool = True
-    ) -> str:
-        result = subprocess.run(
-            argv, env=env or self.env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-        )
-        assert self.env["COSIGN_PASSWORD"] not in result.stdout + result.stderr
-        if check:
-            assert result.returncode == 0, f"{argv[:3]}: {result.stdout}{result.stderr}"
-        return result.stdout if check else f"{result.returncode}\n{result.stdout}{result.stderr}"
-
     def at(self, name: str, ref: str = "1.0") -> str:
         registry = self.fleet.targets[name]
         repo = self.fleet.repos[name]
@@ -137,44 +72,20 @@ class Signed:
     def cosign_verify(
         self, name: str, ref: str = "1.0", *, attestation: bool = False
     ) -> subprocess.CompletedProcess[str]:
-        what = ["verify-attestation", "--type", "spdxjson"] if attestation else ["verify"]
-        argv = [
-            self.cosign,
-            *what,
-            "--key",
-            str(self.pub),
-            "--insecure-ignore-tlog=true",
-            "--allow-http-registry",
-            self.at(name, ref),
-        ]
-        return subprocess.run(argv, env=self.verify_env, capture_output=True, text=True, timeout=120, check=False)
+        return self.signer.verify(self.at(name, ref), self.verify_env, attestation=attestation)
+
+    def oras_flags(self, name: str) -> list[str]:
+        tls = ["--ca-file", str(self.fleet.ca.cert)] if name == "two" else ["--plain-http"]
+        return [*tls, "--registry-config", str(self.verify_config)]
 
     def oras_discover(self, name: str) -> dict[str, Any]:
-        tls = ["--ca-file", str(self.fleet.ca.cert)] if name == "two" else ["--plain-http"]
-        argv = [
-            self.oras,
-            "discover",
-            *tls,
-            "--registry-config",
-            str(self.verify_config),
-            "--format",
-            "json",
-            self.at(name, self.fleet.source.digest),
-        ]
-        result = subprocess.run(argv, env=self.verify_env, capture_output=True, text=True, timeout=120, check=False)
-        assert result.returncode == 0, result.stdout + result.stderr
-        return dict(json.loads(result.stdout))
+        return self.signer.discover(self.at(name, self.fleet.source.digest), self.verify_env, self.oras_flags(name))
 
     def assert_signed(self, name: str) -> None:
-        verified = self.cosign_verify(name)
-        assert verified.returncode == 0, (name, verified.stderr)
-        attested = self.cosign_verify(name, attestation=True)
-        assert attested.returncode == 0, (name, attested.stderr)
-        discovered = self.oras_discover(name)
-        listed = discovered.get("referrers") or discovered.get("manifests") or []
-        assert self.sbom in [r["digest"] for r in listed], (name, discovered)
-        sbom_signed = self.cosign_verify(name, self.sbom)  # the signature of the SBOM came along too
-        assert sbom_signed.returncode == 0, (name, sbom_signed.stderr)
+        repository = f"{self.fleet.targets[name].host}/{self.fleet.repos[name]}"
+        self.signer.assert_signed(
+            repository, self.fleet.source.digest, self.sbom, self.verify_env, self.oras_flags(name)
+        )
 
     def targets_file(self, tool: str, **changes: Any) -> Path:
         path = self.fleet.targets_file(tool)

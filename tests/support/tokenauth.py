@@ -22,8 +22,9 @@ The realm is `http(s)://localhost:PORT/service/token`: crane 0.22 refuses a
 realm whose host is a private or loopback IP literal (its SSRF guard), and
 the registry itself is reached as 127.0.0.1:PORT.
 
-Every token request (account, scopes asked, access granted, status) and
-every request the front saw is recorded, for tests to assert on.
+Every token request (account, scopes asked, access granted, status, the
+client's User-Agent) and every request the front saw is recorded, for tests
+to assert on.
 
 Secrets never reach a process's argv: the signing key is a file, openssl
 reads what it signs on stdin; passwords only live in this process.
@@ -114,6 +115,7 @@ class TokenRequest:
     granted: tuple[tuple[str, tuple[str, ...]], ...]  # (repository, actions)
     status: int
     service: str
+    agent: str = ""  # the client's User-Agent
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Seen:
     status: int
     fault: str = ""  # the Fault's name when the front answered itself
     at: float = 0.0
+    agent: str = ""  # the client's User-Agent
 
 
 @dataclass
@@ -325,17 +328,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._body()
         path = urllib.parse.urlsplit(self.path).path
         fault = front.fault_for(method, self.path, body)
+        agent = self.headers.get("User-Agent", "")
         if fault is not None:
-            front.record(Seen(method, path, fault.status, fault.name, time.monotonic()))
+            front.record(Seen(method, path, fault.status, fault.name, time.monotonic(), agent))
             self._answer(fault.status, fault.headers, fault.body, head=method == "HEAD")
             return
         if path == TOKEN_PATH:
-            status, headers, answer = front.token(self.path, self.headers.get("Authorization", ""))
-            front.record(Seen(method, path, status, at=time.monotonic()))
+            status, headers, answer = front.token(self.path, self.headers.get("Authorization", ""), agent)
+            front.record(Seen(method, path, status, at=time.monotonic(), agent=agent))
             self._answer(status, headers, answer)
             return
         status, headers, answer = front.forward(method, self.path, self.headers.items(), body)
-        front.record(Seen(method, path, status, at=time.monotonic()))
+        front.record(Seen(method, path, status, at=time.monotonic(), agent=agent))
         self._answer(status, headers, answer, head=method == "HEAD")
 
     def handle_one_request(self) -> None:
@@ -443,7 +447,7 @@ class TokenRegistry:
         }
         return self.signer.sign(claims)
 
-    def token(self, target: str, authorization: str) -> tuple[int, dict[str, str], bytes]:
+    def token(self, target: str, authorization: str, agent: str = "") -> tuple[int, dict[str, str], bytes]:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
         scopes = tuple(query.get("scope", []))
         service = (query.get("service") or [""])[0]
@@ -457,7 +461,7 @@ class TokenRegistry:
                 name, password = "", ""
             found = self.accounts.get(name)
             if found is None or found.disabled or not secrets.compare_digest(found.password, password):
-                self.record(TokenRequest(name, scopes, (), 401, service))
+                self.record(TokenRequest(name, scopes, (), 401, service, agent))
                 body = harbor_answer("token_unauthorized")["body"]
                 return 401, {"Content-Type": "application/json; charset=utf-8"}, json.dumps(body).encode()
             account = found
@@ -467,7 +471,7 @@ class TokenRegistry:
                 actions = tuple(sorted(asked & account.allowed(repository)))
                 if actions:
                     granted.append((repository, actions))
-        self.record(TokenRequest(name, scopes, tuple(granted), 200, service))
+        self.record(TokenRequest(name, scopes, tuple(granted), 200, service, agent))
         token = self.mint(name or "", granted)
         answer = {
             "token": token,
