@@ -157,3 +157,20 @@ def test_referrers_text_says_whether_referrers_were_copied() -> None:
     assert R.referrers_text(result("a", referrers_off=True)) == (
         "referrers: off (referrers: false): no signature, attestation or SBOM was copied"
     )
+
+
+def test_junit_failure_of_a_target_with_two_restores_names_each_once_the_first_as_message() -> None:
+    import xml.etree.ElementTree as ET
+
+    first = "auths entry 'gitlab.local:4567' was removed by a tool outside its scope; restored"
+    second = "auths entry 'harbor.example' was written with this scope's target credentials by a tool outside its scope; removed"
+    (failure,) = ET.fromstring(R.junit(report([result("landed", restored=(first, second))]))).iter("failure")
+    assert failure.get("message") == f"BASE INTEGRITY: {first}"
+    assert failure.text is not None
+    assert failure.text.splitlines() == [f"BASE INTEGRITY: {first}", f"BASE INTEGRITY: {second}"]
+    # control: with an error the error is the message and both restores follow it
+    (failure,) = ET.fromstring(R.junit(report([result("x", R.FAILED, error="boom", restored=(first, second))]))).iter(
+        "failure"
+    )
+    assert failure.get("message") == "boom" and failure.text is not None
+    assert failure.text.splitlines() == ["boom", f"BASE INTEGRITY: {first}", f"BASE INTEGRITY: {second}"]
