@@ -422,13 +422,15 @@ def test_a_captured_command_ignoring_sigterm_is_sigkilled_kill_grace_after_its_d
     import signal
 
     monkeypatch.setattr(run, "KILL_GRACE", 0.3)
-    started = time.monotonic()
-    status, timed_out = run.run_captured(
-        ["sh", "-c", "trap '' TERM; exec sleep 20"],
-        dict(os.environ),
-        run.Masker([]),
-        lambda b, _: None,
-        time.monotonic() + 0.2,
-    )
+    # SIGTERM ignored from birth (an ignored signal survives fork and exec), so
+    # no start-up race with the 0.2 s deadline however loaded the machine is.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        started = time.monotonic()
+        status, timed_out = run.run_captured(
+            ["sleep", "20"], dict(os.environ), run.Masker([]), lambda b, _: None, time.monotonic() + 0.2
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert timed_out and status == 128 + signal.SIGKILL, status
     assert 0.5 <= time.monotonic() - started < 10  # the deadline, then the whole grace, then SIGKILL
