@@ -134,3 +134,21 @@ def test_pull_once_refuses_a_target_with_another_tool(tmp_path: Path) -> None:
     found = problems(tmp_path, text)
     assert [p.where for p in found] == ["pull_once"]
     assert "pull_once needs every target to use one tool" in found[0].message and "uses skopeo" in found[0].message
+
+
+def test_a_merge_key_of_a_scalar_is_reported_at_its_line(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """\
+        source: h.example/app:1
+        targets:
+          - name: b
+            <<: 5
+            registry: r.example
+            repository: app
+            username: ci
+            password_env: PW
+        """,
+    )
+    merge = [p for p in found if p.message.startswith("<< (a merge key) takes a mapping")]
+    assert [p.line for p in merge] == [4], found  # 1-based, the line of `<<`
