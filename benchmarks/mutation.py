@@ -51,7 +51,8 @@ MODULES: dict[str, list[str]] = {
     "dockerconfig": ["tests/test_dockerconfig.py", "tests/test_mutants_dockerconfig.py", "tests/test_base.py"],
     "base": ["tests/test_base.py", "tests/test_mutants_base.py", "tests/test_restore_reported.py"],
     "scope": ["tests/test_scope.py", "tests/test_mutants_scope.py"],
-    "run": ["tests/test_run.py", "tests/test_mutants_run.py", "tests/test_scope.py"],
+    # test_cleanup_hardening: the leftover and cleanup paths end to end (16 s at load 5)
+    "run": ["tests/test_run.py", "tests/test_mutants_run.py", "tests/test_scope.py", "tests/test_cleanup_hardening.py"],
     "report": ["tests/test_report.py", "tests/test_mutants_report.py"],
     "targets": ["tests/test_targets.py", "tests/test_mutants_targets.py", "tests/test_plan.py"],
 }

@@ -138,3 +138,21 @@ def test_a_restore_into_a_base_that_parses_keeps_no_corrupt_copy(logged_in: Path
     logged_in.write_text("{ not json")  # control: an unparseable one is kept
     assert b.check(snap)
     assert len([p for p in os.listdir(logged_in.parent) if ".corrupt-" in p]) == 1
+
+
+def test_a_base_login_with_the_targets_own_credentials_is_not_a_leak() -> None:
+    # A target may use the very login the base holds (the job's registry, the
+    # same token): that entry, unchanged since the scope opened, is the base's
+    # own, not a leak. The snapshot and the guard each read the file, so the
+    # equal values are distinct strings: compared by value, not identity.
+    text = '{"auths": {"gitlab.local:4567": {"auth": "Y2k6cGFzc3dvcmQ="}}}'
+    snap_values, current = B.flatten(json.loads(text)), B.flatten(json.loads(text))
+    assert snap_values[ENTRY] is not current[ENTRY] and snap_values[ENTRY] == current[ENTRY]
+    snap = B.Snapshot(generation=0, config=json.loads(text), values=snap_values)
+    leaks = ["Y2k6cGFzc3dvcmQ="]
+    assert B.find_damage(snap, current, B.Journal(0, {}), leaks) == []
+    # control: the same credentials written for another registry are a leak
+    current[("auths", "harbor.example")] = current[ENTRY]
+    assert B.find_damage(snap, current, B.Journal(0, {}), leaks) == [
+        B.Damage(("auths", "harbor.example"), "leaked", None, True)
+    ]

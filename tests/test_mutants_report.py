@@ -64,6 +64,10 @@ def test_bounded_counts_each_line_and_its_newline_against_the_limit() -> None:
     lines = [f"{i:02d}" + "y" * 1021 for i in range(20)]
     assert R.bounded(lines) == tuple(lines[-8:])
     assert sum(len(line) + 1 for line in R.bounded(lines)) == R.TAIL_LIMIT == 8 * 1024
+    # 9 lines of 911 bytes (odd) are 8208 bytes with their newlines: 8 kept. Counted
+    # as 910 each (`len ^ 1`, one byte short for an odd length, not one more), 9 would fit.
+    lines = [f"{i:02d}" + "z" * 909 for i in range(20)]
+    assert R.bounded(lines) == tuple(lines[-8:])
 
 
 def test_dotenv_truncates_only_what_it_must() -> None:
@@ -120,3 +124,53 @@ def test_junit_failure_message_without_an_error_names_the_restore_or_the_status(
     landed, quiet = ET.fromstring(R.junit(rep)).iter("failure")
     assert landed.get("message") == f"BASE INTEGRITY: {note}" and landed.get("type") == "base-integrity"
     assert quiet.get("message") == "failed" and quiet.get("type") == "failed"
+
+
+def test_a_target_skipped_by_fail_fast_is_shown_skipped_not_up_to_date() -> None:
+    # fanout gives a target --fail-fast never started changed=False, as it gives
+    # an up-to-date one; only an ok target with nothing copied is UP TO DATE.
+    skipped = result(
+        "staging", status=R.SKIPPED, error="not started: --fail-fast after an earlier failure", changed=False
+    )
+    assert not skipped.up_to_date and skipped.verdict == "SKIPPED"
+    assert R.summary_table(report([skipped])).splitlines()[3].split()[-1] == "SKIPPED"
+    # control: the same flag on an ok target
+    assert result("harbor", changed=False).verdict == "UP TO DATE"
+
+
+def test_the_table_without_referrers_leaves_out_exactly_the_refs_column() -> None:
+    # `authscope check` copies nothing: its table has no refs column, and every
+    # other column keeps its header and its cell.
+    r = result("harbor-1")
+    lines = R.summary_table(report([r]), referrers=False).splitlines()
+    assert lines[1].split() == ["target", "tags", "digest", "time", "tries", "status"]
+    assert lines[3].split() == ["harbor-1", "1.0,latest", DIGEST[:19], "1.2s", "1", "OK"]
+    # control: with referrers the refs column is there, between digest and time
+    assert R.summary_table(report([r])).splitlines()[3].split()[3] == "0"
+
+
+def test_referrers_text_says_whether_referrers_were_copied() -> None:
+    sig = {"digest": DIGEST, "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json"}
+    assert R.referrers_text(result("a", referrers=(sig, sig))) == (
+        "referrers: 2 copied and read back (signatures, attestations, SBOMs, OCI referrers)"
+    )
+    assert R.referrers_text(result("a", referrers_off=True)) == (
+        "referrers: off (referrers: false): no signature, attestation or SBOM was copied"
+    )
+
+
+def test_junit_failure_of_a_target_with_two_restores_names_each_once_the_first_as_message() -> None:
+    import xml.etree.ElementTree as ET
+
+    first = "auths entry 'gitlab.local:4567' was removed by a tool outside its scope; restored"
+    second = "auths entry 'harbor.example' was written with this scope's target credentials by a tool outside its scope; removed"
+    (failure,) = ET.fromstring(R.junit(report([result("landed", restored=(first, second))]))).iter("failure")
+    assert failure.get("message") == f"BASE INTEGRITY: {first}"
+    assert failure.text is not None
+    assert failure.text.splitlines() == [f"BASE INTEGRITY: {first}", f"BASE INTEGRITY: {second}"]
+    # control: with an error the error is the message and both restores follow it
+    (failure,) = ET.fromstring(R.junit(report([result("x", R.FAILED, error="boom", restored=(first, second))]))).iter(
+        "failure"
+    )
+    assert failure.get("message") == "boom" and failure.text is not None
+    assert failure.text.splitlines() == ["boom", f"BASE INTEGRITY: {first}", f"BASE INTEGRITY: {second}"]

@@ -317,3 +317,120 @@ def test_end_tree_kills_a_leftover_that_ignores_sigterm() -> None:
     finally:
         if os.path.exists(f"/proc/{left}"):
             os.kill(left, 9)
+
+
+def _ignoring_term(**popen: object) -> subprocess.Popen[bytes]:
+    """A child that ignores SIGTERM (and not SIGHUP), once it says it is ready."""
+    child = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; exec sleep 30"], stdout=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    return child
+
+
+def test_without_proc_a_group_ignoring_sigterm_is_probed_not_hung_up_then_sigkilled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where there is no /proc (the module decides it once, in _TREE), a command
+    # leads its own group and what it left gets TERM, then, while the grace
+    # runs, only probes (signal 0) until SIGKILL. A probe that is a real signal
+    # (SIGHUP) would end a process that ignores TERM before the grace is over.
+    import signal
+
+    monkeypatch.setattr(run, "_TREE", False)
+    monkeypatch.setattr(run, "LEFTOVER_GRACE", 0.3)
+    child = _ignoring_term(start_new_session=True)
+    try:
+        started = time.monotonic()
+        run.end_leftovers(child, True, b"/tmp/authscope-1-2-3-no-proc-test")
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        assert time.monotonic() - started >= 0.3  # it had the whole grace
+    finally:
+        child.kill()
+        child.communicate()
+    control = _ignoring_term()  # control: a SIGHUP alone ends such a process
+    try:
+        control.send_signal(signal.SIGHUP)
+        assert control.wait(timeout=10) == -signal.SIGHUP
+    finally:
+        control.kill()
+        control.communicate()
+
+
+def test_sweep_gives_a_process_in_a_dead_scope_its_sigterm_grace(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sweep's end_processes_in sends SIGTERM and waits (up to LEFTOVER_GRACE)
+    # for the process to exit before SIGKILL: a tool that cleans up on SIGTERM
+    # (here 0.2 s, then exit 0) gets to finish.
+    import signal
+    import sys
+
+    scope = f"{tmp_path}/authscope-1-2-3-sweep-grace-test"
+    done = f"{tmp_path}/cleaned-up"
+    script = (
+        "import signal, sys, time\n"
+        "def term(*_):\n"
+        "    time.sleep(0.2)\n"
+        f"    open({done!r}, 'w').close()\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ, AUTHSCOPE_SCOPE=scope)
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        assert run.end_processes_in([scope]) == {scope: 1}
+        assert child.wait(timeout=10) == 0 and os.path.exists(done)  # its clean-up ran to the end
+    finally:
+        child.kill()
+        child.communicate()
+    assert run.end_processes_in([scope]) == {}  # nothing is left in that scope
+    # control: without the grace the same tool is SIGKILLed in its clean-up
+    os.unlink(done)
+    monkeypatch.setattr(run, "LEFTOVER_GRACE", 0.0)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ, AUTHSCOPE_SCOPE=scope)
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        assert run.end_processes_in([scope]) == {scope: 1}
+        assert child.wait(timeout=10) == -signal.SIGKILL and not os.path.exists(done)
+    finally:
+        child.kill()
+        child.communicate()
+
+
+def test_a_captured_command_is_ended_at_its_deadline_and_reported_timed_out() -> None:
+    lines: list[bytes] = []
+    started = time.monotonic()
+    status, timed_out = run.run_captured(
+        ["sleep", "20"], dict(os.environ), run.Masker([]), lambda b, _: lines.append(b), time.monotonic() + 0.3
+    )
+    assert timed_out and status != 0
+    assert time.monotonic() - started < 10  # ended at the deadline, not when it was done
+    # control: the same command within its deadline is not timed out
+    assert run.run_captured(
+        ["sleep", "0.1"], dict(os.environ), run.Masker([]), lambda b, _: None, time.monotonic() + 20
+    ) == (0, False)
+
+
+def test_a_captured_command_ignoring_sigterm_is_sigkilled_kill_grace_after_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    monkeypatch.setattr(run, "KILL_GRACE", 0.3)
+    # SIGTERM ignored from birth (an ignored signal survives fork and exec), so
+    # no start-up race with the 0.2 s deadline however loaded the machine is.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        started = time.monotonic()
+        status, timed_out = run.run_captured(
+            ["sleep", "20"], dict(os.environ), run.Masker([]), lambda b, _: None, time.monotonic() + 0.2
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert timed_out and status == 128 + signal.SIGKILL, status
+    assert 0.5 <= time.monotonic() - started < 10  # the deadline, then the whole grace, then SIGKILL

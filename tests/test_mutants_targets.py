@@ -134,3 +134,40 @@ def test_pull_once_refuses_a_target_with_another_tool(tmp_path: Path) -> None:
     found = problems(tmp_path, text)
     assert [p.where for p in found] == ["pull_once"]
     assert "pull_once needs every target to use one tool" in found[0].message and "uses skopeo" in found[0].message
+
+
+def test_a_merge_key_of_a_scalar_is_reported_at_its_line(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """\
+        source: h.example/app:1
+        targets:
+          - name: b
+            <<: 5
+            registry: r.example
+            repository: app
+            username: ci
+            password_env: PW
+        """,
+    )
+    merge = [p for p in found if p.message.startswith("<< (a merge key) takes a mapping")]
+    assert [p.line for p in merge] == [4], found  # 1-based, the line of `<<`
+
+
+def test_merge_keys_expanding_past_the_bound_are_refused_at_the_merged_values_line(tmp_path: Path) -> None:
+    # Every `<<: *d` reaches d's value nodes again with no alias on the path
+    # (the merge resolves it): past MAX_ALIAS_NODES the refusal names the
+    # line of the value merged in (1-based), the one a user can write out.
+    head = "source: h.example/app:1\ntargets:\n  - &d\n    name: t0\n    registry: r.example\n"
+    head += "    repository: app\n    username: ci\n    password_env: PW\n"
+    lines = {"name": 4, "registry": 5, "repository": 6, "username": 7, "password_env": 8}
+
+    def merging(count: int) -> str:
+        return head + "".join(f"  - <<: *d\n    name: t{i}\n" for i in range(1, count))
+
+    found = problems(tmp_path, merging(targets.MAX_ALIAS_NODES // 4 + 100), {"PW": "x"})
+    assert len(found) == 1 and "aliases expand this file to more than" in found[0].message, found
+    key = found[0].where.rsplit(".", 1)[-1]
+    assert found[0].line == lines[key], found[0]
+    # control: the same file within the bound loads
+    assert len(load_ok(tmp_path, merging(50), {"PW": "x"}).targets) == 50
