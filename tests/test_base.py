@@ -417,3 +417,23 @@ def test_next_locked_write_removes_temp_files_of_killed_writers(base: Path, env:
     assert not any(f.exists() for f in stale)
     assert live.exists() and other.exists()
     assert "x.example" in read_json(path)["auths"]
+
+
+def test_guard_removes_target_credentials_leaked_into_another_key(logged_in: Path) -> None:
+    # A tool outside the scope adds the target's auth as a header of every
+    # request (a new HttpHeaders: the docker CLI sends it to every registry): a
+    # leak like one under auths, removed, the rest of the base kept. (A key the
+    # snapshot had is guarded whole already: any change to it is restored.)
+    cfg = read_json(logged_in)
+    del cfg["HttpHeaders"]
+    logged_in.write_text(json.dumps(cfg))
+    b, snap = _snap_and_base(logged_in)
+    leaked = dc.auth_entry("robot$p+ci", "target-secret-zz")
+    logged_in.write_text(json.dumps({**cfg, "HttpHeaders": {"Authorization": "Basic " + leaked["auth"]}}))
+    damage = b.check(snap, leaks=[leaked["auth"]])
+    assert [(d.path, d.what) for d in damage] == [(("", "HttpHeaders"), "leaked")]
+    assert read_json(logged_in) == cfg
+    # Control: a new key that carries no secret of this scope's target is not ours to undo.
+    logged_in.write_text(json.dumps({**cfg, "HttpHeaders": {"X-Meta": "1"}}))
+    assert b.check(snap, leaks=[leaked["auth"]]) == []
+    assert read_json(logged_in)["HttpHeaders"] == {"X-Meta": "1"}

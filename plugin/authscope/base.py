@@ -191,9 +191,9 @@ def find_damage(
 ) -> list[Damage]:
     """Pure: what differs from the snapshot that no authscope write explains.
 
-    ``leaks`` are ``auth`` strings only this scope's target holds; an auths
-    entry carrying one that the snapshot did not have and no authscope wrote
-    came from a tool that ignored DOCKER_CONFIG.
+    ``leaks`` are ``auth`` strings only this scope's target holds; an entry
+    (under auths or any other key) carrying one that the snapshot did not have
+    and no authscope wrote came from a tool that ignored DOCKER_CONFIG.
     """
     damage = []
     for path, value in snap.values.items():
@@ -213,7 +213,9 @@ def find_damage(
         else:
             damage.append(Damage(path, "removed" if now is None else "changed", value, True))
     for path, now in current.items():
-        if path[0] != "auths" or snap.values.get(path) == now:
+        # Any key, not only auths: a tool that writes the target's auth into
+        # HttpHeaders ("Authorization: Basic ...") sends it to every registry.
+        if snap.values.get(path) == now:
             continue
         record = journal.entries.get(path)
         if record is not None and record[0] > snap.generation and record[1] == fingerprint(now):
