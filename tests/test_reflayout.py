@@ -210,15 +210,34 @@ def test_a_target_falls_back_to_the_source_when_the_prefetch_failed(tmp_path: Pa
 # -- the prefetch's pull: no target's secret, its own scope --------------------------------
 
 
+def _manifests(n: int) -> tuple[referrers.Artifact, ...]:
+    """``n`` artifacts whose manifests are the bytes ``m0``, ``m1``, ...: what the fake crane writes."""
+    import hashlib
+
+    return tuple(
+        referrers.Artifact("sha256:" + hashlib.sha256(f"m{i}".encode()).hexdigest(), DIGEST, SPDX_KIND, None)
+        for i in range(n)
+    )
+
+
+SPDX_KIND = "application/spdx+json"
+# A crane pull that writes artifact N's manifest ("mN") under its digest in the layout it was given ($4).
+FAKE_PULL = (
+    'n="${4##*referrer-}"; hex=$(printf "m$n" | sha256sum | cut -c1-64)\n'
+    'mkdir -p "$4/blobs/sha256" && printf "m$n" > "$4/blobs/sha256/$hex"\n'
+)
+
+
 def test_the_prefetch_tool_gets_no_target_credential_variable(tmp_path: Path) -> None:
     spec = load(str(write(tmp_path, FILE.format(top="tool: crane\n", two=""))), {})
-    plan = REL.make_plan(spec, REL.Options(), source_digest=DIGEST, artifacts=ARTIFACTS)
+    artifacts = _manifests(3)
+    plan = REL.make_plan(spec, REL.Options(), source_digest=DIGEST, artifacts=artifacts)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     dump = tmp_path / "env.txt"
     fake = bin_dir / "crane"
-    # A crane that writes the environment it got, then a layout where it was asked.
-    fake.write_text(f'#!/bin/sh\nenv >> {dump}\nmkdir -p "$4" && echo "{{}}" > "$4/index.json"\n')
+    # A crane that writes the environment it got, then the manifest where it was asked.
+    fake.write_text(f"#!/bin/sh\nenv >> {dump}\n{FAKE_PULL}")
     fake.chmod(0o755)
     base = tmp_path / "base"
     base.mkdir(mode=0o700)
@@ -229,7 +248,7 @@ def test_the_prefetch_tool_gets_no_target_credential_variable(tmp_path: Path) ->
     layout.parent.mkdir()
     F.prefetch_referrers(
         "crane",
-        ARTIFACTS,
+        artifacts,
         str(layout),
         plan,
         Base(str(base)),
@@ -240,10 +259,9 @@ def test_the_prefetch_tool_gets_no_target_credential_variable(tmp_path: Path) ->
         stream=io.StringIO(),
     )
     seen = dump.read_text()
-    assert seen.count("PATH=") >= len(ARTIFACTS)  # one pull per artifact
+    assert seen.count("PATH=") >= len(artifacts)  # one pull per artifact
     assert "one-secret-x" not in seen and "two-secret-y" not in seen
     assert "DOCKER_CONFIG=" in seen  # its own scope
-    assert all(Path(tools.referrer_layout(str(layout), i), "index.json").exists() for i in range(len(ARTIFACTS)))
     # Control: the job's environment, as a target's tool gets it, holds its own secret.
     assert "one-secret-x" in F.tool_environ(environ, spec.targets[0], spec.targets, {}).values()
 
@@ -307,3 +325,45 @@ def test_dry_run_says_the_referrers_are_fetched_once_or_that_the_prefetch_is_off
     assert "fetched once" not in none
     pulled = P.render(REL.make_plan(spec, REL.Options(pull_once=True)), {})
     assert "fetched once from the source into private" not in pulled
+
+
+def test_a_pull_that_exits_0_without_the_manifest_is_a_failed_prefetch(tmp_path: Path) -> None:
+    """A tool that says it pulled and wrote nothing, or other bytes: the targets
+    copy from the source (control: the honest fake passes)."""
+    spec = load(str(write(tmp_path, FILE.format(top="tool: crane\n", two=""))), {})
+    artifacts = _manifests(2)
+    plan = REL.make_plan(spec, REL.Options(), source_digest=DIGEST, artifacts=artifacts)
+    base = tmp_path / "base"
+    base.mkdir(mode=0o700)
+    (base / "config.json").write_text('{"auths": {}}')
+    lying = {
+        "honest": FAKE_PULL,
+        "nothing": "exit 0\n",
+        "other bytes": FAKE_PULL.replace('> "$4/blobs', '> /dev/null; printf x > "$4/blobs'),
+    }
+    for name, script in lying.items():
+        bin_dir = tmp_path / name.replace(" ", "-")
+        bin_dir.mkdir()
+        (bin_dir / "crane").write_text(f"#!/bin/sh\n{script}")
+        (bin_dir / "crane").chmod(0o755)
+        environ = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+
+        def pull(where: Path, environ: dict[str, str] = environ) -> None:
+            F.prefetch_referrers(
+                "crane",
+                artifacts,
+                str(where),
+                plan,
+                Base(str(base)),
+                environ,
+                scope_dir=str(tmp_path / "scopes"),
+                source_plain_http=False,
+                stream=io.StringIO(),
+            )
+
+        where = tmp_path / f"layouts-{bin_dir.name}" / "crane"
+        if name == "honest":
+            pull(where)
+        else:
+            with pytest.raises(RegistryError, match="exited 0 but did not write its manifest"):
+                pull(where)

@@ -1611,6 +1611,28 @@ def prefetch_referrers(
                 src.image.registry,
                 f"{step.what}: {tool} exited {code}{' (timed out)' if timed_out else ''}",
             )
+    for i, (step, artifact) in enumerate(zip(steps, artifacts, strict=True)):
+        if not _holds(tools.referrer_layout(layout, i), artifact.digest):
+            raise RegistryError(src.image.registry, f"{step.what}: {tool} exited 0 but did not write its manifest")
+
+
+def _holds(layout: str, digest: str) -> bool:
+    """Whether the OCI layout ``layout`` holds the manifest ``digest``, its
+    bytes hashing to it (a tool that said it pulled and did not, or wrote
+    something else, is a failed prefetch: the targets copy from the source)."""
+    import hashlib
+    import os
+
+    algorithm, _, hexdigest = digest.partition(":")
+    if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        return False
+    try:
+        fd = os.open(os.path.join(layout, "blobs", "sha256", hexdigest), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(4 * 1024 * 1024 + 1)
+    except OSError:
+        return False
+    return len(data) <= 4 * 1024 * 1024 and hashlib.sha256(data).hexdigest() == hexdigest
 
 
 def _source_diagnosis(output: Sequence[str], registry: str) -> tuple[bool, str]:
