@@ -1598,7 +1598,11 @@ def prefetch_referrers(
 
             def one(step: tools.Step) -> tuple[int, bool]:
                 log(f"authscope: [prefetch] $ {tools.display(step.argv)}")
-                return run.run_captured(tools.fill_scope(step.argv, scope.path), env, masker, line, deadline)
+                trace.event("prefetch", phase="start", tool=tool, what=step.what)
+                try:
+                    return run.run_captured(tools.fill_scope(step.argv, scope.path), env, masker, line, deadline)
+                finally:
+                    trace.event("prefetch", phase="end", tool=tool, what=step.what)
 
             with ThreadPoolExecutor(min(len(steps), REFERRER_JOBS), thread_name_prefix=f"prefetch-{tool}") as pool:
                 outcomes = list(pool.map(one, steps))
