@@ -109,7 +109,7 @@ class _Pulls:
 
 
 def _prefetch(tmp_path: Path, pulls: _Pulls, discovery: F.Discovery, tools_: tuple[str, ...]) -> F.ReferrerPrefetch:
-    return F.ReferrerPrefetch(_plan(tmp_path, "crane"), discovery, str(tmp_path / "fetched"), tools_, pulls)
+    return F.ReferrerPrefetch(discovery, str(tmp_path / "fetched"), tools_, pulls)
 
 
 def test_the_pulls_run_once_per_tool_however_many_targets_start_them(tmp_path: Path) -> None:
@@ -153,7 +153,6 @@ def test_a_failed_prefetch_gives_no_layout_and_says_why(tmp_path: Path) -> None:
     pulls = _Pulls(failing=("skopeo",))
     lines: list[str] = []
     prefetch = F.ReferrerPrefetch(
-        _plan(tmp_path, "crane"),
         F.Discovery.finished(ARTIFACTS),
         str(tmp_path / "fetched"),
         ("crane", "skopeo"),

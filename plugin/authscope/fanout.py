@@ -1439,14 +1439,12 @@ class ReferrerPrefetch:
 
     def __init__(
         self,
-        plan: Plan,
         discovery: Discovery,
         directory: str,
         pull_tools: Sequence[str],
         pull: Callable[[str, tuple[Artifact, ...], str], None],
         log: Callable[[str], None] = lambda _line: None,
     ) -> None:
-        self._plan = plan
         self._discovery = discovery
         self._directory = directory
         self._tools = tuple(dict.fromkeys(pull_tools))

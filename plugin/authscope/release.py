@@ -8,7 +8,10 @@ don't wait for it, only what needs the referrers does); build the final plan
 (the source by digest); run every target (fanout.execute, where
 ``run_target`` is what happens to one target: with pull_once, the first target
 that needs a copy fetches the source once into a local layout, the others wait
-for it, and targets that are up to date never read it); and return the report,
+for it, and targets that are up to date never read it; without pull_once, the
+first target that needs a copy starts fetching the referrers once into local
+layouts, fanout.ReferrerPrefetch, which every target's referrer copies then
+push from); and return the report,
 with what the base guard restored outside the targets' scopes.
 
 A source that cannot be read ends the run there: every target is reported
@@ -175,7 +178,6 @@ def run(
             # them from there, and the source is read once for them, not N times.
             secrets = [*fanout.all_secrets(credentials), *options.masked]
             prefetch = fanout.ReferrerPrefetch(
-                final,
                 discovery,
                 fetched,
                 sorted({tools.referrer_tool(tp.target) for tp in final.targets if tp.referrers_on}),
@@ -269,7 +271,8 @@ class _PullOnce:
 
 @contextmanager
 def _layout_dir(wanted: bool) -> Iterator[str]:
-    """A private directory for pull_once's OCI layout ($TMPDIR: it can be large), removed after."""
+    """A private directory for pull_once's OCI layout, or the referrers' (ReferrerPrefetch)
+    ($TMPDIR: it can be large), removed after, whatever ends the run."""
     if not wanted:
         yield ""
         return
