@@ -361,6 +361,7 @@ class _Context:
     force: bool = False  # --force: copy targets that are up to date too
     pull: Callable[[], None] | None = None  # pull_once: the source's one pull, run by the first target to need it
     discovery: Discovery | None = None  # still finding the source's referrers: the plan's targets carry none yet
+    prefetch: ReferrerPrefetch | None = None  # the referrers fetched once into local layouts (no pull_once)
 
 
 class _Failure(Exception):
@@ -431,6 +432,9 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                 digests = _verify(tp, ctx, session, deadline, known=held)
                 copied = tuple(a.as_json() for a in tp.referrers)
             else:
+                prefetch = ctx.prefetch if tp.referrers_on else None
+                if prefetch is not None:
+                    prefetch.start()  # while this target's image copies: its referrers push from it after
                 if ctx.pull is not None:
                     _pulled(ctx)
                     deadline = max(deadline, time.monotonic() + ctx.plan.timeout)  # the wait is the pull's time
@@ -455,16 +459,20 @@ def run_target(tp: TargetPlan, ctx: _Context) -> R.Result:
                     # referrers the target lacks (a re-run after a lost signature).
                     ahead = _Ahead(session)
                     try:
-                        if later:
+                        if later or (prefetch is not None and lacking):
                             # The first copy now; the referrer copies (and the further
-                            # tags, after them) once discovery has found them.
+                            # tags, after them) once discovery has found them, pushed
+                            # from the prefetch's layouts when it has them.
                             head = first_copy(ctx.plan, tp, missing)
-                            attempts = _copy(head, ctx, env, scope, masker, line, output, deadline)
+                            if head.steps:  # none: every tag holds the image, referrers are missing
+                                attempts = _copy(head, ctx, env, scope, masker, line, output, deadline)
                             waited = time.monotonic()
-                            tp = _discovered(tp, ctx)
+                            if later:
+                                tp = _discovered(tp, ctx)
+                                lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
+                            plan = _prefetched(tp, ctx, prefetch) if lacking else ctx.plan
                             deadline += time.monotonic() - waited
-                            lacking = list(tp.referrers) if fresh else _referrers_missing(tp, ctx, session)
-                            rest = after_first_copy(ctx.plan, tp, missing, lacking)
+                            rest = after_first_copy(plan, tp, missing, lacking)
                             if rest.steps:
                                 landed = functools.partial(ahead.start, tp)
                                 copied_rest = _copy(rest, ctx, env, scope, masker, line, output, deadline, landed)
@@ -533,6 +541,25 @@ def _discovered(tp: TargetPlan, ctx: _Context) -> TargetPlan:
             status,
         ) from None
     return with_referrers(ctx.plan, tp, found)
+
+
+def _prefetched(tp: TargetPlan, ctx: _Context, prefetch: ReferrerPrefetch | None) -> Plan:
+    """The plan ``tp``'s referrer copies are made from: pushing from the
+    prefetch's layouts of its tool once they are there, else (no prefetch,
+    or it failed) copying from the source, as without it."""
+    if prefetch is None or ctx.plan.layout is not None:
+        return ctx.plan
+    from dataclasses import replace
+
+    tool = tools.referrer_tool(tp.target)
+    layout = prefetch.layout(tool, tp.referrers)
+    if layout is None:
+        if tool in prefetch.errors:
+            ctx.log(
+                f"authscope: [{tp.target.name}] copying its referrers from the source (not fetched once: {prefetch.errors[tool]})"
+            )
+        return ctx.plan
+    return replace(ctx.plan, referrer_layout=layout)
 
 
 def _pulled(ctx: _Context) -> None:
@@ -1400,6 +1427,226 @@ def pull_source(
     )
 
 
+class ReferrerPrefetch:
+    """Without pull_once: the source's referrers fetched ONCE per run into
+    private local OCI layouts, one set per referrer tool the targets use
+    (tools.referrer_tool: each tool reads its own layout format), while the
+    image copies run; each target's referrer copies then push from them
+    (plan.Plan.referrer_layout), so the source is read once for its
+    referrers instead of once per target. The pulls run in a scope of their
+    own with the base's source login; their tool gets no target's credential
+    variables (tool_environ), as pull_source's.
+
+    Started by the first target that needs a copy (``start``: an up-to-date
+    re-run reads nothing), after discovery found what to fetch. A target
+    waits for its tool's layouts (``layout``) once its image is copied: a
+    prefetch that failed, was cut short, or fetched another list answers
+    None, and that target copies from the source as before (its own error,
+    if any, shows there). What a target holds is still read back there
+    (_land), so a layout can never make a target pass that would fail.
+    ``close`` stops and joins the pulls: the caller removes ``directory``
+    after it."""
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        directory: str,
+        pull_tools: Sequence[str],
+        pull: Callable[[str, tuple[Artifact, ...], str], None],
+        log: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self._discovery = discovery
+        self._directory = directory
+        self._tools = tuple(dict.fromkeys(pull_tools))
+        self._pull = pull  # (tool, artifacts, layout): raises when a pull failed
+        self._log = log
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._done = {tool: threading.Event() for tool in self._tools}
+        self._ready: dict[str, str] = {}  # tool -> the layout base its pulls wrote (tools.referrer_layout)
+        self.errors: dict[str, str] = {}  # tool -> why its prefetch failed
+        self.artifacts: tuple[Artifact, ...] | None = None
+        self._started = False
+
+    def start(self) -> None:
+        """Once: wait for discovery in the background, then pull for every tool at once."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            thread = threading.Thread(target=self._work, name="authscope-prefetch", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        try:
+            try:
+                found = self._discovery.artifacts()
+            except Exception as exc:  # noqa: BLE001 - each target fails with discovery's error itself
+                for tool in self._tools:
+                    self.errors[tool] = f"the referrers were not found: {exc}"
+                return
+            self.artifacts = found
+            if not found:
+                return
+            threads = [
+                threading.Thread(target=self._one, args=(tool, found), name=f"authscope-prefetch-{tool}", daemon=True)
+                for tool in self._tools
+            ]
+            with self._lock:
+                self._threads.extend(threads)
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            for event in self._done.values():
+                event.set()
+
+    def _one(self, tool: str, found: tuple[Artifact, ...]) -> None:
+        import os
+
+        layout = os.path.join(self._directory, tool)
+        try:
+            if run.stopping():
+                raise RuntimeError("interrupted")
+            os.makedirs(self._directory, 0o700, exist_ok=True)
+            self._pull(tool, found, layout)
+            self._ready[tool] = layout
+            self._log(f"authscope: fetched the source's {len(found)} referrer(s) once, for {tool}, into a local layout")
+        except Exception as exc:  # noqa: BLE001 - the targets copy from the source instead, as before
+            self.errors[tool] = str(exc) or repr(exc)
+            self._log(
+                f"authscope: fetching the referrers once for {tool} failed ({self.errors[tool]}): "
+                "its targets copy them from the source"
+            )
+        finally:
+            self._done[tool].set()
+
+    def layout(self, tool: str, artifacts: Sequence[Artifact]) -> str | None:
+        """The layout base the target's referrer copies push from, once its
+        pulls ended; None (copy from the source) when they failed, were cut
+        short by a signal, or fetched other artifacts than ``artifacts``."""
+        event = self._done.get(tool)
+        if event is None or not self._started:
+            return None
+        if not event.is_set():
+            trace.event("wait", phase="start", what="prefetch")
+            try:
+                while not event.wait(0.05):
+                    if run.stopping():
+                        return None
+            finally:
+                trace.event("wait", phase="end", what="prefetch")
+        if self.artifacts is None or tuple(artifacts) != self.artifacts:
+            return None
+        return self._ready.get(tool)
+
+    def close(self) -> None:
+        """Wait for the pulls (a signal ends them: run forwards it); never raises."""
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            try:
+                thread.join(None if not run.stopping() else 10.0)
+            except Exception:  # noqa: BLE001,S110 - a cleanup path never raises
+                pass
+
+
+def prefetch_referrers(
+    tool: str,
+    artifacts: tuple[Artifact, ...],
+    layout: str,
+    plan: Plan,
+    base: Base,
+    environ: Mapping[str, str],
+    *,
+    scope_dir: str | None,
+    source_plain_http: bool,
+    extra_secrets: Sequence[str] = (),
+    targets: Sequence[Target] = (),
+    withheld: Sequence[str] = (),
+    stream: IO[str] = sys.stdout,
+    restored: list[str] | None = None,
+) -> None:
+    """ReferrerPrefetch's pull for ``tool``: each artifact into a layout of its
+    own under ``layout`` (tools.pull_referrer_steps), at once, in a scope of
+    its own with the base's source login (as pull_source's). RegistryError
+    when one failed (no retry: the targets then copy from the source, with
+    their retries)."""
+    log = _Log(stream)
+    src = plan.source
+    output: deque[str] = deque(maxlen=R.TAIL_LINES)
+
+    def line(data: bytes, is_stderr: bool) -> None:
+        for text in data.decode("utf-8", "replace").splitlines():
+            text = R.cap_line(text)
+            output.append(text)
+            log(f"[prefetch {tool}] {text}")
+
+    deadline = time.monotonic() + plan.timeout
+    plain = (src.image.registry,) if source_plain_http else ()
+    steps = tools.pull_referrer_steps(tool, src, artifacts, layout)
+    opened: Scope | None = None
+    try:
+        with open_scope(
+            base,
+            None,
+            {},
+            root=scope_dir,
+            sources=[src.image.registry],
+            environ=environ,
+            warn=lambda left: log(f"authscope: [prefetch] warning: could not remove {left}"),
+        ) as (scope, secrets):
+            opened = scope
+            env = scope.env(tool_environ(environ, None, targets, {}, withheld))
+            run.remember(secrets)
+            env.update(tools.prepare_pull(scope.path, src, tool, plain))
+            masker = run.Masker([*secrets, *extra_secrets])
+
+            def one(step: tools.Step) -> tuple[int, bool]:
+                log(f"authscope: [prefetch] $ {tools.display(step.argv)}")
+                trace.event("prefetch", phase="start", tool=tool, what=step.what)
+                try:
+                    return run.run_captured(tools.fill_scope(step.argv, scope.path), env, masker, line, deadline)
+                finally:
+                    trace.event("prefetch", phase="end", tool=tool, what=step.what)
+
+            with ThreadPoolExecutor(min(len(steps), REFERRER_JOBS), thread_name_prefix=f"prefetch-{tool}") as pool:
+                outcomes = list(pool.map(one, steps))
+    finally:
+        if opened is not None and restored is not None:
+            restored.extend(f"prefetch: {d.describe()}" for d in opened.damage)
+    for step, (code, timed_out) in zip(steps, outcomes, strict=True):
+        if code != 0 or timed_out:
+            raise RegistryError(
+                src.image.registry,
+                f"{step.what}: {tool} exited {code}{' (timed out)' if timed_out else ''}",
+            )
+    for i, (step, artifact) in enumerate(zip(steps, artifacts, strict=True)):
+        if not _holds(tools.referrer_layout(layout, i), artifact.digest):
+            raise RegistryError(src.image.registry, f"{step.what}: {tool} exited 0 but did not write its manifest")
+
+
+def _holds(layout: str, digest: str) -> bool:
+    """Whether the OCI layout ``layout`` holds the manifest ``digest``, its
+    bytes hashing to it (a tool that said it pulled and did not, or wrote
+    something else, is a failed prefetch: the targets copy from the source)."""
+    import hashlib
+    import os
+
+    algorithm, _, hexdigest = digest.partition(":")
+    if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        return False
+    try:
+        fd = os.open(os.path.join(layout, "blobs", "sha256", hexdigest), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(4 * 1024 * 1024 + 1)
+    except OSError:
+        return False
+    return len(data) <= 4 * 1024 * 1024 and hashlib.sha256(data).hexdigest() == hexdigest
+
+
 def _source_diagnosis(output: Sequence[str], registry: str) -> tuple[bool, str]:
     text = "\n".join(output[-40:])
     if _AUTH.search(text) or _DENIED.search(text):
@@ -1432,6 +1679,7 @@ def execute(
     stream: IO[str] = sys.stdout,
     pull: Callable[[], None] | None = None,
     discovery: Discovery | None = None,
+    prefetch: ReferrerPrefetch | None = None,
 ) -> tuple[R.Result, ...]:
     """Run every target of ``plan``; a Result for each, in plan order.
 
@@ -1463,6 +1711,7 @@ def execute(
         force,
         pull,
         discovery,
+        prefetch,
     )
     results: dict[str, R.Result] = {}
     # A target starts (takes one of the `jobs` slots) once its credential check

@@ -34,6 +34,7 @@ class Plan:
     referrers_on: bool = False  # some target copies referrers: discover them at the source
     artifacts: tuple[Artifact, ...] | None = None  # what was discovered; None before the run starts
     pull_referrers: tuple[tools.Step, ...] = ()  # pull_once: each artifact into a layout of its own
+    referrer_layout: str | None = None  # no pull_once: the referrers fetched once there (fanout.ReferrerPrefetch)
 
 
 def make_plan(
@@ -167,14 +168,15 @@ def for_tags(
 
     wanted = tp.referrers if referrers is None else tuple(a for a in tp.referrers if a in referrers)
     kept = tuple(tag for tag in tp.target.tags if tag in tags)
-    if kept == tp.target.tags and wanted == tp.referrers:
+    if kept == tp.target.tags and wanted == tp.referrers and plan.referrer_layout is None:
         return tp
     target = replace(tp.target, tags=kept)
     steps = tools.steps_for(plan.source, target, plan.source_ref, plan.layout) if kept else []
     if wanted:
         # Made for all of tp's artifacts, then picked: with pull_once each has its
         # own layout, numbered in that order (tools.pull_referrer_steps).
-        every = tools.referrer_steps(plan.source, target, tp.referrers, plan.layout)
+        local = plan.layout if plan.layout is not None else plan.referrer_layout
+        every = tools.referrer_steps(plan.source, target, tp.referrers, local)
         extra = [step for artifact, step in zip(tp.referrers, every, strict=True) if artifact in wanted]
         first = _first(target, steps)
         steps = [*steps[:first], *extra, *steps[first:]]
@@ -213,6 +215,17 @@ def _referrers_line(tp: TargetPlan, plan: Plan) -> str:
     return f"{len(tp.referrers)} copied along, {how}: " + (", ".join(a.label for a in tp.referrers) or "none found")
 
 
+PREFETCH_OFF = ("0", "false", "no", "off")
+
+
+def prefetch_on(environ: Mapping[str, str]) -> bool:
+    """Whether the referrers are fetched once into local layouts (not with
+    pull_once, which pulls them itself): on unless
+    AUTHSCOPE_REFERRER_PREFETCH is false (then each target copies them from
+    the source, as before)."""
+    return environ.get("AUTHSCOPE_REFERRER_PREFETCH", "").strip().lower() not in PREFETCH_OFF
+
+
 def render(plan: Plan, environ: Mapping[str, str], force: bool = False) -> str:
     """The plan as text for --dry-run: references to secrets, never values.
     ``force``: --force (every target copied, up to date or not)."""
@@ -229,6 +242,17 @@ def render(plan: Plan, environ: Mapping[str, str], force: bool = False) -> str:
         lines.append(
             f"pull once into a local OCI layout, then push every target from it:\n  $ {tools.display(plan.pull.argv)}"
         )
+    if plan.pull is None and plan.referrers_on:
+        if prefetch_on(environ):
+            used = sorted({tools.referrer_tool(tp.target) for tp in plan.targets if tp.referrers_on})
+            lines.append(
+                "referrers: fetched once from the source into private local OCI layouts (with "
+                + ", ".join(used)
+                + ", in a scope of their own, while the images copy; removed after the run), then pushed to each "
+                "target from them (a target copies them from the source if that fetch fails)"
+            )
+        else:
+            lines.append("referrers: each target copies them from the source (AUTHSCOPE_REFERRER_PREFETCH is off)")
     for tp in plan.targets:
         t = tp.target
         user = (

@@ -8,7 +8,10 @@ don't wait for it, only what needs the referrers does); build the final plan
 (the source by digest); run every target (fanout.execute, where
 ``run_target`` is what happens to one target: with pull_once, the first target
 that needs a copy fetches the source once into a local layout, the others wait
-for it, and targets that are up to date never read it); and return the report,
+for it, and targets that are up to date never read it; without pull_once, the
+first target that needs a copy starts fetching the referrers once into local
+layouts, fanout.ReferrerPrefetch, which every target's referrer copies then
+push from); and return the report,
 with what the base guard restored outside the targets' scopes.
 
 A source that cannot be read ends the run there: every target is reported
@@ -30,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from . import fanout, plan, trace
+from . import fanout, plan, tools, trace
 from . import report as R
 from .base import Base
 from .dockerconfig import base_dir
@@ -123,6 +126,7 @@ def run(
 
     with (
         _layout_dir(draft.layout is not None) as layout,
+        _layout_dir(draft.layout is None and draft.referrers_on and plan.prefetch_on(environ)) as fetched,
         fanout.Preflights(draft, credentials, stream, force=options.force) as checks,
     ):
 
@@ -167,25 +171,57 @@ def run(
                     discovery=discovery,
                 ),
             )
+        prefetch = None
+        if fetched:
+            # The referrers are fetched once, for every target, into local layouts
+            # (one per referrer tool), while the images copy: each target pushes
+            # them from there, and the source is read once for them, not N times.
+            secrets = [*fanout.all_secrets(credentials), *options.masked]
+            prefetch = fanout.ReferrerPrefetch(
+                discovery,
+                fetched,
+                sorted({tools.referrer_tool(tp.target) for tp in final.targets if tp.referrers_on}),
+                lambda tool, artifacts, where: fanout.prefetch_referrers(
+                    tool,
+                    artifacts,
+                    where,
+                    final,
+                    base,
+                    environ,
+                    scope_dir=options.scope_dir,
+                    source_plain_http=plain_http,
+                    extra_secrets=secrets,
+                    targets=spec.targets,
+                    withheld=options.withheld,
+                    stream=stream,
+                    restored=guard,
+                ),
+                say,
+            )
         trace.event("execute", phase="start")
-        results = fanout.execute(
-            final,
-            digest,
-            credentials,
-            base,
-            environ,
-            scope_dir=options.scope_dir,
-            fail_fast=options.fail_fast,
-            force=options.force,
-            source_plain_http=plain_http,
-            preflights=checks,
-            targets=spec.targets,
-            withheld=options.withheld,
-            secrets=options.masked,
-            stream=stream,
-            pull=pull,
-            discovery=discovery,
-        )
+        try:
+            results = fanout.execute(
+                final,
+                digest,
+                credentials,
+                base,
+                environ,
+                scope_dir=options.scope_dir,
+                fail_fast=options.fail_fast,
+                force=options.force,
+                source_plain_http=plain_http,
+                preflights=checks,
+                targets=spec.targets,
+                withheld=options.withheld,
+                secrets=options.masked,
+                stream=stream,
+                pull=pull,
+                discovery=discovery,
+                prefetch=prefetch,
+            )
+        finally:
+            if prefetch is not None:
+                prefetch.close()  # its tools have ended before their layouts are removed
     trace.event("run", phase="end")
     if discovery.failed() and isinstance(discovery.error, RegistryError):
         # Every target that carries referrers failed with it (fanout._discovered): the source's problem.
@@ -235,7 +271,8 @@ class _PullOnce:
 
 @contextmanager
 def _layout_dir(wanted: bool) -> Iterator[str]:
-    """A private directory for pull_once's OCI layout ($TMPDIR: it can be large), removed after."""
+    """A private directory for pull_once's OCI layout, or the referrers' (ReferrerPrefetch)
+    ($TMPDIR: it can be large), removed after, whatever ends the run."""
     if not wanted:
         yield ""
         return

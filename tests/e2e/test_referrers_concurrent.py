@@ -53,7 +53,9 @@ def test_referrer_copies_of_a_wave_run_at_once_and_in_order(signed: Signed, tmp_
         for line in log.read_text().splitlines():
             what, at, *argv = line.split()
             dest = argv[-1]
-            if dest.startswith(prefix) and argv[0] == "copy":
+            # The image is copied from the source; its referrers pushed from the
+            # layouts they were fetched into once (fanout.ReferrerPrefetch).
+            if dest.startswith(prefix) and argv[0] in ("copy", "push"):
                 times.setdefault(dest[len(prefix) + 1 :], {})[what] = float(at)
             elif argv[0] == "tag" and argv[-2].startswith(prefix):
                 times.setdefault(f"tag {argv[-1]}", {})[what] = float(at)
