@@ -983,6 +983,24 @@ def interpreter_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def make_clean_venv(venv: Path) -> Path:
+    """A venv of this Python at ``venv`` whose one .pth names plugin/ (as an editable
+    install does) and this interpreter's site-packages as plain paths, so none of
+    this machine's .pth files run at its start; its python."""
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "authscope-bench.pth").write_text(f"{REPO / 'plugin'}\n{sysconfig.get_paths()['purelib']}\n")
+    return python
+
+
 def clean_interpreter(this_python: bool = False) -> str:
     """Point AUTHSCOPE at a clean interpreter (unless ``this_python``): a venv of
     this Python made for the run (removed at exit) whose one .pth names plugin/ and
@@ -993,20 +1011,10 @@ def clean_interpreter(this_python: bool = False) -> str:
         AUTHSCOPE[0] = sys.executable
         return f"authscope runs under {sys.executable} (--this-python: its site-packages' .pth files run at start)"
     import atexit
-    import sysconfig
 
     work = tempfile.mkdtemp(prefix="authscope-bench-venv-")
     atexit.register(shutil.rmtree, work, True)
-    venv = Path(work, "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    Path(purelib, "authscope-bench.pth").write_text(f"{REPO / 'plugin'}\n{sysconfig.get_paths()['purelib']}\n")
+    python = make_clean_venv(Path(work, "venv"))
     AUTHSCOPE[0] = str(python)
     return (
         f"authscope runs under a clean interpreter: {python} (a venv of {sys.executable}, made for this run; "

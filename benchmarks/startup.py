@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugin"))
 
 from authscope.scope import choose_root  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _harness import make_clean_venv  # noqa: E402
 
 # What pip writes for `authscope = "authscope.entry:main"` (distlib's script template).
 SCRIPT = """#!{python}
@@ -61,16 +63,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def make_venv(work: Path) -> Path:
     venv = work / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # The package as an editable install sees it; the dependencies as a plain path.
-    Path(purelib, "authscope-bench.pth").write_text(f"{REPO / 'plugin'}\n{sysconfig.get_paths()['purelib']}\n")
+    python = make_clean_venv(venv)  # the package as an editable install sees it; the dependencies as a plain path
     script = venv / "bin" / "authscope"
     script.write_text(SCRIPT.format(python=python))
     script.chmod(0o755)
