@@ -18,8 +18,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
@@ -1342,6 +1343,62 @@ class Discovery:
         return self._found
 
 
+def _relay(output: deque[str], log: _Log, prefix: str) -> Callable[[bytes, bool], None]:
+    """A tool's output, line by line: kept in ``output`` (capped) and logged after ``prefix``."""
+
+    def line(data: bytes, is_stderr: bool) -> None:
+        for text in data.decode("utf-8", "replace").splitlines():
+            text = R.cap_line(text)
+            output.append(text)
+            log(f"{prefix} {text}")
+
+    return line
+
+
+@dataclass
+class _SourceReader:
+    """What a command that reads the source with the base's login (pull_once's
+    pull, the referrer prefetch) runs in: a scope of its own, whose tool gets
+    no target's credential variables (tool_environ)."""
+
+    plan: Plan
+    base: Base
+    environ: Mapping[str, str]
+    scope_dir: str | None
+    source_plain_http: bool
+    targets: Sequence[Target]
+    withheld: Sequence[str]
+    log: _Log
+    restored: list[str] | None
+
+    @contextmanager
+    def scope(self, label: str, tool: str) -> Iterator[tuple[Scope, dict[str, str], list[str]]]:
+        """(scope, the tool's environment, the base's secrets). What the base
+        guard restored when the scope closed is appended to ``restored`` as
+        ``label: ...``, whatever ended it."""
+        src = self.plan.source
+        plain = (src.image.registry,) if self.source_plain_http else ()
+        opened: Scope | None = None
+        try:
+            with open_scope(
+                self.base,
+                None,
+                {},
+                root=self.scope_dir,
+                sources=[src.image.registry],
+                environ=self.environ,
+                warn=lambda left: self.log(f"authscope: [{label}] warning: could not remove {left}"),
+            ) as (scope, secrets):
+                opened = scope
+                env = scope.env(tool_environ(self.environ, None, self.targets, {}, self.withheld))
+                run.remember(secrets)
+                env.update(tools.prepare_pull(scope.path, src, tool, plain))
+                yield scope, env, list(secrets)
+        finally:
+            if opened is not None and self.restored is not None:
+                self.restored.extend(f"{label}: {d.describe()}" for d in opened.damage)
+
+
 def pull_source(
     plan: Plan,
     base: Base,
@@ -1369,58 +1426,35 @@ def pull_source(
     log = _Log(stream)
     src = plan.source
     output: deque[str] = deque(maxlen=R.TAIL_LINES)
-
-    def line(data: bytes, is_stderr: bool) -> None:
-        for text in data.decode("utf-8", "replace").splitlines():
-            text = R.cap_line(text)
-            output.append(text)
-            log(f"[pull] {text}")
-
+    line = _relay(output, log, "[pull]")
     deadline = time.monotonic() + plan.timeout
-    plain = (src.image.registry,) if source_plain_http else ()
-    opened: Scope | None = None
-    try:
-        with open_scope(
-            base,
-            None,
-            {},
-            root=scope_dir,
-            sources=[src.image.registry],
-            environ=environ,
-            warn=lambda left: log(f"authscope: [pull] warning: could not remove {left}"),
-        ) as (scope, secrets):
-            opened = scope
-            env = scope.env(tool_environ(environ, None, targets, {}, withheld))
-            run.remember(secrets)
-            env.update(tools.prepare_pull(scope.path, src, plan.pull.argv[0], plain))
-            pending = [plan.pull, *plan.pull_referrers]  # the image, then each of its referrers
-            later = discovery is not None and not plan.pull_referrers
-            for attempt in range(1, plan.retries + 2):
-                log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
-                while pending:
-                    argv = tools.fill_scope(pending[0].argv, scope.path)
-                    log(f"authscope: $ {tools.display(pending[0].argv)}")
-                    masker = run.Masker([*secrets, *extra_secrets])
-                    code, timed_out = run.run_captured(argv, env, masker, line, deadline)
-                    if code != 0 or timed_out:
-                        break
-                    pending.pop(0)
-                    if not pending and later and discovery is not None:
-                        later = False
-                        try:
-                            pending.extend(referrer_pulls(plan, discovery.artifacts()))
-                        except RegistryError:
-                            pass  # each target that carries referrers fails with discovery's error
-                if not pending:
-                    return
-                transient, hint = _source_diagnosis(list(output), src.image.registry)
-                if timed_out or not transient or attempt > plan.retries or run.stopping():
+    reader = _SourceReader(plan, base, environ, scope_dir, source_plain_http, targets, withheld, log, restored)
+    with reader.scope("pull", plan.pull.argv[0]) as (scope, env, secrets):
+        pending = [plan.pull, *plan.pull_referrers]  # the image, then each of its referrers
+        later = discovery is not None and not plan.pull_referrers
+        for attempt in range(1, plan.retries + 2):
+            log(f"authscope: pulling the source once into {plan.layout} (attempt {attempt}/{plan.retries + 1})")
+            while pending:
+                argv = tools.fill_scope(pending[0].argv, scope.path)
+                log(f"authscope: $ {tools.display(pending[0].argv)}")
+                masker = run.Masker([*secrets, *extra_secrets])
+                code, timed_out = run.run_captured(argv, env, masker, line, deadline)
+                if code != 0 or timed_out:
                     break
-                if not run.sleep_unless_stopped(BACKOFF * 2 ** (attempt - 1)):
-                    break
-    finally:
-        if opened is not None and restored is not None:
-            restored.extend(f"pull: {d.describe()}" for d in opened.damage)
+                pending.pop(0)
+                if not pending and later and discovery is not None:
+                    later = False
+                    try:
+                        pending.extend(referrer_pulls(plan, discovery.artifacts()))
+                    except RegistryError:
+                        pass  # each target that carries referrers fails with discovery's error
+            if not pending:
+                return
+            transient, hint = _source_diagnosis(list(output), src.image.registry)
+            if timed_out or not transient or attempt > plan.retries or run.stopping():
+                break
+            if not run.sleep_unless_stopped(BACKOFF * 2 ** (attempt - 1)):
+                break
     raise RegistryError(
         src.image.registry,
         f"could not pull {plan.source_ref}: {plan.pull.argv[0]} exited {code}{' (timed out)' if timed_out else ''}; {hint}",
@@ -1577,46 +1611,23 @@ def prefetch_referrers(
     log = _Log(stream)
     src = plan.source
     output: deque[str] = deque(maxlen=R.TAIL_LINES)
-
-    def line(data: bytes, is_stderr: bool) -> None:
-        for text in data.decode("utf-8", "replace").splitlines():
-            text = R.cap_line(text)
-            output.append(text)
-            log(f"[prefetch {tool}] {text}")
-
+    line = _relay(output, log, f"[prefetch {tool}]")
     deadline = time.monotonic() + plan.timeout
-    plain = (src.image.registry,) if source_plain_http else ()
     steps = tools.pull_referrer_steps(tool, src, artifacts, layout)
-    opened: Scope | None = None
-    try:
-        with open_scope(
-            base,
-            None,
-            {},
-            root=scope_dir,
-            sources=[src.image.registry],
-            environ=environ,
-            warn=lambda left: log(f"authscope: [prefetch] warning: could not remove {left}"),
-        ) as (scope, secrets):
-            opened = scope
-            env = scope.env(tool_environ(environ, None, targets, {}, withheld))
-            run.remember(secrets)
-            env.update(tools.prepare_pull(scope.path, src, tool, plain))
-            masker = run.Masker([*secrets, *extra_secrets])
+    reader = _SourceReader(plan, base, environ, scope_dir, source_plain_http, targets, withheld, log, restored)
+    with reader.scope("prefetch", tool) as (scope, env, secrets):
+        masker = run.Masker([*secrets, *extra_secrets])
 
-            def one(step: tools.Step) -> tuple[int, bool]:
-                log(f"authscope: [prefetch] $ {tools.display(step.argv)}")
-                trace.event("prefetch", phase="start", tool=tool, what=step.what)
-                try:
-                    return run.run_captured(tools.fill_scope(step.argv, scope.path), env, masker, line, deadline)
-                finally:
-                    trace.event("prefetch", phase="end", tool=tool, what=step.what)
+        def one(step: tools.Step) -> tuple[int, bool]:
+            log(f"authscope: [prefetch] $ {tools.display(step.argv)}")
+            trace.event("prefetch", phase="start", tool=tool, what=step.what)
+            try:
+                return run.run_captured(tools.fill_scope(step.argv, scope.path), env, masker, line, deadline)
+            finally:
+                trace.event("prefetch", phase="end", tool=tool, what=step.what)
 
-            with ThreadPoolExecutor(min(len(steps), REFERRER_JOBS), thread_name_prefix=f"prefetch-{tool}") as pool:
-                outcomes = list(pool.map(one, steps))
-    finally:
-        if opened is not None and restored is not None:
-            restored.extend(f"prefetch: {d.describe()}" for d in opened.damage)
+        with ThreadPoolExecutor(min(len(steps), REFERRER_JOBS), thread_name_prefix=f"prefetch-{tool}") as pool:
+            outcomes = list(pool.map(one, steps))
     for step, (code, timed_out) in zip(steps, outcomes, strict=True):
         if code != 0 or timed_out:
             raise RegistryError(
