@@ -252,6 +252,12 @@ def counting() -> Iterator[tuple[str, dict[str, int]]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     host = f"127.0.0.1:{server.server_address[1]}"
+    # What an earlier test in this process learnt of a registry that had this port
+    # (its challenge, say a token service's realm elsewhere) is not this one's.
+    registry._CHALLENGE.pop(host, None)
+    registry._WARMING.pop(host, None)
+    for key in [k for k in registry._IDLE if k[1] == host]:
+        registry._IDLE.pop(key, None)
     registry._SCHEME[host] = "http"  # as after the source was resolved: no HTTPS attempt to count
     try:
         yield host, Counting.counts
