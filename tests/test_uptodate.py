@@ -194,10 +194,12 @@ def test_an_error_on_head_copies_as_before(
     _login(main, registry)
     registry.fresh = False
 
-    def broken(self: Session, repository: str, reference: str) -> str | None:
+    def broken(self: Session, repository: str, reference: str, scope: str = "") -> Any:
         raise RegistryHTTPError(self.registry, 500, f"{self.registry}/{repository}:{reference}")
 
-    monkeypatch.setattr(Session, "head_digest", broken)
+    # Every manifest HEAD: the one that doubles as the credential check (which
+    # then falls back to GET /v2/) and the up-to-date reads after it.
+    monkeypatch.setattr(Session, "head_manifest", broken)
     run = _fanout(main, tmp_path, _file(tmp_path, registry), capsys)
     assert run.code == 0, run.out
     assert len(run.copied) == 4  # copied whole, as without the check

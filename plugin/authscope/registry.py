@@ -496,6 +496,12 @@ def _learnt(
         _IDLE.setdefault((scheme, host, *trust), []).append(conn)
 
 
+def challenges(host: str) -> bool:
+    """Whether ``host`` is known to answer by an auth challenge (a warm-up's `GET /v2/`
+    with no credentials, or a session's request, saw one): a registry that wants them."""
+    return host in _CHALLENGE
+
+
 WARM_WAIT = 5.0  # at most this long a session waits for a warm-up; then it goes on by itself
 
 
@@ -990,8 +996,16 @@ class Session:
         when it does not exist (404). Never a GET, even when the registry sends
         no Docker-Content-Digest (RegistryAnswerError then): Harbor counts a
         manifest GET as a pull and uses it for retention (issue 15)."""
+        return self.held_digest(repository, reference, self.head_manifest(repository, reference))
+
+    def head_manifest(self, repository: str, reference: str, scope: str = "") -> Answer:
+        """The answer to HEAD of ``repository:reference`` (with the pull token, or ``scope``'s)."""
         path = f"/v2/{repository}/manifests/{reference}"
-        status, headers, _ = self.request("HEAD", path, {"Accept": MANIFEST_TYPES}, f"repository:{repository}:pull")
+        return self.request("HEAD", path, {"Accept": MANIFEST_TYPES}, scope or f"repository:{repository}:pull")
+
+    def held_digest(self, repository: str, reference: str, answer: Answer) -> str | None:
+        """What head_digest makes of ``answer``, a HEAD of ``repository:reference``."""
+        status, headers, _ = answer
         if status == 404:
             return None
         digest = _header(headers, "Docker-Content-Digest")

@@ -87,6 +87,9 @@ class FakeRegistry:
                 destination = match.group("repo") != registry.source_repository
                 if destination and registry.fresh and self.path not in registry._looked_up:
                     registry._looked_up.add(self.path)
+                    # A first HEAD of a target's tag: at a registry whose challenge authscope
+                    # knows (its warm-up), that is the credential check, as GET /v2/ is above.
+                    registry._wait("ping")
                     self._send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
                     return
                 registry._wait("verify" if destination else "source")
