@@ -276,6 +276,16 @@ def test_xml_safe_keeps_every_character_xml_allows() -> None:
     assert R._xml_safe(allowed) == allowed
 
 
+def test_xml_safe_is_xml_char_over_every_code_point() -> None:
+    """Every code point against XML 1.0's Char production, spelt as the spec has it."""
+
+    def xml_char(c: int) -> bool:
+        return c in (0x9, 0xA, 0xD) or 0x20 <= c <= 0xD7FF or 0xE000 <= c <= 0xFFFD or 0x10000 <= c <= 0x10FFFF
+
+    every = "".join(map(chr, range(0x110000)))
+    assert R._xml_safe(every) == "".join(ch if xml_char(ord(ch)) else "?" for ch in every)
+
+
 MEGABYTES = "x" * (3 * 1024 * 1024)
 # What GitLab can take: output lines of about 1 KB, a tail of a few KB.
 LINE_BOUND = 1024

@@ -712,14 +712,24 @@ def _credentials_present(spec: Any, environ: Mapping[str, str], only: Sequence[s
 
 
 def _warm_up(spec: Any, only: Sequence[str]) -> None:
-    """registry.warm_up for the source and every chosen target (no credential is sent)."""
-    from .registry import warm_up
+    """registry.warm_up for the source and every chosen target (no credential is sent),
+    their TCP connections opened first (preconnect), while registry.py is imported."""
+    from . import preconnect
+    from .dockerconfig import api_host, is_loopback
 
     src = spec.source
-    warm_up(src.image.registry, ca_file=src.ca_file, insecure=src.insecure)
-    for t in spec.targets:
-        if not only or t.name in only:
-            warm_up(t.registry, ca_file=t.ca_file, insecure=t.insecure)
+    chosen = [(src.image.registry, src.ca_file, src.insecure)]
+    chosen += [(t.registry, t.ca_file, t.insecure) for t in spec.targets if not only or t.name in only]
+    hosts: set[str] = set()
+    for name, _, insecure in chosen:
+        host = api_host(name)
+        if host not in hosts:  # the warm-up's: HTTPS, and plain HTTP where a session may fall back to it
+            hosts.add(host)
+            preconnect.start(host, ("https", "http") if insecure or is_loopback(host) else ("https",))
+    from .registry import warm_up
+
+    for name, ca_file, insecure in chosen:
+        warm_up(name, ca_file=ca_file, insecure=insecure)
 
 
 def _gitlab_settings(a: argparse.Namespace, environ: Mapping[str, str]) -> Any:

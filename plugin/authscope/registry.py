@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from typing import Any
 
-from . import __version__, trace
+from . import __version__, preconnect, trace
 from .dockerconfig import api_host, encode_auth, is_loopback
 from .errors import RegistryError, SecretSourceError
 
@@ -329,6 +329,20 @@ def _connection(
     return conn
 
 
+def _attach(conn: http.client.HTTPConnection, ctx: ssl.SSLContext | None) -> None:
+    """Give ``conn`` the connection preconnect opened to its host and port, if any
+    (TLS over it for HTTPS, as HTTPSConnection.connect would); else it connects itself."""
+    sock = preconnect.take(conn.host, conn.port, conn.timeout or TIMEOUT)
+    if sock is None:
+        return
+    try:
+        sock.settimeout(conn.timeout)
+        conn.sock = ctx.wrap_socket(sock, server_hostname=conn.host) if ctx is not None else sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 def _malformed(exc: BaseException, where: str) -> str:
     """What was wrong with the exchange with ``where``, when ``exc`` says the
     answer (or the request) could not be HTTP; "" for a network error or a
@@ -450,6 +464,7 @@ def _warm(host: str, ctx: ssl.SSLContext, trust: tuple[str | None, bool], either
     conn = _connection("https", host, timeout, ctx, _ProbeAnswer)
     began = time.monotonic()
     try:
+        _attach(conn, ctx)
         conn.request("GET", "/v2/", headers={"User-Agent": USER_AGENT})
         response = conn.getresponse()
         assert isinstance(response, _Answer)
@@ -520,7 +535,9 @@ def _take_idle(scheme: str, host: str, trust: tuple[str | None, bool]) -> http.c
 
 
 def close_idle() -> None:
-    """Close every warmed-up connection no session took. Never raises."""
+    """Close every warmed-up connection no session took, and every preconnected
+    one no warm-up took. Never raises."""
+    preconnect.close_all()
     with _IDLE_LOCK:
         conns = [c for idle in _IDLE.values() for c in idle]
         _IDLE.clear()
@@ -1142,6 +1159,7 @@ class _PlainProbe:
     def _run(self) -> None:
         conn = _connection("http", self.host, self.timeout, None, _ProbeAnswer)
         try:
+            _attach(conn, None)
             conn.request("GET", "/v2/", headers={"User-Agent": USER_AGENT})
             response = conn.getresponse()
             assert isinstance(response, _Answer)

@@ -28,7 +28,6 @@ Tools get a target's login from its scope's Docker config instead.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -485,7 +484,7 @@ class _Checker:
     def keys(self, mapping: dict[str, Any], allowed: tuple[str, ...], where: Path) -> None:
         for key in mapping:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
+                close = _close_matches(key, allowed)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
                 self.doc.problem(where + (key,), f"unknown key{hint}")
 
@@ -686,7 +685,7 @@ def check(
             doc.problem(("source",), "has no tag; give tags: for the destinations")
     tool = data.get("tool", "crane")
     if tool not in TOOLS:
-        close = difflib.get_close_matches(str(tool), TOOLS, n=1)
+        close = _close_matches(str(tool), TOOLS)
         doc.problem(
             ("tool",),
             f"{tool!r} is not a tool authscope drives ({', '.join(TOOLS)})"
@@ -906,3 +905,10 @@ def load(path: str, environ: Mapping[str, str], only: Sequence[str] = (), *, nam
             path, sorted(doc.problems, key=lambda p: p.line) or [Problem(path, 1, "", "is not usable")]
         )
     return fanout
+
+
+def _close_matches(word: str, possibilities: Sequence[str]) -> list[str]:
+    """difflib's closest match, imported only for a file with a mistake in it."""
+    import difflib
+
+    return difflib.get_close_matches(word, possibilities, n=1)

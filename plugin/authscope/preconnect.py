@@ -1,0 +1,97 @@
+"""TCP connections to a fan-out's registries, opened while authscope still imports.
+
+A fan-out knows every registry it will talk to once the targets file is read;
+importing what talks to them (registry.py: http.client with its email parser,
+ssl) takes tens of milliseconds more. `start` opens the TCP connections the
+warm-up (registry.warm_up) will send its first request on, each in a thread of
+its own, so the handshake's round trip overlaps with those imports. Nothing is
+sent: TLS, if any, starts when the warm-up takes the socket (registry._attach).
+
+Only `socket` and `threading` here: this module is imported before the rest.
+A socket no one takes is closed by `close_all` (registry.close_idle calls it).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+_OPEN: dict[tuple[str, int], list[socket.socket]] = {}
+_PENDING: dict[tuple[str, int], list[threading.Thread]] = {}
+_LOCK = threading.Lock()
+_PORTS = {"https": 443, "http": 80}
+
+
+def address(netloc: str, scheme: str) -> tuple[str, int] | None:
+    """(host, port) of ``netloc`` as http.client reads it (brackets off an IPv6
+    literal, the scheme's port when none is given); None when it can't be read."""
+    host, port = netloc, ""
+    if netloc.startswith("["):
+        host, bracket, rest = netloc[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    elif netloc.count(":") == 1:
+        host, _, port = netloc.partition(":")
+    if not host:
+        return None
+    if not port:
+        return host, _PORTS[scheme]
+    return (host, int(port)) if port.isdigit() and 0 < int(port) < 65536 else None
+
+
+def start(netloc: str, schemes: tuple[str, ...], timeout: float = 30.0) -> None:
+    """Open a connection to ``netloc`` for each of ``schemes`` ("https", "http"),
+    in the background (``timeout``: registry.TIMEOUT, what the warm-up would wait)."""
+    for scheme in schemes:
+        where = address(netloc, scheme)
+        if where is None:
+            continue
+        thread = threading.Thread(target=_open, args=(where, timeout), name=f"authscope-connect-{netloc}", daemon=True)
+        with _LOCK:
+            _PENDING.setdefault(where, []).append(thread)
+        thread.start()
+
+
+def _open(where: tuple[str, int], timeout: float) -> None:
+    try:
+        sock = socket.create_connection(where, timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as http.client's connect
+    except OSError:  # left for the warm-up's own connection to meet and report
+        sock = None
+    with _LOCK:
+        pending = _PENDING.get(where, [])
+        if threading.current_thread() in pending:
+            pending.remove(threading.current_thread())
+        if sock is not None:
+            _OPEN.setdefault(where, []).append(sock)
+
+
+def take(host: str, port: int, wait: float) -> socket.socket | None:
+    """A connection `start` opened to (host, port), waiting at most ``wait`` for one
+    still connecting; None when there is none (the caller connects itself)."""
+    where = (host, port)
+    with _LOCK:
+        pending = list(_PENDING.get(where, []))
+        ready = _OPEN.get(where)
+        if ready:
+            return ready.pop()
+    for thread in pending:
+        thread.join(wait)
+        with _LOCK:
+            ready = _OPEN.get(where)
+            if ready:
+                return ready.pop()
+    return None
+
+
+def close_all() -> None:
+    """Close every connection no one took. Never raises."""
+    with _LOCK:
+        socks = [s for opened in _OPEN.values() for s in opened]
+        _OPEN.clear()
+    for sock in socks:
+        try:
+            sock.close()
+        except OSError:
+            pass
