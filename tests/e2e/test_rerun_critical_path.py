@@ -133,3 +133,53 @@ def test_control_resolving_with_head_first_costs_two_more_requests(
     _rerun(fleet)
     asked = _source_manifest_requests(fleet, requests.since("local"))
     assert asked == [("HEAD", "/v2/app/manifests/1.0"), ("GET", f"/v2/app/manifests/{fleet.source.digest}")]
+
+
+# -- the check is the first tag's HEAD once the warm-up has seen the challenge -------------
+
+
+def _target_requests(fleet: Fleet, events: list[Event]) -> dict[str, list[tuple[str, str]]]:
+    hosts = {r.host: name for name, r in fleet.targets.items()}
+    asked: dict[str, list[tuple[str, str]]] = {name: [] for name in fleet.targets}
+    for _, _, host, method, path in sorted(events):
+        if host in hosts:
+            asked[hosts[host]].append((method, path.partition("?")[0]))
+    return asked
+
+
+def _forget_targets(fleet: Fleet) -> None:
+    for r in fleet.targets.values():
+        registry._CHALLENGE.pop(r.host, None)
+        registry._SCHEME.pop(r.host, None)
+        registry._WARMING.pop(r.host, None)
+
+
+def test_after_the_warm_up_each_targets_check_is_its_first_tags_head(fleet: Fleet, timeline: Timeline) -> None:
+    """Real registries (htpasswd, one over TLS), warmed up as `authscope fanout` does: no
+    target gets a `GET /v2/` with credentials; its first request is the HEAD of its first
+    tag. Re-run of a landed release: every target up to date, one HEAD per tag."""
+    _forget_targets(fleet)
+    try:
+        for name, r in fleet.targets.items():  # the trust settings of targets_file's targets
+            tls = name == "two"
+            registry.warm_up(r.host, ca_file=str(fleet.conf / "certs" / "ca.crt") if tls else None, insecure=not tls)
+        for r in fleet.targets.values():
+            registry._await_warm_up(r.host, 30)
+        _rerun(fleet)
+    finally:
+        _forget_targets(fleet)
+        registry.close_idle()
+    for name, asked in _target_requests(fleet, timeline.events).items():
+        repo = fleet.repos[name]
+        assert asked == [("HEAD", f"/v2/{repo}/manifests/{tag}") for tag in TAGS], (name, asked)
+
+
+def test_control_without_a_warm_up_each_check_is_get_v2(fleet: Fleet, timeline: Timeline) -> None:
+    _forget_targets(fleet)
+    try:
+        _rerun(fleet)
+    finally:
+        _forget_targets(fleet)
+    for name, asked in _target_requests(fleet, timeline.events).items():
+        assert asked[0] == ("GET", "/v2/"), (name, asked)  # the challenge, learnt by the check itself
+        assert ("HEAD", f"/v2/{fleet.repos[name]}/manifests/{TAGS[0]}") in asked, (name, asked)
