@@ -7,7 +7,7 @@ warm-up (registry.warm_up) will send its first request on, each in a thread of
 its own, so the handshake's round trip overlaps with those imports. Nothing is
 sent: TLS, if any, starts when the warm-up takes the socket (registry._attach).
 
-Only `socket` and `threading` here: this module is imported before the rest.
+Only `socket`, `threading` and `time` here: this module is imported before the rest.
 A socket no one takes is closed by `close_all` (registry.close_idle calls it).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 _OPEN: dict[tuple[str, int], list[socket.socket]] = {}
 _PENDING: dict[tuple[str, int], list[threading.Thread]] = {}
@@ -76,8 +77,9 @@ def take(host: str, port: int, wait: float) -> socket.socket | None:
         ready = _OPEN.get(where)
         if ready:
             return ready.pop()
+    deadline = time.monotonic() + wait  # one wait in all, however many are connecting
     for thread in pending:
-        thread.join(wait)
+        thread.join(max(0.0, deadline - time.monotonic()))
         with _LOCK:
             ready = _OPEN.get(where)
             if ready:
