@@ -983,8 +983,8 @@ def interpreter_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def make_clean_venv(venv: Path) -> Path:
-    """A venv of this Python at ``venv`` whose one .pth names plugin/ (as an editable
+def make_clean_venv(venv: Path, plugin: Path = REPO / "plugin") -> Path:
+    """A venv of this Python at ``venv`` whose one .pth names ``plugin`` (as an editable
     install does) and this interpreter's site-packages as plain paths, so none of
     this machine's .pth files run at its start; its python."""
     import sysconfig
@@ -997,7 +997,7 @@ def make_clean_venv(venv: Path) -> Path:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    Path(purelib, "authscope-bench.pth").write_text(f"{REPO / 'plugin'}\n{sysconfig.get_paths()['purelib']}\n")
+    Path(purelib, "authscope-bench.pth").write_text(f"{plugin}\n{sysconfig.get_paths()['purelib']}\n")
     return python
 
 

@@ -188,3 +188,26 @@ def test_fanout_memory_reports_authscope_own_peak() -> None:
     assert set(rows) == {"--dry-run (baseline)", "fanout --jobs 2 (normal)", "fanout --jobs 2 (pull-once)"}, out
     # A real reading of a Python process: more than the interpreter's few MiB.
     assert all(peak > 5 for _, peak, _ in rows.values()), out
+
+
+@pytest.mark.e2e
+def test_critical_path_compares_revisions_and_removes_its_worktrees() -> None:
+    """Two revisions (HEAD in a worktree of its own, and this checkout): a row each, every
+    point in launch order, and no worktree left behind."""
+    _require(*REGISTRY_TOOLS)
+
+    def worktrees() -> list[str]:
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "list", "--porcelain"], capture_output=True, text=True, check=True
+        )
+        return [line for line in listed.stdout.splitlines() if line.startswith("worktree ")]
+
+    before = worktrees()
+    out = _run("critical_path.py", "--quick", "--revisions", "HEAD,.")
+    rows = _table_rows(out, "revision  run start")
+    assert [r[0] for r in rows] == ["HEAD", "."], out
+    for _name, *values in rows:
+        start, source, checked, first_tool, last_end, wall = map(float, values)
+        assert 0 < start <= source and start <= checked and max(source, checked) <= first_tool, out
+        assert first_tool < last_end <= wall, out
+    assert worktrees() == before, out
