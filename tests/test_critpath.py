@@ -208,7 +208,7 @@ def _synchronous(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _landed_signed(lab: Lab, report: R.Report) -> None:
     (result,) = report.results
-    assert result.status == R.OK, result
+    assert result.status == R.OK, (result.error, result.hint, result.output)
     assert len(result.referrers) == 3, result.referrers
     assert lab.at_target(tag_of(lab.digest, "sig")) == lab.signature
     assert lab.at_target("1.0") == lab.at_target("latest") == lab.digest

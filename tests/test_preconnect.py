@@ -111,7 +111,7 @@ def test_the_warm_up_takes_the_preconnected_socket(counting: tuple[str, dict[str
     warm(host)
     registry._WARMING.pop(host, None)
     assert counts["connections"] == 2 and registry._SCHEME[host] == "http", counts  # no other
-    assert preconnect._OPEN[where] == [], "both taken"
+    assert preconnect._OPEN.get(where, []) == [], "both taken"
 
 
 def test_control_without_preconnect_the_warm_up_connects_itself(counting: tuple[str, dict[str, int]]) -> None:
@@ -163,3 +163,50 @@ def test_take_waits_for_a_connect_in_flight_and_not_for_an_unknown_address() -> 
         socket.create_connection = real  # type: ignore[assignment]
         gate.set()
         listener.close()
+
+
+def _opened(where: tuple[str, int], n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(preconnect._OPEN.get(where, [])) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(preconnect._OPEN.get(where, [])) == n
+
+
+def test_after_the_warm_up_no_preconnected_connection_is_left(counting: tuple[str, dict[str, int]]) -> None:
+    """Three opened, two taken (the warm-up's HTTPS try and its probe): the third is closed
+    when the warm-up ends, never left for a later request."""
+    host, _ = counting
+    where = preconnect.address(host, "http")
+    assert where is not None
+    preconnect.start(host, ("https", "http", "http"))
+    _opened(where, 3)
+    warm(host)
+    registry._WARMING.pop(host, None)
+    assert preconnect._OPEN.get(where, []) == []
+
+
+def test_a_skipped_warm_up_closes_its_preconnected_connections(counting: tuple[str, dict[str, int]]) -> None:
+    host, _ = counting  # the fixture marks the host's scheme known: its warm-up is skipped
+    where = preconnect.address(host, "http")
+    assert where is not None
+    preconnect.start(host, ("https", "http"))
+    _opened(where, 2)
+    registry.warm_up(host, insecure=True)
+    assert preconnect._OPEN.get(where, []) == []
+
+
+def test_a_session_never_takes_a_preconnected_connection(counting: tuple[str, dict[str, int]]) -> None:
+    """Only the warm-up takes one: a session's own plain-HTTP probe (a loopback registry,
+    scheme unknown) connects itself, as a connection opened long before may be dead, or,
+    in a long-lived process, lead to whatever listens on that port now. Control: the
+    warm-up's probe does take it (test_the_warm_up_takes_the_preconnected_socket)."""
+    host, counts = counting
+    registry._SCHEME.pop(host, None)
+    where = preconnect.address(host, "http")
+    assert where is not None
+    preconnect.start(host, ("http",))
+    _opened(where, 1)
+    with registry.Session(host, ("u", "p"), insecure=True) as session:
+        session.request("GET", "/v2/")
+    assert len(preconnect._OPEN.get(where, [])) == 1, "left as it was"
+    registry._WARMING.pop(host, None)

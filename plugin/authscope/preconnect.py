@@ -8,7 +8,8 @@ its own, so the handshake's round trip overlaps with those imports. Nothing is
 sent: TLS, if any, starts when the warm-up takes the socket (registry._attach).
 
 Only `socket`, `threading` and `time` here: this module is imported before the rest.
-A socket no one takes is closed by `close_all` (registry.close_idle calls it).
+Only the warm-up that follows takes them; then `discard` closes what it did not
+take (registry._warm), and `close_all` whatever is left (registry.close_idle).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 _OPEN: dict[tuple[str, int], list[socket.socket]] = {}
 _PENDING: dict[tuple[str, int], list[threading.Thread]] = {}
+_DISCARDED: set[tuple[str, int]] = set()  # discarded while still connecting: close what connects
 _LOCK = threading.Lock()
 _PORTS = {"https": 443, "http": 80}
 
@@ -64,8 +66,16 @@ def _open(where: tuple[str, int], timeout: float) -> None:
         pending = _PENDING.get(where, [])
         if threading.current_thread() in pending:
             pending.remove(threading.current_thread())
+        if sock is not None and where in _DISCARDED:
+            dropped, sock = sock, None
+        else:
+            dropped = None
+        if not pending:
+            _DISCARDED.discard(where)
         if sock is not None:
             _OPEN.setdefault(where, []).append(sock)
+    if dropped is not None:
+        dropped.close()
 
 
 def take(host: str, port: int, wait: float) -> socket.socket | None:
@@ -85,6 +95,25 @@ def take(host: str, port: int, wait: float) -> socket.socket | None:
             if ready:
                 return ready.pop()
     return None
+
+
+def discard(netloc: str) -> None:
+    """Close the connections to ``netloc`` (either scheme's) no one took, now and as
+    the ones still connecting finish: only the warm-up that follows `start` takes
+    one, never a later request (a connection kept that long may be closed by the
+    server, or, in a long-lived process, lead to another server on the same port).
+    Never raises."""
+    wheres = {w for w in (address(netloc, "https"), address(netloc, "http")) if w is not None}
+    with _LOCK:
+        socks = [s for w in wheres for s in _OPEN.pop(w, [])]
+        for w in wheres:
+            if _PENDING.get(w):
+                _DISCARDED.add(w)
+    for sock in socks:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def close_all() -> None:

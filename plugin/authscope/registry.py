@@ -443,10 +443,12 @@ def warm_up(registry: str, *, ca_file: str | None = None, insecure: bool = False
     host = api_host(registry)
     with _IDLE_LOCK:
         if host in _WARMING or host in _SCHEME:
+            preconnect.discard(host)  # known already: no warm-up takes them
             return
         try:
             ctx = _context(ca_file, insecure)
         except (OSError, SecretSourceError, ValueError):  # the session reports it, with its context
+            preconnect.discard(host)
             return
         either = insecure or is_loopback(host)
         thread = threading.Thread(
@@ -460,7 +462,14 @@ def warm_up(registry: str, *, ca_file: str | None = None, insecure: bool = False
 
 
 def _warm(host: str, ctx: ssl.SSLContext, trust: tuple[str | None, bool], either: bool, timeout: float) -> None:
-    probe = _PlainProbe(host, timeout) if either else None
+    try:
+        _warm_on(host, ctx, trust, either, timeout)
+    finally:
+        preconnect.discard(host)  # a connection it did not take is never taken later
+
+
+def _warm_on(host: str, ctx: ssl.SSLContext, trust: tuple[str | None, bool], either: bool, timeout: float) -> None:
+    probe = _PlainProbe(host, timeout, preconnected=True) if either else None
     conn = _connection("https", host, timeout, ctx, _ProbeAnswer)
     began = time.monotonic()
     try:
@@ -1145,9 +1154,10 @@ class _PlainProbe:
     is kept for the plain-HTTP requests that follow when HTTPS fails.
     """
 
-    def __init__(self, host: str, timeout: float) -> None:
+    def __init__(self, host: str, timeout: float, preconnected: bool = False) -> None:
         self.host = host
         self.timeout = timeout
+        self.preconnected = preconnected  # the warm-up's: on preconnect's connection, if there is one
         self.conn: http.client.HTTPConnection | None = None
         self.challenge: tuple[str, dict[str, str]] | None = None
         self.error = ""
@@ -1159,7 +1169,8 @@ class _PlainProbe:
     def _run(self) -> None:
         conn = _connection("http", self.host, self.timeout, None, _ProbeAnswer)
         try:
-            _attach(conn, None)
+            if self.preconnected:
+                _attach(conn, None)
             conn.request("GET", "/v2/", headers={"User-Agent": USER_AGENT})
             response = conn.getresponse()
             assert isinstance(response, _Answer)
